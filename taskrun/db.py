@@ -1,0 +1,98 @@
+"""Database engines and sessions: SQLite in WAL mode, migrations at start.
+
+Two engines share one URL. Reads use a deferred transaction; writes use
+``BEGIN IMMEDIATE`` on SQLite so a read-then-write transaction takes the write
+lock up front and waits (busy timeout) instead of failing with "database is
+locked" when another process writes at the same moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from filelock import FileLock
+from sqlmodel import Session
+
+from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+BUSY_TIMEOUT_S = 30
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _sqlite_engine(url: str, begin: str) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=16,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy's "begin" event below emit BEGIN, so we choose its kind.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    def __init__(self, url: str, lock_dir: Path):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = sa.engine.make_url(url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.read_engine = _sqlite_engine(url, "BEGIN")
+            self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
+        else:
+            self.read_engine = self.write_engine = sa.create_engine(url, pool_pre_ping=True)
+        self._lock_dir = lock_dir
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (safe with several processes starting)."""
+        from alembic import command
+        from alembic.config import Config
+
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self._lock_dir / "migrate.lock"), timeout=120):
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            with self.write_engine.connect() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.read_engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success and rolled back on error."""
+        with Session(self.write_engine, expire_on_commit=False) as session:
+            yield session
+            session.commit()
+
+    def ping(self) -> bool:
+        with self.read_engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+
+    def dispose(self) -> None:
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()

@@ -1,0 +1,83 @@
+"""Typed errors the adapters (UI, API, CLI) turn into messages and status codes."""
+
+from __future__ import annotations
+
+
+class TaskRunError(Exception):
+    """Base class: ``str(err)`` is a message fit to show a user."""
+
+    http_status = 400
+
+
+class SettingsError(TaskRunError):
+    pass
+
+
+class NotFound(TaskRunError):
+    http_status = 404
+
+
+class InvalidName(TaskRunError):
+    http_status = 422
+
+
+class InvalidCode(TaskRunError):
+    """The code does not compile; carries the position for editor annotations."""
+
+    http_status = 422
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        self.message = message
+        self.line = line
+        self.column = column
+        where = f"line {line}, column {column}: " if line else ""
+        super().__init__(f"Syntax error at {where}{message}")
+
+
+class InvalidMetadata(TaskRunError):
+    http_status = 422
+
+
+class InvalidParams(TaskRunError):
+    http_status = 422
+
+
+class Conflict(TaskRunError):
+    http_status = 409
+
+
+class AlreadyExists(Conflict):
+    pass
+
+
+class StaleWrite(Conflict):
+    """The file changed since the editor loaded it."""
+
+    def __init__(self, message: str, current_sha: str):
+        self.current_sha = current_sha
+        super().__init__(message)
+
+
+class AlreadyActive(Conflict):
+    """The task's policy forbids a second run while one is queued or running."""
+
+    def __init__(self, task: str, run_id: int, status: str):
+        self.task = task
+        self.run_id = run_id
+        self.status = status
+        super().__init__(
+            f"Task '{task}' already has an active run #{run_id} ({status}); "
+            "its concurrency policy is 'forbid'."
+        )
+
+
+class TaskBusy(Conflict):
+    pass
+
+
+class QueueFull(TaskRunError):
+    http_status = 429
+
+
+class NotReady(TaskRunError):
+    http_status = 503

@@ -1,0 +1,120 @@
+"""Per-task locks and global concurrency slots as flock()ed files.
+
+The locked descriptor is handed to the task process (``pass_fds``) and the
+server closes its own copy right after the spawn. ``flock`` locks belong to
+the open file description, so the lock is released exactly when the task
+process (and anything that inherited the descriptor) is gone: a crashed
+server can never let a second instance start while the first still runs.
+
+The ``filelock`` package serves the server's own short critical sections
+(store writes, migrations); it cannot hand a lock over to a child.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    task: str
+    run_id: int | None
+    pid: int | None
+    since: float | None
+
+
+class LockFile:
+    """One lock file; ``try_acquire`` returns a locked fd or None when held elsewhere."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def try_acquire(self, info: dict | None = None) -> int | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
+        if info is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        return fd
+
+    def is_held(self) -> bool:
+        if not self.path.exists():
+            return False
+        fd = self.try_acquire()
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+    def read_info(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+
+class Locks:
+    """Task locks and N slot files under ``<home>/locks``."""
+
+    def __init__(self, locks_dir: Path, slots: int):
+        self.dir = Path(locks_dir)
+        self.slots = slots
+
+    def task_lock(self, task: str) -> LockFile:
+        return LockFile(self.dir / "tasks" / f"{task}.lock")
+
+    def slot_lock(self, index: int) -> LockFile:
+        return LockFile(self.dir / "slots" / f"slot-{index}.lock")
+
+    def acquire_task(self, task: str, run_id: int) -> int | None:
+        info = {"task": task, "run_id": run_id, "pid": None, "since": time.time()}
+        return self.task_lock(task).try_acquire(info)
+
+    def acquire_slot(self) -> int | None:
+        """A free slot's locked fd, or None when every slot is taken (by any process)."""
+        for index in range(self.slots):
+            fd = self.slot_lock(index).try_acquire()
+            if fd is not None:
+                return fd
+        return None
+
+    @staticmethod
+    def record_pid(fd: int, pid: int) -> None:
+        """Note the task's pid in its lock file so operators can see who holds it."""
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            info["pid"] = pid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except (OSError, ValueError):
+            pass
+
+    def slots_in_use(self) -> int:
+        return sum(self.slot_lock(i).is_held() for i in range(self.slots))
+
+    def held(self) -> list[HeldLock]:
+        """Every task lock currently held, by any process on this data dir."""
+        out = []
+        folder = self.dir / "tasks"
+        if not folder.is_dir():
+            return out
+        for path in sorted(folder.glob("*.lock")):
+            lock = LockFile(path)
+            if lock.is_held():
+                info = lock.read_info()
+                out.append(HeldLock(path.stem, info.get("run_id"), info.get("pid"),
+                                    info.get("since")))
+        return out

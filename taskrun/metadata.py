@@ -1,0 +1,244 @@
+"""Task settings from the PEP 723 inline metadata block, ``[tool.taskrun]``.
+
+Parsed with ``tomllib`` from the file's text; the task is never executed to
+read them. Also coerces submitted params to the declared types.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from .errors import InvalidMetadata, InvalidParams
+from .status import Concurrency
+
+# The reference regular expression from PEP 723.
+BLOCK_RE = re.compile(
+    r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
+)
+PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
+KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env"}
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str = "str"
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class TaskMeta:
+    description: str = ""
+    timeout: float | None = None
+    concurrency: Concurrency = Concurrency.FORBID
+    params: tuple[Param, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    has_block: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "timeout": self.timeout,
+            "concurrency": self.concurrency.value,
+            "params": {p.name: {"type": p.type, "default": p.default, "help": p.help,
+                                "choices": list(p.choices), "required": p.required}
+                       for p in self.params},
+            "env": dict(self.env),
+        }
+
+
+def find_block(code: str) -> re.Match | None:
+    blocks = [m for m in BLOCK_RE.finditer(code) if m.group("type") == "script"]
+    if len(blocks) > 1:
+        raise InvalidMetadata("more than one '# /// script' block")
+    return blocks[0] if blocks else None
+
+
+def _block_toml(match: re.Match) -> str:
+    return "".join(
+        line[2:] if line.startswith("# ") else line[1:]
+        for line in match.group("content").splitlines(keepends=True)
+    )
+
+
+def _docstring_line(code: str) -> str:
+    try:
+        doc = ast.get_docstring(ast.parse(code)) or ""
+    except (SyntaxError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _param(name: str, spec: Any) -> Param:
+    if not ENV_NAME_RE.match(name):
+        raise InvalidMetadata(f"param name {name!r} must be an identifier")
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise InvalidMetadata(f"param '{name}' must be a table like {{ type = \"str\" }}")
+    ptype = spec.get("type", "str")
+    if ptype not in PARAM_TYPES:
+        raise InvalidMetadata(f"param '{name}': type must be one of {', '.join(PARAM_TYPES)}")
+    choices = tuple(str(c) for c in spec.get("choices", ()))
+    if ptype == "choice" and not choices:
+        raise InvalidMetadata(f"param '{name}': type 'choice' needs a 'choices' list")
+    param = Param(name=name, type=ptype, default=spec.get("default"),
+                  help=str(spec.get("help", "")), choices=choices,
+                  required=bool(spec.get("required", False)))
+    if param.default is not None:
+        try:
+            coerce(param, param.default)
+        except InvalidParams as exc:
+            raise InvalidMetadata(f"default of {exc}") from None
+    return param
+
+
+def parse(code: str) -> TaskMeta:
+    """The task's settings; raises InvalidMetadata naming what is wrong."""
+    match = find_block(code)
+    doc = _docstring_line(code)
+    if match is None:
+        return TaskMeta(description=doc)
+    try:
+        data = tomllib.loads(_block_toml(match))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidMetadata(f"metadata block is not valid TOML: {exc}") from None
+    conf = data.get("tool", {}).get("taskrun", {})
+    if not isinstance(conf, dict):
+        raise InvalidMetadata("[tool.taskrun] must be a table")
+    unknown = set(conf) - KNOWN_KEYS
+    if unknown:
+        raise InvalidMetadata(
+            f"unknown [tool.taskrun] key(s): {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(KNOWN_KEYS))})")
+    description = conf.get("description", doc)
+    if not isinstance(description, str):
+        raise InvalidMetadata("description must be a string")
+    timeout = conf.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or timeout <= 0):
+        raise InvalidMetadata("timeout must be a number of seconds > 0")
+    try:
+        concurrency = Concurrency(conf.get("concurrency", "forbid"))
+    except ValueError:
+        raise InvalidMetadata("concurrency must be one of forbid, queue, parallel") from None
+    params_conf = conf.get("params", {})
+    if not isinstance(params_conf, dict):
+        raise InvalidMetadata("[tool.taskrun.params] must be a table")
+    env = conf.get("env", {})
+    if not isinstance(env, dict) or not all(
+            ENV_NAME_RE.match(k) and isinstance(v, str | int | float) for k, v in env.items()):
+        raise InvalidMetadata("env must map variable names to strings")
+    return TaskMeta(
+        description=description.strip(),
+        timeout=float(timeout) if timeout is not None else None,
+        concurrency=concurrency,
+        params=tuple(_param(n, s) for n, s in params_conf.items()),
+        env={k: str(v) for k, v in env.items()},
+        has_block=True,
+    )
+
+
+def coerce(param: Param, value: Any) -> str:
+    """The value as the string the task receives; InvalidParams if it does not fit the type."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        if param.type == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return str(int(value))
+        if param.type == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return repr(float(value))
+        if param.type == "bool":
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            low = str(value).strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return "true"
+            if low in ("0", "false", "no", "off"):
+                return "false"
+            raise ValueError
+        if param.type == "date":
+            if isinstance(value, date):
+                return value.isoformat()
+            if str(value) in ("today", "yesterday"):
+                return str(value)
+            return date.fromisoformat(str(value)).isoformat()
+        if param.type == "choice":
+            if str(value) not in param.choices:
+                raise ValueError
+            return str(value)
+        return value if isinstance(value, str) else str(value)
+    except (ValueError, TypeError, OverflowError):
+        expected = f"one of {', '.join(param.choices)}" if param.type == "choice" else param.type
+        raise InvalidParams(
+            f"param '{param.name}': {text[:80]!r} is not a valid {expected}") from None
+
+
+def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, str]:
+    """Declared params with defaults applied and values checked; unknown names refused."""
+    given = dict(given or {})
+    declared = {p.name: p for p in meta.params}
+    unknown = set(given) - set(declared)
+    if unknown:
+        known = ", ".join(declared) or "none"
+        raise InvalidParams(f"unknown param(s): {', '.join(sorted(unknown))} (declared: {known})")
+    out: dict[str, str] = {}
+    for name, param in declared.items():
+        if given.get(name) not in (None, ""):
+            out[name] = coerce(param, given[name])
+        elif param.default is not None:
+            out[name] = coerce(param, param.default)
+        elif param.required:
+            raise InvalidParams(f"param '{name}' is required")
+    return out
+
+
+def render_block(meta: dict[str, Any]) -> str:
+    """A ``# /// script`` block for the given settings (used by the editor's settings form)."""
+    lines = ["[tool.taskrun]"]
+
+    def toml_value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(toml_value(x) for x in v) + "]"
+        return json.dumps(str(v), ensure_ascii=False)
+
+    for key in ("description", "timeout", "concurrency"):
+        if meta.get(key) not in (None, ""):
+            lines.append(f"{key} = {toml_value(meta[key])}")
+    if meta.get("env"):
+        lines.append("[tool.taskrun.env]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in meta["env"].items()]
+    if meta.get("params"):
+        lines.append("[tool.taskrun.params]")
+        for name, spec in meta["params"].items():
+            parts = [f"{k} = {toml_value(v)}" for k, v in spec.items()
+                     if v not in (None, "", [], ()) and not (k == "required" and v is False)]
+            lines.append(f"{name} = {{ {', '.join(parts)} }}")
+    body = "\n".join(f"# {line}" for line in lines)
+    return f"# /// script\n{body}\n# ///\n"
+
+
+def replace_block(code: str, meta: dict[str, Any]) -> str:
+    """The code with its metadata block replaced (or added after a shebang/docstring-free top)."""
+    block = render_block(meta)
+    match = find_block(code)
+    if match:
+        return code[: match.start()] + block.rstrip("\n") + code[match.end():]
+    return block + ("\n" if code and not code.startswith("\n") else "") + code

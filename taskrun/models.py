@@ -1,0 +1,115 @@
+"""SQLModel tables of the run history, and the public shapes built from them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Stores naive UTC (SQLite has no zones) and always hands back aware UTC."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given; use timezone-aware UTC")
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def _time(**kw: Any) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), **kw))
+
+
+class RunBase(SQLModel):
+    task: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    trigger: str = Field(default="manual", max_length=16)
+    requested_by: str | None = None
+    params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    concurrency: str = Field(default="forbid", max_length=16)
+    timeout: float
+    queued_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+    exit_code: int | None = None
+    signal: str | None = None
+    error: str | None = None
+    cancel_requested_by: str | None = None
+    cancelled_by: str | None = None
+    pid: int | None = None
+    pid_created: float | None = None
+    host: str | None = None
+    owner: str | None = None
+    code_sha: str | None = Field(default=None, max_length=64)
+    log_path: str | None = None
+    peak_rss: int | None = None
+    cpu_seconds: float | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+
+
+class Run(RunBase, table=True):
+    __table_args__ = (
+        sa.Index("ix_run_task_id", "task", "id"),
+        sa.Index("ix_run_status_id", "status", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class RunPublic(RunBase):
+    id: int
+    duration: float | None = None
+
+    @classmethod
+    def of(cls, run: Run) -> RunPublic:
+        duration = None
+        if run.started_at:
+            end = run.finished_at or utcnow()
+            duration = round((end - run.started_at).total_seconds(), 3)
+        return cls.model_validate(run, update={"duration": duration})
+
+
+class TaskVersion(SQLModel, table=True):
+    __tablename__ = "task_version"
+    __table_args__ = (sa.Index("ix_task_version_task_id", "task", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=64)
+    sha: str = Field(max_length=64)
+    content: str
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    author: str | None = None
+    note: str | None = None
+
+
+class VersionPublic(SQLModel):
+    id: int
+    task: str
+    sha: str
+    created_at: datetime
+    author: str | None = None
+    note: str | None = None
+    size: int = 0
+
+
+class RunSample(SQLModel, table=True):
+    __tablename__ = "run_sample"
+    __table_args__ = (sa.Index("ix_run_sample_run_id", "run_id", "t"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int
+    t: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    rss: int
+    cpu_percent: float

@@ -1,0 +1,150 @@
+"""The OS seam: spawning a run's process, watching it, signalling its whole tree.
+
+Everything that touches pids lives here so the supervisor reads as policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import psutil
+
+# Server variables a task may see. Everything else (tokens, passwords, the
+# server's own TASKRUN_* settings) stays out unless explicitly passed through.
+SAFE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
+            "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "VIRTUAL_ENV", "PYTHONPATH")
+SAFE_PREFIXES = ("LC_",)
+
+
+def run_key(home: Path, run_id: int) -> str:
+    """A marker put in every run's environment, to find its processes even after setsid()."""
+    return hashlib.sha256(f"{Path(home).resolve()}\0{run_id}".encode()).hexdigest()[:20]
+
+
+def task_environment(server_env: Mapping[str, str], passthrough: Iterable[str],
+                     extra: Mapping[str, str]) -> dict[str, str]:
+    allowed = set(SAFE_ENV) | set(passthrough)
+    env = {k: v for k, v in server_env.items()
+           if k in allowed or k.startswith(SAFE_PREFIXES)}
+    env.setdefault("PATH", os.defpath)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra)
+    return env
+
+
+def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
+          keep_fds: Iterable[int]) -> subprocess.Popen:
+    """Start ``sys.executable script`` in a new session with output into the log fd."""
+    return subprocess.Popen(
+        [sys.executable, "-u", str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,  # own session and process group: we signal the group
+        pass_fds=tuple(keep_fds),
+        close_fds=True,
+    )
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_same_process(pid: int | None, created: float | None) -> bool:
+    """True if ``pid`` still names the process that started at ``created`` (pid reuse safe)."""
+    if not pid or created is None:
+        return False
+    now = create_time(pid)
+    return now is not None and abs(now - created) < 0.05
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it is already gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+
+
+def pids_with_marker(key: str) -> set[int]:
+    """Processes whose environment carries this run's key (found even if they left the group)."""
+    found, me = set(), os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get("TASKRUN_RUN_KEY") == key:
+                found.add(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def alive(pids: Iterable[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def tree_usage(pid: int) -> tuple[int, float, set[int]]:
+    """(RSS bytes, CPU seconds, pids) of a process and its living descendants."""
+    rss, cpu, pids = 0, 0.0, set()
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return rss, cpu, pids
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+            pids.add(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return rss, cpu, pids
+
+
+def signal_name(returncode: int) -> str | None:
+    if returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"SIG{-returncode}"

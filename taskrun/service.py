@@ -1,0 +1,471 @@
+"""The one facade the UI, the REST API and the CLI call.
+
+Adapters translate; every decision (validation, policies, paging) is here or
+below. Errors are the typed exceptions of ``taskrun.errors``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import func, select
+
+from . import logs, metadata, monitor, versions
+from .db import Database
+from .errors import (
+    AlreadyActive,
+    Conflict,
+    InvalidCode,
+    InvalidMetadata,
+    InvalidParams,
+    NotFound,
+    QueueFull,
+    TaskBusy,
+)
+from .locks import Locks
+from .models import Run, RunPublic, RunSample, TaskVersion, VersionPublic, utcnow
+from .settings import Settings, configure_logging, load
+from .status import ACTIVE, UNSUCCESSFUL, Concurrency, RunStatus
+from .store import TaskInfo, TaskStore, check_name
+from .supervisor import Supervisor, find_run
+
+log = logging.getLogger("taskrun.service")
+
+MAX_PAGE = 500
+HISTORY_WINDOW = 20  # runs used for a task's success rate
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    task: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class Service:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or load()
+        s = self.settings
+        self.db = Database(s.database_url, s.locks_dir)
+        self.store = TaskStore(s.tasks_dir, s.locks_dir)
+        self.locks = Locks(s.locks_dir, s.max_concurrency)
+        self.supervisor: Supervisor | None = None
+        self.sampler: monitor.Sampler | None = None
+        self.started = False
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def open(self) -> Service:
+        """Prepare the data dir and the schema without supervising (CLI reads, tests)."""
+        configure_logging(self.settings)
+        for folder in (self.settings.home, self.settings.run_logs_dir, self.settings.locks_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store.ensure()
+        self.db.migrate()
+        return self
+
+    def start(self, claim_only: set[int] | None = None, sample_system: bool = True) -> Service:
+        """Open, then run the supervisor (and the system sampler) in this process."""
+        if self.started:
+            return self
+        self.open()
+        self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only)
+        self.supervisor.start()
+        if sample_system:
+            self.sampler = monitor.Sampler(self.settings.home, self.settings.monitor_interval)
+            self.sampler.start()
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        if self.sampler:
+            self.sampler.stop()
+        if self.supervisor:
+            self.supervisor.stop()
+        self.started = False
+        self.db.dispose()
+
+    def _wake(self) -> None:
+        if self.supervisor:
+            self.supervisor.wake()
+
+    # ---- tasks -----------------------------------------------------------
+
+    def list_tasks(self) -> list[dict]:
+        """Every task with its state, last run and recent success rate."""
+        tasks = self.store.list()
+        names = [t.name for t in tasks]
+        with self.db.read() as s:
+            active = s.exec(select(Run.task, Run.status, func.count()).where(
+                Run.status.in_(list(ACTIVE)), Run.task.in_(names))
+                .group_by(Run.task, Run.status)).all()
+            last_ids = s.exec(select(func.max(Run.id)).where(Run.task.in_(names))
+                              .group_by(Run.task)).all()
+            last = {r.task: r for r in s.exec(select(Run).where(Run.id.in_(last_ids))).all()}
+            recent = {}
+            for name in names:
+                statuses = s.exec(select(Run.status).where(
+                    Run.task == name, Run.status.not_in(list(ACTIVE)))
+                    .order_by(Run.id.desc()).limit(HISTORY_WINDOW)).all()
+                recent[name] = statuses
+        states: dict[str, dict[str, int]] = {}
+        for task, status, count in active:
+            states.setdefault(task, {})[status] = count
+        out = []
+        for t in tasks:
+            st = states.get(t.name, {})
+            state = "running" if st.get("running") else "queued" if st.get("queued") else "idle"
+            done = recent.get(t.name, [])
+            counted = [x for x in done if x != RunStatus.CANCELLED]
+            rate = (sum(x == RunStatus.SUCCEEDED for x in counted) / len(counted)
+                    if counted else None)
+            out.append({**self._task_dict(t), "state": state, "active": st,
+                        "last_run": RunPublic.of(last[t.name]).model_dump(mode="json")
+                        if t.name in last else None,
+                        "success_rate": rate, "recent_runs": len(counted)})
+        return out
+
+    @staticmethod
+    def _task_dict(t: TaskInfo) -> dict:
+        return {"id": t.name, "name": t.name, "description": t.description,
+                "metadata": t.meta.as_dict() if t.meta else None, "error": t.error,
+                "sha": t.sha, "size": t.size,
+                "modified": datetime.fromtimestamp(t.modified).astimezone().isoformat()
+                if t.modified else None}
+
+    def get_task(self, name: str) -> dict:
+        info = self.store.info(name)
+        code, sha = self.store.read(name)
+        return {**self._task_dict(info), "code": code, "sha": sha}
+
+    def check_code(self, code: str, name: str = "<task>") -> metadata.TaskMeta:
+        """Compile and parse metadata; InvalidCode/InvalidMetadata if wrong (nothing saved)."""
+        return self.store.validate(code, name)
+
+    def create_task(self, name: str, code: str, author: str | None = None) -> dict:
+        sha = self.store.create(name, code)
+        versions.record(self.db, name, sha, code, author, note="created")
+        log.info("task %s created by %s", name, author or "-")
+        return self.get_task(name)
+
+    def update_task(self, name: str, code: str, base_sha: str | None = None,
+                    author: str | None = None, note: str | None = None) -> dict:
+        if not self.store.exists(name):
+            raise NotFound(f"Task '{name}' does not exist.")
+        old_code, old_sha = self.store.read(name)
+        # Keep the code as it was before this save, if it never went through us.
+        versions.record(self.db, name, old_sha, old_code, note="found on disk", only_if_new=True)
+        sha = self.store.update(name, code, base_sha)
+        versions.record(self.db, name, sha, code, author, note=note or "saved",
+                        only_if_new=(sha == old_sha))
+        log.info("task %s saved by %s (%s)", name, author or "-", sha[:12])
+        return self.get_task(name)
+
+    def update_task_settings(self, name: str, settings: dict[str, Any],
+                             base_sha: str | None = None, author: str | None = None) -> dict:
+        """Rewrite the ``[tool.taskrun]`` block from a settings dict (the editor's form)."""
+        code, _ = self.store.read(name)
+        new_code = metadata.replace_block(code, settings)
+        metadata.parse(new_code)
+        return self.update_task(name, new_code, base_sha, author, note="settings changed")
+
+    def delete_task(self, name: str, author: str | None = None) -> None:
+        check_name(name)
+        with self.db.read() as s:
+            active = s.exec(select(Run.id).where(Run.task == name,
+                                                 Run.status.in_(list(ACTIVE))).limit(1)).first()
+        if active is not None:
+            raise TaskBusy(f"Task '{name}' has an active run #{active}; cancel it or wait, "
+                           "then delete.")
+        code, sha = self.store.read(name)
+        versions.record(self.db, name, sha, code, author, note="before delete", only_if_new=True)
+        self.store.delete(name)
+        log.info("task %s deleted by %s (versions and runs kept)", name, author or "-")
+
+    def task_versions(self, name: str, limit: int = 100, offset: int = 0) -> list[VersionPublic]:
+        check_name(name)
+        return versions.list_versions(self.db, name, min(limit, MAX_PAGE), offset)
+
+    def get_version(self, name: str, ref: int | str) -> TaskVersion:
+        check_name(name)
+        return versions.get(self.db, name, ref)
+
+    def restore_version(self, name: str, ref: int | str, author: str | None = None) -> dict:
+        version = self.get_version(name, ref)
+        note = f"restored version {version.id} ({version.sha[:12]})"
+        if self.store.exists(name):
+            return self.update_task(name, version.content, None, author, note=note)
+        sha = self.store.create(name, version.content)
+        versions.record(self.db, name, sha, version.content, author, note=note)
+        return self.get_task(name)
+
+    # ---- runs ------------------------------------------------------------
+
+    def submit(self, task: str, params: dict[str, Any] | None = None, trigger: str = "manual",
+               user: str | None = None) -> RunPublic:
+        """Queue a run; refuses by the task's concurrency policy and the queue bound."""
+        info = self.store.info(task)
+        if info.error or info.meta is None:
+            exc = InvalidCode if "Syntax" in (info.error or "") else InvalidMetadata
+            raise exc(f"Task '{task}' cannot run: {info.error}")
+        meta = info.meta
+        if not isinstance(params, dict | None):
+            raise InvalidParams("params must be an object of name: value")
+        values = metadata.resolve_params(meta, params)
+        timeout = meta.timeout or self.settings.default_timeout
+        # One IMMEDIATE transaction: the check and the insert cannot interleave with
+        # another submit, in this process or any other on the same database.
+        with self.db.write() as s:
+            if meta.concurrency == Concurrency.FORBID:
+                active = s.exec(select(Run.id, Run.status).where(
+                    Run.task == task, Run.status.in_(list(ACTIVE))).limit(1)).first()
+                if active is not None:
+                    raise AlreadyActive(task, active[0], active[1])
+            queued = s.exec(select(func.count()).select_from(Run)
+                            .where(Run.status == RunStatus.QUEUED)).one()
+            if queued >= self.settings.max_queue:
+                raise QueueFull(f"The queue is full ({queued} runs waiting, "
+                                f"TASKRUN_MAX_QUEUE={self.settings.max_queue}); try later.")
+            run = Run(task=task, status=RunStatus.QUEUED, trigger=trigger, requested_by=user,
+                      params=values, concurrency=meta.concurrency.value, timeout=timeout,
+                      queued_at=utcnow())
+            s.add(run)
+            s.flush()
+            public = RunPublic.of(run)
+        log.info("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
+        self._wake()
+        return public
+
+    def cancel(self, run_id: int, by: str = "user") -> RunPublic:
+        run = find_run(self.db, run_id)
+        if run.status == RunStatus.QUEUED:
+            # queued -> cancelled: it never started.
+            with self.db.write() as s:
+                done = s.exec(sa.update(Run).where(
+                    Run.id == run_id, Run.status == RunStatus.QUEUED).values(
+                    status=RunStatus.CANCELLED, finished_at=utcnow(), cancelled_by=by,
+                    error=f"Cancelled by {by} before it started.")).rowcount
+            if done:
+                log.info("queued run %d cancelled by %s", run_id, by)
+                return self.get_run(run_id)
+            run = find_run(self.db, run_id)  # it was claimed meanwhile
+        if run.status != RunStatus.RUNNING:
+            raise Conflict(f"Run {run_id} has already ended ({run.status}).")
+        with self.db.write() as s:
+            s.exec(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+                   .values(cancel_requested_by=by))
+        # Ours: end it now. Another process's: its supervisor sees the request.
+        if not (self.supervisor and self.supervisor.cancel_local(run_id, by)):
+            log.info("cancel of run %d requested by %s (owned by %s)", run_id, by, run.owner)
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: int) -> RunPublic:
+        return RunPublic.of(find_run(self.db, run_id))
+
+    def _filtered(self, query, f: RunFilter):
+        if f.task:
+            query = query.where(Run.task == f.task)
+        if f.status:
+            statuses = [x.strip() for x in f.status.split(",") if x.strip()]
+            bad = [x for x in statuses if x not in RunStatus._value2member_map_]
+            if bad:
+                raise InvalidParams(f"unknown status {bad[0]!r}; one of "
+                                    f"{', '.join(s.value for s in RunStatus)}")
+            query = query.where(Run.status.in_(statuses))
+        if f.trigger:
+            query = query.where(Run.trigger == f.trigger)
+        if f.since:
+            query = query.where(Run.queued_at >= f.since)
+        if f.until:
+            query = query.where(Run.queued_at < f.until)
+        return query
+
+    def list_runs(self, f: RunFilter | None = None, limit: int = 50,
+                  offset: int = 0) -> list[RunPublic]:
+        """A page of the history, newest first (paged in SQL)."""
+        limit = max(1, min(int(limit), MAX_PAGE))
+        query = self._filtered(select(Run), f or RunFilter()).order_by(Run.id.desc())
+        with self.db.read() as s:
+            rows = s.exec(query.limit(limit).offset(max(0, int(offset)))).all()
+        return [RunPublic.of(r) for r in rows]
+
+    def count_runs(self, f: RunFilter | None = None) -> int:
+        query = self._filtered(select(func.count()).select_from(Run), f or RunFilter())
+        with self.db.read() as s:
+            return s.exec(query).one()
+
+    def status_counts(self) -> dict[str, int]:
+        with self.db.read() as s:
+            rows = s.exec(select(Run.status, func.count()).group_by(Run.status)).all()
+        return {status: count for status, count in rows}
+
+    def active_runs(self) -> list[RunPublic]:
+        with self.db.read() as s:
+            rows = s.exec(select(Run).where(Run.status.in_(list(ACTIVE)))
+                          .order_by(Run.id)).all()
+        return [RunPublic.of(r) for r in rows]
+
+    def run_samples(self, run_id: int) -> list[dict]:
+        with self.db.read() as s:
+            rows = s.exec(select(RunSample).where(RunSample.run_id == run_id)
+                          .order_by(RunSample.t).limit(10_000)).all()
+        return [{"t": r.t, "rss": r.rss, "cpu_percent": r.cpu_percent} for r in rows]
+
+    def task_history(self, task: str, limit: int = 200) -> list[RunPublic]:
+        """The latest finished runs of a task, oldest first, for charts."""
+        check_name(task)
+        with self.db.read() as s:
+            rows = s.exec(select(Run).where(Run.task == task, Run.status.not_in(list(ACTIVE)))
+                          .order_by(Run.id.desc()).limit(limit)).all()
+        return [RunPublic.of(r) for r in reversed(rows)]
+
+    def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.1) -> RunPublic:
+        """Block until a run has ended (or the timeout passes); returns its latest state."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.status not in ACTIVE or (end is not None and time.monotonic() >= end):
+                return run
+            time.sleep(poll)
+
+    # ---- logs ------------------------------------------------------------
+
+    def log_path(self, run_id: int) -> Path:
+        run = find_run(self.db, run_id)
+        return self.settings.run_logs_dir / logs.log_name(run.task, run.id)
+
+    def run_for_log(self, name: str) -> Run:
+        """The run a log file name belongs to; NotFound/InvalidName for anything else."""
+        task, run_id = logs.parse_log_name(name)
+        run = find_run(self.db, run_id)
+        if run.task != task:
+            raise NotFound(f"Log file '{name}' does not exist.")
+        return run
+
+    def read_log(self, run_id: int, offset: int = 0, max_bytes: int = logs.MAX_READ,
+                 tail_bytes: int | None = None, lines: int | None = None) -> logs.LogChunk:
+        run = find_run(self.db, run_id)
+        path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
+        complete = run.status not in ACTIVE
+        if not path.exists():
+            if run.status == RunStatus.QUEUED or complete:
+                return logs.LogChunk("", 0, 0, 0, complete)
+            raise NotFound(f"Log of run {run_id} does not exist.")
+        cap = self.settings.log_max_bytes
+        if tail_bytes is not None or lines is not None:
+            return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete)
+        return logs.read(path, offset, max_bytes, cap, complete)
+
+    def list_logs(self, limit: int = 50, offset: int = 0, task: str | None = None) -> list[dict]:
+        """Run log files, newest first, paged through the run table (not a dir scan)."""
+        query = select(Run.id, Run.task, Run.status).where(Run.log_path.is_not(None))
+        if task:
+            query = query.where(Run.task == task)
+        with self.db.read() as s:
+            rows = s.exec(query.order_by(Run.id.desc()).limit(min(limit, MAX_PAGE))
+                          .offset(offset)).all()
+        out = []
+        for run_id, task_name, status in rows:
+            name = logs.log_name(task_name, run_id)
+            try:
+                stat = (self.settings.run_logs_dir / name).stat()
+            except FileNotFoundError:
+                continue
+            out.append({"name": name, "run_id": run_id, "task": task_name, "status": status,
+                        "size": stat.st_size,
+                        "modified": datetime.fromtimestamp(stat.st_mtime).astimezone()})
+        return out
+
+    def app_log(self, lines: int = 100, level: str | None = None) -> logs.LogChunk:
+        path = self.settings.app_log
+        if not path.exists():
+            return logs.LogChunk("", 0, 0, 0)
+        lines = max(1, min(int(lines), 5000))
+        if not level:
+            return logs.tail(path, lines=lines)
+        order = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+        if level.upper() not in order:
+            raise InvalidParams(f"level must be one of {', '.join(order)}")
+        wanted = order[order.index(level.upper()):]
+        chunk = logs.tail(path, lines=lines * 10)
+        kept = [ln for ln in chunk.content.splitlines(keepends=True)
+                if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
+        return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
+
+    # ---- system ----------------------------------------------------------
+
+    def system_info(self) -> dict:
+        return monitor.system_info(self.settings.home)
+
+    def process_info(self) -> dict:
+        return monitor.process_info()
+
+    def python_processes(self) -> list[dict]:
+        return monitor.python_processes()
+
+    def held_locks(self) -> list[dict]:
+        return [lock.__dict__ for lock in self.locks.held()]
+
+    def system_samples(self) -> list[dict]:
+        return self.sampler.series() if self.sampler else []
+
+    def supervisor_status(self) -> dict:
+        counts = self.status_counts()
+        base = self.supervisor.status() if self.supervisor else {
+            "alive": False, "slots_in_use": self.locks.slots_in_use(),
+            "max_concurrency": self.settings.max_concurrency}
+        return {**base, "running": counts.get(RunStatus.RUNNING, 0),
+                "queued": counts.get(RunStatus.QUEUED, 0)}
+
+    def health(self) -> dict:
+        """What /api/system/health reports; ``ok`` is False if anything vital is down."""
+        checks: dict[str, Any] = {}
+        try:
+            checks["database"] = self.db.ping()
+        except Exception as exc:
+            checks["database"] = False
+            checks["database_error"] = str(exc)
+        checks["supervisor"] = bool(self.supervisor and self.supervisor.alive)
+        checks["tasks_dir"] = self.settings.tasks_dir.is_dir()
+        ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
+        return {"status": "ok" if ok else "unavailable", "ok": ok, "checks": checks}
+
+    def run_stats(self) -> dict:
+        counts = self.status_counts()
+        finished = sum(v for k, v in counts.items() if k not in ACTIVE)
+        bad = sum(v for k, v in counts.items() if k in UNSUCCESSFUL)
+        return {"counts": counts, "finished": finished, "unsuccessful": bad}
+
+
+_default: Service | None = None
+_default_lock = threading.Lock()
+
+
+def default_service() -> Service:
+    """The process-wide started service shared by the UI sessions and the API."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            service = Service().start()
+            atexit.register(service.stop)
+            _default = service
+        return _default
+
+
+def shutdown_default() -> None:
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.stop()
+            _default = None

@@ -1,0 +1,206 @@
+"""Every TASKRUN_* setting in one table: name, default, help, and how to parse it.
+
+The table drives validation, the README's configuration section (checked by a
+test) and ``python -m taskrun settings``. Tests pass a dict as ``environ``
+instead of patching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = _non_negative_float(raw)
+    if value == 0:
+        raise ValueError
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError
+    return level
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError
+    return Path(raw).expanduser().resolve()
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Callable[[dict], str] | str
+    help: str
+    parse: Callable[[str], object]
+    accepts: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
+            "Data directory: database, run logs, locks, app log.", _path, "a directory path"),
+    Setting("TASKRUN_TASKS_DIR", str(PROJECT_ROOT / "tasks"),
+            "Directory holding the task scripts (`<name>.py`).", _path, "a directory path"),
+    Setting("TASKRUN_DATABASE_URL", lambda s: f"sqlite:///{s['home'] / 'taskrun.db'}",
+            "SQLAlchemy URL of the run history (default: SQLite file in the data dir).",
+            str, "an SQLAlchemy URL"),
+    Setting("TASKRUN_MAX_CONCURRENCY", str(os.cpu_count() or 1),
+            "Most runs executing at once, across every process sharing the data dir "
+            "(default: CPU count).", _positive_int, "an integer >= 1"),
+    Setting("TASKRUN_MAX_QUEUE", "1000",
+            "Most runs waiting in the queue; further submits are refused.",
+            _positive_int, "an integer >= 1"),
+    Setting("TASKRUN_DEFAULT_TIMEOUT", "3600",
+            "Seconds a run may take when its task declares no `timeout`.",
+            _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_KILL_GRACE", "5",
+            "Seconds between SIGTERM and SIGKILL when a run is timed out or cancelled.",
+            _non_negative_float, "a number of seconds >= 0"),
+    Setting("TASKRUN_LOG_LEVEL", "INFO", "Level of the application log (`data/logs/app.log`).",
+            _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Setting("TASKRUN_LOG_MAX_BYTES", str(20 * 1024 * 1024),
+            "Cap on one run's log; output beyond it is discarded behind a marker line.",
+            _positive_int, "an integer number of bytes >= 1"),
+    Setting("TASKRUN_SAMPLE_INTERVAL", "1",
+            "Seconds between resource samples (CPU, memory) of each running run.",
+            _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_POLL_INTERVAL", "0.5",
+            "Seconds between checks for work submitted by other processes "
+            "(local submits wake the supervisor at once).",
+            _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_MONITOR_INTERVAL", "2",
+            "Seconds between system samples kept for the System page charts.",
+            _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
+            "Comma-separated names of server environment variables passed to tasks, "
+            "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
+            "comma-separated variable names"),
+)
+
+_ATTR = {s.name: s.name.removeprefix("TASKRUN_").lower() for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    tasks_dir: Path
+    database_url: str
+    max_concurrency: int
+    max_queue: int
+    default_timeout: float
+    kill_grace: float
+    log_level: str
+    log_max_bytes: int
+    sample_interval: float
+    poll_interval: float
+    monitor_interval: float
+    task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_logs_dir(self) -> Path:
+        return self.home / "logs" / "runs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def app_log(self) -> Path:
+        return self.logs_dir / "app.log"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read every setting from ``environ`` (default ``os.environ``); fail naming the variable."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        attr = _ATTR[setting.name]
+        if attr in overrides:
+            values[attr] = overrides[attr]
+            continue
+        raw = env.get(setting.name)
+        if raw is None or raw == "":
+            default = setting.default
+            raw = default(values) if callable(default) else default
+        try:
+            values[attr] = setting.parse(raw)
+        except (ValueError, TypeError):
+            raise SettingsError(
+                f"{setting.name}={raw!r} is invalid: expected {setting.accepts}."
+            ) from None
+    return Settings(**values)
+
+
+def defaults_table() -> list[tuple[str, str, str]]:
+    """(name, default as documented, help) for the README and the CLI."""
+    rows = []
+    for s in SETTINGS:
+        if callable(s.default):
+            default = "SQLite file `taskrun.db` in the data dir"
+        elif s.name == "TASKRUN_MAX_CONCURRENCY":
+            default = "CPU count"
+        elif s.name in ("TASKRUN_HOME", "TASKRUN_TASKS_DIR"):
+            default = f"`{Path(s.default).relative_to(PROJECT_ROOT)}/` in the project"
+        else:
+            default = f"`{s.default}`" if s.default else "(none)"
+        rows.append((s.name, default, s.help))
+    return rows
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log the application to a rotating ``app.log`` in the data dir (once per process)."""
+    from logging.handlers import RotatingFileHandler
+
+    root = logging.getLogger("taskrun")
+    root.setLevel(settings.log_level)
+    target = str(settings.app_log)
+    for handler in root.handlers:
+        if getattr(handler, "baseFilename", None) == target:
+            return
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(target, maxBytes=5 * 1024 * 1024, backupCount=3,
+                                  encoding="utf-8")
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+    root.addHandler(handler)
