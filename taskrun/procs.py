@@ -66,8 +66,11 @@ def is_same_process(pid: int | None, created: float | None) -> bool:
     """True if ``pid`` still names the process that started at ``created`` (pid reuse safe)."""
     if not pid or created is None:
         return False
-    now = create_time(pid)
-    return now is not None and abs(now - created) < 0.05
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - created) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def signal_group(pgid: int, sig: int) -> bool:

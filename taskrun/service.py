@@ -359,9 +359,8 @@ class Service:
         path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         complete = run.status not in ACTIVE
         if not path.exists():
-            if run.status == RunStatus.QUEUED or complete:
-                return logs.LogChunk("", 0, 0, 0, complete)
-            raise NotFound(f"Log of run {run_id} does not exist.")
+            # Not started yet, or claimed a moment ago and the process is being spawned.
+            return logs.LogChunk("", 0, 0, 0, complete)
         cap = self.settings.log_max_bytes
         if tail_bytes is not None or lines is not None:
             return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete)
@@ -402,6 +401,12 @@ class Service:
         kept = [ln for ln in chunk.content.splitlines(keepends=True)
                 if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
         return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
+
+    def query(self, sql: str, max_rows: int = 10_000, time_limit: float = 5.0):
+        """Read-only SQL over the history (see ``taskrun.query``)."""
+        from .query import run_readonly
+
+        return run_readonly(self.settings.database_url, sql, max_rows, time_limit)
 
     # ---- system ----------------------------------------------------------
 

@@ -1,0 +1,35 @@
+"""Task Run Service: ``streamlit run app.py`` serves the dashboard at / and the API at /api.
+
+Streamlit imports this file as the ASGI app (``app`` below) and, for every
+browser session, runs it as the page script (``__main__``). Both share one
+process-wide service: one supervisor, one database.
+"""
+
+from contextlib import asynccontextmanager
+
+import streamlit as st
+from starlette.routing import Mount
+
+if __name__ == "__main__":
+    from pages.common import run_navigation
+
+    run_navigation()
+else:
+    from streamlit.runtime.pages_manager import PagesManager
+
+    from taskrun.api import create_api
+    from taskrun.service import default_service, shutdown_default
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        default_service()  # start the supervisor with the server, not on the first visit
+        yield
+        shutdown_default()  # stop claiming; end running tasks as cancelled ("shutdown")
+
+    # Streamlit treats a `pages/` folder as the old automatic multipage mode until
+    # some session calls st.navigation; a first visit straight to /editor would
+    # then run the page without this script's navigation. Our pages are declared
+    # with st.navigation only.
+    PagesManager.uses_pages_directory = False
+
+    app = st.App(__file__, routes=[Mount("/api", app=create_api())], lifespan=lifespan)

@@ -1,0 +1,74 @@
+"""What every page shares: the navigation, the sidebar status, the service handle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from taskrun import fmt
+from taskrun.errors import TaskRunError
+from taskrun.service import Service, default_service
+from taskrun.status import ICONS, RunStatus
+
+HERE = Path(__file__).resolve().parent
+
+
+def service() -> Service:
+    """The process-wide service (started by the server's lifespan, or here on first use)."""
+    return default_service()
+
+
+PAGES = {
+    "tasks": st.Page(str(HERE / "tasks.py"), title="Tasks", icon="🗂️", url_path="tasks",
+                     default=True),
+    "editor": st.Page(str(HERE / "editor.py"), title="Editor", icon="📝", url_path="editor"),
+    "runs": st.Page(str(HERE / "runs.py"), title="Runs & logs", icon="📜", url_path="runs"),
+    "system": st.Page(str(HERE / "system.py"), title="System", icon="🖥️", url_path="system"),
+}
+
+
+def run_navigation() -> None:
+    st.set_page_config(page_title="Task Run Service", page_icon="⚙️", layout="wide")
+    nav = st.navigation(list(PAGES.values()))
+    with st.sidebar:
+        sidebar_status()
+    nav.run()
+
+
+@st.fragment(run_every=2.0)
+def sidebar_status() -> None:
+    try:
+        status = service().supervisor_status()
+    except TaskRunError as exc:
+        st.error(str(exc))
+        return
+    alive = "🟢 supervisor running" if status.get("alive") else "🔴 supervisor stopped"
+    st.caption(alive)
+    c1, c2 = st.columns(2)
+    c1.metric("Running", status["running"])
+    c2.metric("Queued", status["queued"])
+    st.progress(min(1.0, status["slots_in_use"] / max(1, status["max_concurrency"])),
+                text=f"Slots {status['slots_in_use']} of {status['max_concurrency']}")
+
+
+def status_label(status: str) -> str:
+    try:
+        return f"{ICONS[RunStatus(status)]} {status}"
+    except ValueError:
+        return status
+
+
+def show_error(exc: Exception) -> None:
+    """A refused action shows its reason, never a stack trace."""
+    st.error(str(exc), icon="⚠️")
+
+
+def run_summary(run) -> str:
+    parts = [f"Run #{run.id}", status_label(run.status)]
+    if run.exit_code is not None:
+        parts.append(f"exit code {run.exit_code}")
+    if run.signal:
+        parts.append(run.signal)
+    parts.append(fmt.duration(run.duration))
+    return " · ".join(parts)

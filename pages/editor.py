@@ -1,0 +1,199 @@
+"""Editor: code on top, the run's output underneath, like a notebook cell."""
+
+from __future__ import annotations
+
+import difflib
+
+import streamlit as st
+from streamlit_ace import st_ace
+
+from pages.common import run_summary, service, show_error
+from taskrun.errors import InvalidCode, StaleWrite, TaskRunError
+from taskrun.metadata import PARAM_TYPES
+from taskrun.status import ACTIVE
+
+svc = service()
+ss = st.session_state
+ss.setdefault("editor_run_id", None)
+ss.setdefault("editor_annotations", [])
+ss.setdefault("editor_stale", None)
+ss.setdefault("editor_base", {})  # task -> sha the editor was loaded from
+ss.setdefault("editor_message", None)
+
+st.title("Editor")
+names = [t["name"] for t in svc.list_tasks()]
+if not names:
+    st.info("No tasks yet: create one on the Tasks page.")
+    st.stop()
+
+wanted = st.query_params.get("task")
+index = names.index(wanted) if wanted in names else 0
+name = st.selectbox("Task", names, index=index, key="editor_task")
+if st.query_params.get("task") != name:
+    st.query_params["task"] = name
+    ss.editor_run_id = None
+    ss.editor_annotations = []
+
+try:
+    task = svc.get_task(name)
+except TaskRunError as exc:
+    show_error(exc)
+    st.stop()
+base_sha = ss.editor_base.setdefault(name, task["sha"])
+if task["error"]:
+    st.warning(task["error"], icon="⚠️")
+
+if ss.editor_message:
+    st.success(ss.editor_message)
+    ss.editor_message = None
+
+# The widget key follows the sha it was loaded from, so loading another version
+# (restore, "take theirs") replaces the buffer instead of keeping the old text.
+code = st_ace(value=task["code"] if base_sha == task["sha"] else ss.get(f"buffer-{name}", ""),
+              language="python", theme="github", keybinding="vscode", min_lines=18,
+              max_lines=40, font_size=14, tab_size=4, show_gutter=True, wrap=False,
+              annotations=ss.editor_annotations, auto_update=True,
+              key=f"ace-{name}-{base_sha[:12]}")
+if code is None:
+    code = task["code"]
+ss[f"buffer-{name}"] = code
+dirty = code != task["code"]
+st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'][:12]}")
+
+
+def save(overwrite: bool = False) -> bool:
+    try:
+        saved = svc.update_task(name, code, None if overwrite else ss.editor_base[name],
+                                author="ui")
+    except InvalidCode as exc:
+        ss.editor_annotations = [{"row": max(0, (exc.line or 1) - 1),
+                                  "column": max(0, (exc.column or 1) - 1),
+                                  "text": exc.message, "type": "error"}]
+        st.error(f"Not saved. {exc}", icon="🛑")
+        return False
+    except StaleWrite as exc:
+        ss.editor_stale = exc.current_sha
+        st.error(f"Not saved. {exc}", icon="🛑")
+        return False
+    except TaskRunError as exc:
+        st.error(f"Not saved. {exc}", icon="🛑")
+        return False
+    ss.editor_annotations = []
+    ss.editor_stale = None
+    ss.editor_base[name] = saved["sha"]
+    ss.editor_message = f"Saved ({saved['sha'][:12]})."
+    return True
+
+
+def run_now() -> None:
+    try:
+        run = svc.submit(name, {}, trigger="editor", user="ui")
+    except TaskRunError as exc:
+        show_error(exc)
+        return
+    ss.editor_run_id = run.id
+
+
+c1, c2, c3, _ = st.columns([1, 1, 1.3, 4])
+if c1.button("💾 Save", key="editor-save", type="primary") and save():
+    st.rerun()
+if c2.button("▶ Run", key="editor-run", help="Run the saved code"):
+    run_now()
+if c3.button("💾▶ Save & Run", key="editor-save-run") and save():
+    run_now()
+
+if ss.editor_stale:
+    theirs, _ = svc.store.read(name)
+    with st.expander("Someone else saved this task meanwhile: see the difference", expanded=True):
+        diff = difflib.unified_diff(theirs.splitlines(), code.splitlines(), "saved", "yours",
+                                    lineterm="")
+        st.code("\n".join(diff) or "(no difference)", language="diff")
+        d1, d2 = st.columns(2)
+        if d1.button("Overwrite with mine", key="editor-overwrite") and save(overwrite=True):
+            st.rerun()
+        if d2.button("Discard mine, load theirs", key="editor-theirs"):
+            ss.editor_base[name] = ss.editor_stale
+            ss.editor_stale = None
+            st.rerun()
+
+
+@st.fragment(run_every=0.5)
+def output() -> None:
+    run_id = ss.editor_run_id
+    if run_id is None:
+        st.caption("Run the task to see its output here.")
+        return
+    run = svc.get_run(run_id)
+    chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
+    st.markdown(f"**Output** · {run_summary(run)}")
+    if run.progress is not None and run.status in ACTIVE:
+        st.progress(run.progress, text=run.progress_message or "")
+    st.code(chunk.content or "(no output yet)", language="text")
+    if run.error and run.status not in ACTIVE:
+        st.caption(run.error)
+
+
+output()
+
+with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
+    meta = task["metadata"] or {}
+    with st.form("editor-settings"):
+        description = st.text_input("Description", value=meta.get("description", ""))
+        timeout = st.number_input("Timeout (seconds, 0 = server default)", min_value=0.0,
+                                  value=float(meta.get("timeout") or 0.0), step=10.0)
+        policies = ["forbid", "queue", "parallel"]
+        concurrency = st.selectbox("When already running", policies,
+                                   index=policies.index(meta.get("concurrency", "forbid")),
+                                   help="forbid: refuse · queue: wait · parallel: run side by side")
+        rows = [{"name": n, "type": p["type"], "default": "" if p["default"] is None
+                 else str(p["default"]), "help": p["help"]}
+                for n, p in (meta.get("params") or {}).items()]
+        edited = st.data_editor(
+            rows or [{"name": "", "type": "str", "default": "", "help": ""}],
+            num_rows="dynamic", key="editor-params",
+            column_config={"type": st.column_config.SelectboxColumn(options=list(PARAM_TYPES))})
+        apply = st.form_submit_button("Apply settings")
+    if apply:
+        params = {}
+        for row in edited:
+            if row.get("name"):
+                spec = {"type": row.get("type") or "str", "help": row.get("help") or ""}
+                default = row.get("default")
+                if default not in (None, ""):
+                    spec["default"] = (int(default) if spec["type"] == "int" and
+                                       str(default).lstrip("-").isdigit() else default)
+                params[row["name"]] = spec
+        new_meta = {"description": description, "timeout": timeout or None,
+                    "concurrency": concurrency, "params": params, "env": meta.get("env", {})}
+        try:
+            saved = svc.update_task_settings(name, new_meta, ss.editor_base[name], author="ui")
+        except TaskRunError as exc:
+            show_error(exc)
+        else:
+            ss.editor_base[name] = saved["sha"]
+            ss.editor_message = "Settings saved."
+            st.rerun()
+
+with st.expander("🕘 Version history"):
+    history = svc.task_versions(name, limit=50)
+    if not history:
+        st.caption("No saved versions yet.")
+    else:
+        labels = {v.id: f"#{v.id} · {v.created_at:%Y-%m-%d %H:%M:%S} UTC · {v.sha[:12]} · "
+                        f"{v.note or ''} {('by ' + v.author) if v.author else ''}"
+                  for v in history}
+        chosen = st.selectbox("Version", list(labels), format_func=labels.get,
+                              key="editor-version")
+        version = svc.get_version(name, chosen)
+        diff = difflib.unified_diff(version.content.splitlines(), task["code"].splitlines(),
+                                    f"version {version.id}", "current", lineterm="")
+        st.code("\n".join(diff) or "(same as the current code)", language="diff")
+        if st.button("Restore this version", key="editor-restore"):
+            try:
+                restored = svc.restore_version(name, chosen, author="ui")
+            except TaskRunError as exc:
+                show_error(exc)
+            else:
+                ss.editor_base[name] = restored["sha"]
+                ss.editor_message = f"Restored version #{chosen}."
+                st.rerun()

@@ -1,0 +1,173 @@
+"""Runs & logs: history with filters, one run's detail and log, app log, SQL queries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages.common import run_summary, service, show_error, status_label
+from taskrun import fmt
+from taskrun.errors import TaskRunError
+from taskrun.service import RunFilter
+from taskrun.status import ACTIVE, RunStatus
+
+svc = service()
+ss = st.session_state
+ss.setdefault("runs_page", 0)
+
+st.title("Runs & logs")
+history_tab, log_tab, query_tab = st.tabs(["History", "Application log", "Query"])
+
+with history_tab:
+    task_names = sorted({t["name"] for t in svc.list_tasks()})
+    f1, f2, f3, f4 = st.columns([2, 3, 2, 3])
+    task = f1.selectbox("Task", ["(all)", *task_names], key="runs_task")
+    statuses = f2.multiselect("Status", [s.value for s in RunStatus], key="runs_status")
+    trigger = f3.selectbox("Trigger", ["(all)", "manual", "editor", "api", "cli"],
+                           key="runs_trigger")
+    days = f4.date_input("Queued between", value=(), key="runs_days")
+    since = until = None
+    if isinstance(days, tuple) and len(days) == 2:
+        since = datetime.combine(days[0], time.min, UTC)
+        until = datetime.combine(days[1], time.min, UTC) + timedelta(days=1)
+    flt = RunFilter(task=None if task == "(all)" else task,
+                    status=",".join(statuses) or None,
+                    trigger=None if trigger == "(all)" else trigger, since=since, until=until)
+    page_size = 50
+    total = svc.count_runs(flt)
+    pages = max(1, -(-total // page_size))
+    ss.runs_page = min(ss.runs_page, pages - 1)
+    runs = svc.list_runs(flt, page_size, ss.runs_page * page_size)
+    table = pd.DataFrame([{
+        "id": r.id, "task": r.task, "status": status_label(r.status), "trigger": r.trigger,
+        "queued": r.queued_at, "duration": fmt.duration(r.duration), "exit": r.exit_code,
+        "peak memory": fmt.size(r.peak_rss) if r.peak_rss else "–",
+        "error": r.error or "",
+    } for r in runs], columns=["id", "task", "status", "trigger", "queued", "duration", "exit",
+                               "peak memory", "error"])
+    picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
+                          key="runs_table", width="stretch",
+                          column_config={"queued": st.column_config.DatetimeColumn(
+                              format="YYYY-MM-DD HH:mm:ss")})
+    p1, p2, p3 = st.columns([1, 2, 1])
+    if p1.button("◀ Newer", disabled=ss.runs_page == 0, key="runs_prev"):
+        ss.runs_page -= 1
+        st.rerun()
+    p2.caption(f"{total} runs · page {ss.runs_page + 1} of {pages}")
+    if p3.button("Older ▶", disabled=ss.runs_page >= pages - 1, key="runs_next"):
+        ss.runs_page += 1
+        st.rerun()
+
+    rows = picked.selection.rows if picked and picked.selection else []
+    if rows:
+        st.query_params["run"] = str(int(table.iloc[rows[0]]["id"]))
+    run_param = st.query_params.get("run")
+    selected = int(run_param) if run_param and run_param.isdigit() else None
+
+    if selected is not None:
+        try:
+            run = svc.get_run(selected)
+        except TaskRunError as exc:
+            show_error(exc)
+            run = None
+        if run is not None:
+            st.divider()
+            st.subheader(run_summary(run))
+            d1, d2, d3 = st.columns(3)
+            d1.markdown(f"**Task** `{run.task}`  \n**Trigger** {run.trigger} by "
+                        f"{run.requested_by or '–'}  \n**Params** `{run.params or {}}`")
+            d2.markdown(f"**Queued** {run.queued_at:%Y-%m-%d %H:%M:%S} UTC  \n"
+                        f"**Code** `{(run.code_sha or '–')[:12]}`  \n"
+                        f"**Cancelled by** {run.cancelled_by or '–'}")
+            d3.markdown(f"**Peak memory** {fmt.size(run.peak_rss)}  \n"
+                        f"**CPU** {run.cpu_seconds if run.cpu_seconds is not None else '–'} s"
+                        f"  \n**PID** {run.pid or '–'}")
+            if run.error:
+                st.warning(run.error)
+            if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}"):
+                try:
+                    svc.cancel(run.id, by="ui")
+                except TaskRunError as exc:
+                    show_error(exc)
+
+            @st.fragment(run_every=1.0)
+            def log_view(run_id: int) -> None:
+                current = svc.get_run(run_id)
+                chunk = svc.read_log(run_id, tail_bytes=256 * 1024)
+                needle = st.text_input("Filter lines", key=f"log_filter_{run_id}",
+                                       placeholder="text to search for")
+                content = chunk.content
+                if needle:
+                    content = "\n".join(ln for ln in content.splitlines() if needle in ln)
+                live = " · following live" if current.status in ACTIVE else ""
+                st.caption(f"{fmt.size(chunk.size)}{live}"
+                           + (" · showing the last 256 KiB" if chunk.offset else ""))
+                st.code(content or "(empty)", language="text")
+
+            log_view(run.id)
+            name = f"{run.task}_{run.id}.log"
+            st.link_button("⬇ Download the whole log", f"/api/logs/{name}/download")
+
+            samples = svc.run_samples(run.id)
+            if samples:
+                frame = pd.DataFrame(samples)
+                frame["memory MiB"] = frame["rss"] / 2**20
+                g1, g2 = st.columns(2)
+                g1.plotly_chart(px.line(frame, x="t", y="cpu_percent", title="CPU %"),
+                                key=f"run_cpu_{run.id}")
+                g2.plotly_chart(px.line(frame, x="t", y="memory MiB", title="Memory"),
+                                key=f"run_mem_{run.id}")
+
+            history = svc.task_history(run.task)
+            if history:
+                frame = pd.DataFrame([{"id": r.id, "finished": r.finished_at,
+                                       "duration s": r.duration, "status": r.status}
+                                      for r in history])
+                h1, h2 = st.columns(2)
+                h1.plotly_chart(px.scatter(frame, x="finished", y="duration s", color="status",
+                                           title=f"Duration of {run.task} runs"),
+                                key=f"task_dur_{run.id}")
+                frame["day"] = pd.to_datetime(frame["finished"]).dt.date
+                per_day = frame.groupby(["day", "status"]).size().reset_index(name="runs")
+                h2.plotly_chart(px.bar(per_day, x="day", y="runs", color="status",
+                                       title="Outcomes per day"), key=f"task_day_{run.id}")
+    else:
+        st.caption("Select a run in the table to see its log and details.")
+
+with log_tab:
+    l1, l2 = st.columns(2)
+    level = l1.selectbox("Level at least", ["DEBUG", "INFO", "WARNING", "ERROR"], index=1,
+                         key="applog_level")
+    lines = l2.number_input("Lines", min_value=10, max_value=5000, value=200, step=50,
+                            key="applog_lines")
+    st.code(svc.app_log(int(lines), level).content or "(empty)", language="text")
+
+with query_tab:
+    st.caption("Read-only SQL over the run history (tables: run, task_version, run_sample). "
+               "At most 10,000 rows and 5 seconds.")
+    sql = st.text_area("SQL", key="query_sql", height=120,
+                       value="SELECT task, status, count(*) AS runs, "
+                             "round(avg(julianday(finished_at) - julianday(started_at)) * 86400, 2)"
+                             " AS avg_seconds\nFROM run GROUP BY task, status ORDER BY runs DESC")
+    if st.button("Run query", key="query_run", type="primary"):
+        try:
+            result = svc.query(sql)
+        except TaskRunError as exc:
+            show_error(exc)
+        else:
+            frame = pd.DataFrame(result.rows, columns=result.columns)
+            ss.query_result = frame
+            st.caption(f"{len(frame)} rows in {result.elapsed * 1000:.0f} ms"
+                       + (" (truncated)" if result.truncated else ""))
+    frame = ss.get("query_result")
+    if frame is not None:
+        st.dataframe(frame, hide_index=True, width="stretch")
+        st.download_button("⬇ CSV", frame.to_csv(index=False), "query.csv", "text/csv",
+                           key="query_csv")
+        numeric = frame.select_dtypes("number").columns.tolist()
+        if numeric and len(frame.columns) > 1:
+            x = frame.columns[0]
+            st.plotly_chart(px.bar(frame, x=x, y=numeric[-1]), key="query_chart")

@@ -1,0 +1,71 @@
+"""System: CPU, memory, disk and load, live charts, Python processes, held locks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages.common import service
+from taskrun import fmt
+
+svc = service()
+st.title("System")
+
+
+@st.fragment(run_every=2.0)
+def live() -> None:
+    info = svc.system_info()
+    sup = svc.supervisor_status()
+    c = st.columns(6)
+    c[0].metric("CPU", f"{info['cpu_percent']:.0f} %", help=f"{info['cpu_count']} cores")
+    c[1].metric("Memory", f"{info['memory']['percent']:.0f} %",
+                help=f"{fmt.size(info['memory']['used'])} of {fmt.size(info['memory']['total'])}")
+    c[2].metric("Disk (data dir)", f"{info['disk']['percent']:.0f} %",
+                help=f"{fmt.size(info['disk']['free'])} free")
+    c[3].metric("Load (1 min)", f"{info['load'][0]:.2f}" if info["load"] else "–")
+    c[4].metric("Uptime", fmt.duration(info["uptime"]))
+    c[5].metric("Slots in use", f"{sup['slots_in_use']} / {sup['max_concurrency']}",
+                help=f"{sup['queued']} queued")
+    samples = pd.DataFrame(svc.system_samples())
+    if not samples.empty:
+        samples["time"] = pd.to_datetime(samples["t"], unit="s")
+        fig = go.Figure()
+        fig.add_scatter(x=samples["time"], y=samples["cpu_percent"], name="CPU %")
+        fig.add_scatter(x=samples["time"], y=samples["memory_percent"], name="Memory %")
+        fig.update_layout(title="CPU and memory, last minutes", yaxis_range=[0, 100],
+                          height=320, margin={"t": 40, "b": 20})
+        st.plotly_chart(fig, key="system_chart")
+    else:
+        st.caption("Collecting samples…")
+
+
+live()
+
+st.subheader("Python processes")
+procs = svc.python_processes()
+st.dataframe(pd.DataFrame([{
+    "pid": p["pid"], "run": p["run_id"], "server": "●" if p["is_server"] else "",
+    "memory": fmt.size(p["rss"]), "cpu s": p["cpu_seconds"],
+    "started": datetime.fromtimestamp(p["started"]) if p["started"] else None,
+    "command": p["command"]} for p in procs]), hide_index=True, width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("This server")
+    me = svc.process_info()
+    st.markdown(f"PID **{me['pid']}** · memory **{fmt.size(me['rss'])}** · "
+                f"threads **{me['threads']}** · up **{fmt.duration(me['uptime'])}**")
+    st.caption(f"Python {svc.system_info()['python']} · {svc.system_info()['platform']}")
+with right:
+    st.subheader("Held task locks")
+    held = svc.held_locks()
+    if held:
+        st.dataframe(pd.DataFrame([{
+            "task": h["task"], "run": h["run_id"], "pid": h["pid"],
+            "since": datetime.fromtimestamp(h["since"]) if h["since"] else None}
+            for h in held]), hide_index=True, width="stretch")
+    else:
+        st.caption("No task holds a lock.")

@@ -1,0 +1,185 @@
+"""Tasks: every task with its state, actions to run/edit/delete, and the active runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import streamlit as st
+
+from pages.common import PAGES, run_summary, service, show_error, status_label
+from taskrun import fmt
+from taskrun.errors import TaskRunError
+from taskrun.templates import TEMPLATES
+
+svc = service()
+st.session_state.setdefault("tasks_flash", None)
+# The open dialog, as ("run" | "delete", task name): kept across reruns so a
+# dialog's own widgets work whatever part of the page reruns.
+st.session_state.setdefault("tasks_dialog", None)
+
+
+def close_dialog() -> None:
+    st.session_state.tasks_dialog = None
+
+
+st.title("Tasks")
+st.caption(f"Python scripts in `{svc.settings.tasks_dir.name}/`, run under supervision.")
+
+if st.session_state.tasks_flash:
+    kind, message = st.session_state.tasks_flash
+    (st.success if kind == "ok" else st.error)(message)
+    st.session_state.tasks_flash = None
+
+
+@st.dialog("Run task", on_dismiss=close_dialog)
+def run_dialog(task: dict) -> None:
+    st.write(f"**{task['name']}** — {task['description'] or 'no description'}")
+    params = (task.get("metadata") or {}).get("params", {})
+    values = {}
+    with st.form(f"run-form-{task['name']}"):
+        for name, spec in params.items():
+            label, default, help_ = name, spec.get("default"), spec.get("help") or None
+            kind = spec.get("type", "str")
+            key = f"param-{task['name']}-{name}"
+            if kind == "int":
+                values[name] = st.number_input(label, value=int(default or 0), step=1,
+                                               help=help_, key=key)
+            elif kind == "float":
+                values[name] = st.number_input(label, value=float(default or 0.0), help=help_,
+                                               key=key, format="%g")
+            elif kind == "bool":
+                values[name] = st.checkbox(label, value=bool(default), help=help_, key=key)
+            elif kind == "choice":
+                choices = spec.get("choices") or []
+                index = choices.index(default) if default in choices else 0
+                values[name] = st.selectbox(label, choices, index=index, help=help_, key=key)
+            elif kind == "date":
+                values[name] = st.text_input(label, value=str(default or date.today()),
+                                             help=(help_ or "") + " (YYYY-MM-DD, today, yesterday)",
+                                             key=key)
+            else:
+                values[name] = st.text_input(label, value="" if default is None else str(default),
+                                             help=help_, key=key)
+        if not params:
+            st.caption("This task declares no params.")
+        submitted = st.form_submit_button("Run", type="primary")
+    if submitted:
+        try:
+            run = svc.submit(task["name"], values, trigger="manual", user="ui")
+        except TaskRunError as exc:
+            show_error(exc)
+            return
+        st.session_state.tasks_flash = ("ok", f"Run #{run.id} of {task['name']} queued.")
+        close_dialog()
+        st.rerun()
+
+
+@st.dialog("Delete task", on_dismiss=close_dialog)
+def delete_dialog(name: str) -> None:
+    st.write(f"Delete **{name}**? Its file is removed; its versions and run history are kept "
+             "and it can be restored from the editor's history.")
+    if st.button("Delete", type="primary", key=f"confirm-delete-{name}"):
+        try:
+            svc.delete_task(name, author="ui")
+        except TaskRunError as exc:
+            show_error(exc)
+            return
+        st.session_state.tasks_flash = ("ok", f"Task {name} deleted.")
+        close_dialog()
+        st.rerun()
+
+
+with st.expander("➕ New task"):
+    with st.form("new-task", clear_on_submit=False):
+        new_name = st.text_input("Name", placeholder="load_orders",
+                                 help="1-64 characters: letters, digits, '_' or '-'")
+        template = st.selectbox("Start from", list(TEMPLATES))
+        create = st.form_submit_button("Create", type="primary")
+    if create:
+        try:
+            svc.create_task(new_name.strip(), TEMPLATES[template], author="ui")
+        except TaskRunError as exc:
+            show_error(exc)
+        else:
+            st.switch_page(PAGES["editor"], query_params={"task": new_name.strip()})
+
+
+@st.fragment(run_every=1.0)
+def active_runs() -> None:
+    runs = svc.active_runs()
+    st.subheader(f"Active runs ({len(runs)})")
+    if not runs:
+        st.caption("Nothing queued or running.")
+        return
+    now = datetime.now(UTC)
+    for run in runs:
+        with st.container(border=True):
+            c1, c2, c3 = st.columns([4, 2, 1])
+            since = run.started_at or run.queued_at
+            c1.markdown(f"**{run.task}** · {status_label(run.status)} · run #{run.id}")
+            c1.caption(f"{'running' if run.started_at else 'waiting'} for "
+                       f"{fmt.duration((now - since).total_seconds())}")
+            if run.progress is not None:
+                c2.progress(run.progress, text=run.progress_message or f"{run.progress:.0%}")
+            c2.page_link(PAGES["runs"], label="Log", icon="📜",
+                         query_params={"run": str(run.id)})
+            if c3.button("Cancel", key=f"cancel-{run.id}"):
+                try:
+                    svc.cancel(run.id, by="ui")
+                except TaskRunError as exc:
+                    show_error(exc)
+
+
+active_runs()
+
+st.subheader("All tasks")
+tasks = svc.list_tasks()
+if not tasks:
+    st.info("No tasks yet: create one above.")
+
+header = st.columns([3, 4, 1.3, 2.2, 1.3, 1.2, 2.6])
+for col, label in zip(header, ["Task", "Description", "State", "Last run", "Duration",
+                               "Success", "Actions"], strict=True):
+    col.markdown(f"**{label}**")
+
+for task in tasks:
+    name = task["name"]
+    cols = st.columns([3, 4, 1.3, 2.2, 1.3, 1.2, 2.6], vertical_alignment="center")
+    cols[0].markdown(f"`{name}`")
+    if task["error"]:
+        cols[1].error(task["error"], icon="⚠️")
+    else:
+        cols[1].write(task["description"] or "–")
+    cols[2].write({"running": "▶️ running", "queued": "⏳ queued"}.get(task["state"], "idle"))
+    last = task["last_run"]
+    if last:
+        when = datetime.fromisoformat(last["finished_at"] or last["queued_at"])
+        cols[3].write(f"{status_label(last['status'])} · {fmt.ago(when)}")
+        cols[4].write(fmt.duration(last["duration"]))
+    else:
+        cols[3].write("never run")
+        cols[4].write("–")
+    rate = task["success_rate"]
+    cols[5].write("–" if rate is None else f"{rate:.0%} of {task['recent_runs']}")
+    a1, a2, a3 = cols[6].columns(3)
+    if a1.button("▶", key=f"run-{name}", help=f"Run {name}", disabled=bool(task["error"])):
+        st.session_state.tasks_dialog = ("run", name)
+    if a2.button("✎", key=f"edit-{name}", help=f"Edit {name}"):
+        st.switch_page(PAGES["editor"], query_params={"task": name})
+    if a3.button("🗑", key=f"delete-{name}", help=f"Delete {name}"):
+        st.session_state.tasks_dialog = ("delete", name)
+
+by_name = {t["name"]: t for t in tasks}
+if st.session_state.tasks_dialog:
+    kind, name = st.session_state.tasks_dialog
+    if name not in by_name:
+        close_dialog()
+    elif kind == "run":
+        run_dialog(by_name[name])
+    else:
+        delete_dialog(name)
+
+if tasks and any(t["last_run"] for t in tasks):
+    latest = max((t["last_run"] for t in tasks if t["last_run"]), key=lambda r: r["id"])
+    st.caption(f"Latest: {latest['task']} — "
+               f"{run_summary(svc.get_run(latest['id']))}")

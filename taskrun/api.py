@@ -1,0 +1,271 @@
+"""REST API: a thin translation of HTTP to ``service`` calls.
+
+Keeps the original service's paths (``/api/tasks``, ``/api/logs``,
+``/api/system/...``) and its field names (``task_id``, ``content``) as aliases.
+Errors are ``{"detail": "..."}`` with the status code of the typed error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from . import __version__, logs
+from .errors import AlreadyActive, InvalidCode, NotReady, StaleWrite, TaskRunError
+from .models import RunPublic, VersionPublic
+from .service import RunFilter, Service, default_service
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+# ---- shapes --------------------------------------------------------------
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(validation_alias=AliasChoices("id", "task_id", "name"), max_length=200)
+    code: str = Field(validation_alias=AliasChoices("code", "content"), max_length=1024 * 1024)
+
+
+class TaskUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(validation_alias=AliasChoices("code", "content"), max_length=1024 * 1024)
+    base_sha: str | None = Field(default=None, max_length=64)
+
+
+class ExecuteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any] | None = None
+
+
+class TaskSummary(BaseModel):
+    id: str
+    name: str
+    description: str
+    metadata: dict | None
+    error: str | None
+    sha: str
+    size: int
+    modified: str | None
+    state: str
+    active: dict[str, int]
+    last_run: dict | None
+    success_rate: float | None
+    recent_runs: int
+
+
+class TaskDetail(BaseModel):
+    id: str
+    name: str
+    description: str
+    metadata: dict | None
+    error: str | None
+    sha: str
+    size: int
+    modified: str | None
+    code: str
+
+
+class RunAccepted(RunPublic):
+    run_id: int
+
+
+class VersionDetail(VersionPublic):
+    content: str
+
+
+class LogChunkOut(BaseModel):
+    content: str
+    offset: int
+    next_offset: int
+    size: int
+    complete: bool
+
+
+class LogFile(BaseModel):
+    name: str
+    run_id: int
+    task: str
+    status: str
+    size: int
+    modified: datetime
+
+
+class Health(BaseModel):
+    status: str
+    ok: bool
+    checks: dict
+    version: str = __version__
+
+
+# ---- app -----------------------------------------------------------------
+
+def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
+    api = FastAPI(title="Task Run Service API", version=__version__, docs_url="/docs",
+                  openapi_url="/openapi.json", redoc_url=None)
+
+    def service() -> Service:
+        try:
+            return get_service()
+        except Exception as exc:
+            raise NotReady(f"The service is not ready: {exc}") from exc
+
+    @api.exception_handler(TaskRunError)
+    async def _typed_error(_request: Request, exc: TaskRunError) -> JSONResponse:
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, InvalidCode):
+            body.update(line=exc.line, column=exc.column, message=exc.message)
+        if isinstance(exc, AlreadyActive):
+            body.update(active_run_id=exc.run_id, active_status=exc.status)
+        if isinstance(exc, StaleWrite):
+            body.update(current_sha=exc.current_sha)
+        return JSONResponse(body, status_code=exc.http_status)
+
+    @api.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"Request body larger than {MAX_BODY_BYTES} bytes."},
+                                status_code=413)
+        return await call_next(request)
+
+    tasks = APIRouter(prefix="/tasks", tags=["tasks"])
+    logs_router = APIRouter(prefix="/logs", tags=["logs"])
+    system = APIRouter(prefix="/system", tags=["system"])
+
+    # -- runs first: "/tasks/runs" must not be taken for a task named "runs".
+
+    @tasks.get("/runs", response_model=list[RunPublic])
+    def list_runs(svc: Service = Depends(service), task: str | None = None,
+                  status: str | None = None, trigger: str | None = None,
+                  since: datetime | None = None, until: datetime | None = None,
+                  limit: int | None = Query(None, ge=1, le=500),
+                  offset: int = Query(0, ge=0)):
+        """Active runs; with any filter or paging parameter, a page of the whole history."""
+        if not any((task, status, trigger, since, until, limit, offset)):
+            return svc.active_runs()
+        flt = RunFilter(task=task, status=status, trigger=trigger, since=since, until=until)
+        return svc.list_runs(flt, limit or 50, offset)
+
+    @tasks.get("/runs/{run_id}", response_model=RunPublic)
+    def get_run(run_id: int, svc: Service = Depends(service)):
+        return svc.get_run(run_id)
+
+    @tasks.post("/runs/{run_id}/cancel", response_model=RunPublic)
+    def cancel_run(run_id: int, svc: Service = Depends(service)):
+        return svc.cancel(run_id, by="api")
+
+    @tasks.get("/runs/{run_id}/samples")
+    def run_samples(run_id: int, svc: Service = Depends(service)) -> list[dict]:
+        svc.get_run(run_id)
+        return svc.run_samples(run_id)
+
+    @tasks.get("", response_model=list[TaskSummary])
+    def list_tasks(svc: Service = Depends(service)):
+        return svc.list_tasks()
+
+    @tasks.post("", response_model=TaskDetail, status_code=201)
+    def create_task(body: TaskCreate, svc: Service = Depends(service)):
+        return svc.create_task(body.id, body.code, author="api")
+
+    @tasks.get("/{task_id}", response_model=TaskDetail)
+    def get_task(task_id: str, svc: Service = Depends(service)):
+        return svc.get_task(task_id)
+
+    @tasks.put("/{task_id}", response_model=TaskDetail)
+    def update_task(task_id: str, body: TaskUpdate, svc: Service = Depends(service)):
+        return svc.update_task(task_id, body.code, body.base_sha, author="api")
+
+    @tasks.delete("/{task_id}", status_code=204)
+    def delete_task(task_id: str, svc: Service = Depends(service)):
+        svc.delete_task(task_id, author="api")
+        return Response(status_code=204)
+
+    @tasks.post("/{task_id}/execute", response_model=RunAccepted, status_code=202)
+    def execute(task_id: str, body: ExecuteRequest | None = None,
+                svc: Service = Depends(service)):
+        run = svc.submit(task_id, (body.params if body else None) or {}, trigger="api",
+                         user="api")
+        return run.model_dump() | {"run_id": run.id}
+
+    @tasks.get("/{task_id}/versions", response_model=list[VersionPublic])
+    def versions(task_id: str, svc: Service = Depends(service),
+                 limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)):
+        return svc.task_versions(task_id, limit, offset)
+
+    @tasks.get("/{task_id}/versions/{ref}", response_model=VersionDetail)
+    def version(task_id: str, ref: str, svc: Service = Depends(service)):
+        v = svc.get_version(task_id, ref)
+        return VersionDetail(id=v.id, task=v.task, sha=v.sha, created_at=v.created_at,
+                             author=v.author, note=v.note, size=len(v.content),
+                             content=v.content)
+
+    @tasks.post("/{task_id}/versions/{ref}/restore", response_model=TaskDetail)
+    def restore(task_id: str, ref: str, svc: Service = Depends(service)):
+        return svc.restore_version(task_id, ref, author="api")
+
+    # -- logs: the app log before the "{name}" pattern.
+
+    @logs_router.get("", response_model=list[LogFile])
+    def list_logs(svc: Service = Depends(service), task: str | None = None,
+                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+        return svc.list_logs(limit, offset, task)
+
+    @logs_router.get("/app.log", response_model=LogChunkOut)
+    def app_log(svc: Service = Depends(service), lines: int = Query(100, ge=1, le=5000),
+                level: str | None = None):
+        return svc.app_log(lines, level).as_dict()
+
+    @logs_router.get("/{name}", response_model=LogChunkOut)
+    def read_log(name: str, svc: Service = Depends(service), offset: int = Query(0, ge=0),
+                 max_bytes: int = Query(logs.MAX_READ, ge=1, le=logs.MAX_READ),
+                 tail: int | None = Query(None, ge=1, le=logs.MAX_READ),
+                 lines: int | None = Query(None, ge=1, le=10000)):
+        run = svc.run_for_log(name)
+        return svc.read_log(run.id, offset, max_bytes, tail, lines).as_dict()
+
+    @logs_router.get("/{name}/download")
+    def download_log(name: str, svc: Service = Depends(service)):
+        run = svc.run_for_log(name)
+        path = svc.log_path(run.id)
+        if not path.exists():
+            svc.read_log(run.id)  # raises the same NotFound as reading would
+            return Response(b"", media_type="text/plain",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return StreamingResponse(
+            logs.iter_bytes(path, svc.settings.log_max_bytes), media_type="text/plain",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @system.get("/info")
+    def info(svc: Service = Depends(service)) -> dict:
+        return svc.system_info() | {"supervisor": svc.supervisor_status()}
+
+    @system.get("/process")
+    def process(svc: Service = Depends(service)) -> dict:
+        return svc.process_info()
+
+    @system.get("/processes")
+    def processes(svc: Service = Depends(service)) -> list[dict]:
+        return svc.python_processes()
+
+    @system.get("/locks")
+    def locks(svc: Service = Depends(service)) -> list[dict]:
+        return svc.held_locks()
+
+    @system.get("/samples")
+    def samples(svc: Service = Depends(service)) -> list[dict]:
+        return svc.system_samples()
+
+    @system.get("/health", response_model=Health,
+                responses={503: {"model": Health, "description": "not ready"}})
+    def health(svc: Service = Depends(service)):
+        report = svc.health()
+        return JSONResponse(Health(**report).model_dump(), status_code=200 if report["ok"] else 503)
+
+    for router in (tasks, logs_router, system):
+        api.include_router(router)
+    return api

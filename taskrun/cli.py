@@ -1,0 +1,259 @@
+"""Command line: ``python -m taskrun …``, a thin translation of argv to ``service`` calls.
+
+Works on the same data dir and settings as the server. ``run`` (without
+``--detach``) starts a supervisor in this process that executes only the run it
+submitted, streams its log, and exits with the task's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import fmt
+from .errors import TaskRunError
+from .service import RunFilter, Service
+from .settings import SETTINGS, load
+from .status import ACTIVE, RunStatus
+
+EXIT_ERROR = 2  # bad input, unknown task or run, refused run
+EXIT_NOT_READY = 3
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def _open(args) -> Service:
+    return Service(load()).open()
+
+
+def cmd_list(args) -> int:
+    svc = _open(args)
+    rows = []
+    for t in svc.list_tasks():
+        last = t["last_run"]
+        rows.append([t["name"], t["state"], last["status"] if last else "-",
+                     "-" if t["success_rate"] is None else f"{t['success_rate']:.0%}",
+                     (f"ERROR: {t['error']}" if t["error"] else t["description"])[:60]])
+    print(_table(rows, ["TASK", "STATE", "LAST RUN", "SUCCESS", "DESCRIPTION"]))
+    return 0
+
+
+def cmd_show(args) -> int:
+    task = _open(args).get_task(args.task)
+    if args.json:
+        print(json.dumps(task, indent=2, default=str))
+        return 0
+    print(f"{task['name']}: {task['description'] or '(no description)'}")
+    print(f"sha {task['sha'][:12]} · {task['size']} bytes")
+    if task["error"]:
+        print(f"error: {task['error']}")
+    if task["metadata"]:
+        meta = task["metadata"]
+        print(f"timeout {meta['timeout'] or 'default'} · concurrency {meta['concurrency']}")
+        for name, p in meta["params"].items():
+            print(f"  param {name}: {p['type']} = {p['default']!r}  {p['help']}")
+    print("---")
+    print(task["code"], end="" if task["code"].endswith("\n") else "\n")
+    return 0
+
+
+def _stream(svc: Service, run_id: int, offset: int = 0, poll: float = 0.1) -> tuple[int, object]:
+    """Print a run's log as it grows until the run ends; returns (offset, final run)."""
+    while True:
+        run = svc.get_run(run_id)
+        chunk = svc.read_log(run_id, offset)
+        if chunk.content:
+            sys.stdout.write(chunk.content)
+            sys.stdout.flush()
+        offset = chunk.next_offset
+        if run.status not in ACTIVE and chunk.next_offset >= chunk.size:
+            return offset, run
+        if not chunk.content:
+            time.sleep(poll)
+
+
+def _exit_code(run) -> int:
+    if run.status == RunStatus.SUCCEEDED:
+        return 0
+    if run.exit_code is not None and run.exit_code > 0:
+        return run.exit_code
+    if run.exit_code is not None and run.exit_code < 0:
+        return 128 - run.exit_code  # the shell's convention for "killed by signal N"
+    return 1
+
+
+def cmd_run(args) -> int:
+    params = dict(args.param or [])
+    svc = Service(load())
+    if args.detach:
+        svc.open()
+        run = svc.submit(args.task, params, trigger="cli", user="cli")
+        print(run.id)
+        return 0
+    svc.open()
+    run = svc.submit(args.task, params, trigger="cli", user="cli")
+    claim = {run.id}
+    svc.start(claim_only=claim, sample_system=False)
+    print(f"run {run.id} of {args.task} queued", file=sys.stderr)
+    try:
+        _, final = _stream(svc, run.id)
+    except KeyboardInterrupt:
+        svc.cancel(run.id, by="cli")
+        final = svc.wait(run.id, svc.settings.kill_grace + 10)
+    finally:
+        svc.stop()
+    summary = f"run {final.id}: {final.status}"
+    if final.error:
+        summary += f" ({final.error})"
+    print(summary + f" in {fmt.duration(final.duration)}", file=sys.stderr)
+    return _exit_code(final)
+
+
+def cmd_runs(args) -> int:
+    svc = _open(args)
+    runs = svc.list_runs(RunFilter(task=args.task, status=args.status, trigger=args.trigger),
+                         args.limit, args.offset)
+    rows = [[str(r.id), r.task, r.status, r.trigger, f"{r.queued_at:%Y-%m-%d %H:%M:%S}",
+             fmt.duration(r.duration), "" if r.exit_code is None else str(r.exit_code)]
+            for r in runs]
+    print(_table(rows, ["ID", "TASK", "STATUS", "TRIGGER", "QUEUED (UTC)", "DURATION", "EXIT"]))
+    return 0
+
+
+def cmd_status(args) -> int:
+    run = _open(args).get_run(args.run_id)
+    if args.json:
+        print(run.model_dump_json(indent=2))
+        return 0
+    fields = ["id", "task", "status", "trigger", "requested_by", "params", "queued_at",
+              "started_at", "finished_at", "duration", "exit_code", "signal", "error",
+              "cancelled_by", "pid", "code_sha", "peak_rss", "cpu_seconds", "progress"]
+    data = run.model_dump()
+    for key in fields:
+        if data.get(key) not in (None, {}, ""):
+            print(f"{key:13} {data[key]}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    svc = _open(args)
+    if args.follow:
+        _stream(svc, args.run_id)
+        return 0
+    chunk = svc.read_log(args.run_id, tail_bytes=args.tail) if args.tail else None
+    if chunk is not None:
+        sys.stdout.write(chunk.content)
+        return 0
+    offset = 0
+    while True:
+        chunk = svc.read_log(args.run_id, offset)
+        sys.stdout.write(chunk.content)
+        if chunk.next_offset >= chunk.size or chunk.next_offset == offset:
+            return 0
+        offset = chunk.next_offset
+
+
+def cmd_cancel(args) -> int:
+    run = _open(args).cancel(args.run_id, by="cli")
+    print(f"run {run.id}: {run.status}"
+          + (" (cancel requested)" if run.status == RunStatus.RUNNING else ""))
+    return 0
+
+
+def cmd_versions(args) -> int:
+    svc = _open(args)
+    rows = [[str(v.id), f"{v.created_at:%Y-%m-%d %H:%M:%S}", v.sha[:12], v.author or "-",
+             v.note or ""] for v in svc.task_versions(args.task)]
+    print(_table(rows, ["ID", "SAVED (UTC)", "SHA", "BY", "NOTE"]))
+    return 0
+
+
+def cmd_settings(args) -> int:
+    current = load()
+    rows = [[s.name, str(getattr(current, s.name.removeprefix("TASKRUN_").lower()))]
+            for s in SETTINGS]
+    print(_table(rows, ["SETTING", "VALUE"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskrun", description="Task Run Service command line.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list tasks with their state and last run")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="show a task's metadata and code")
+    p.add_argument("task")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("run", help="run a task: stream its output and exit with its exit code")
+    p.add_argument("task")
+    p.add_argument("--param", "-p", action="append", type=_param, metavar="NAME=VALUE",
+                   help="a param value (repeatable)")
+    p.add_argument("--detach", "-d", action="store_true",
+                   help="only queue the run (a server executes it) and print its id")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("runs", help="run history, newest first")
+    p.add_argument("--task")
+    p.add_argument("--status", help="one or more statuses, comma-separated")
+    p.add_argument("--trigger")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--offset", type=int, default=0)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("status", help="one run's details")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="print a run's log")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.add_argument("--tail", type=int, metavar="BYTES", help="only the last BYTES bytes")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="cancel a queued or running run")
+    p.add_argument("run_id", type=int)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("versions", help="saved versions of a task")
+    p.add_argument("task")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("settings", help="every TASKRUN_* setting and its current value")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TaskRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Shared fixtures: every test gets its own data dir, tasks dir and database."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from taskrun import settings as settings_mod
+from taskrun.service import Service
+
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLES = PROJECT / "tasks"
+
+
+def make_settings(tmp_path: Path, **overrides):
+    env = {
+        "TASKRUN_HOME": str(tmp_path / "data"),
+        "TASKRUN_TASKS_DIR": str(tmp_path / "tasks"),
+        "TASKRUN_MAX_CONCURRENCY": "4",
+        "TASKRUN_KILL_GRACE": "1",
+        "TASKRUN_SAMPLE_INTERVAL": "0.2",
+        "TASKRUN_POLL_INTERVAL": "0.1",
+        "TASKRUN_MONITOR_INTERVAL": "0.5",
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return settings_mod.load(env)
+
+
+def task_code(body: str, concurrency: str = "forbid", timeout: float | None = None,
+              params: str = "", description: str = "test task") -> str:
+    meta = [f'# description = "{description}"', f'# concurrency = "{concurrency}"']
+    if timeout:
+        meta.append(f"# timeout = {timeout}")
+    if params:
+        meta.append("# [tool.taskrun.params]")
+        meta += [f"# {line}" for line in params.strip().splitlines()]
+    block = "# /// script\n# [tool.taskrun]\n" + "\n".join(meta) + "\n# ///\n"
+    return block + textwrap.dedent(body).lstrip("\n")
+
+
+@pytest.fixture
+def tasks_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def write_task(tasks_dir: Path) -> Callable[..., Path]:
+    def write(name: str, body: str, **kw) -> Path:
+        path = tasks_dir / f"{name}.py"
+        path.write_text(task_code(body, **kw))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tasks_dir: Path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def service(settings):
+    svc = Service(settings).start(sample_system=False)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def examples(tasks_dir: Path) -> Path:
+    for path in EXAMPLES.glob("*.py"):
+        shutil.copy(path, tasks_dir / path.name)
+    return tasks_dir
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05):
+    """Poll until ``predicate()`` is truthy; fail the test after a generous timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s: {predicate}")

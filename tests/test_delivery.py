@@ -1,0 +1,111 @@
+"""The README's commands, CI, Docker and workflows stay true to each other."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from taskrun.settings import defaults_table
+
+from .conftest import PROJECT
+
+README = (PROJECT / "README.md").read_text()
+RUN_COMMAND = "pip install -r requirements.txt && streamlit run app.py"
+TEST_COMMAND = "pip install -r requirements-dev.txt && python -m pytest"
+
+
+def fenced_commands(text: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_gives_one_run_and_one_test_command():
+    commands = fenced_commands(README)
+    assert RUN_COMMAND in commands and TEST_COMMAND in commands
+
+
+def test_ci_gate_runs_the_readme_test_command_verbatim():
+    ci = (PROJECT / ".ci" / "run").read_text()
+    assert TEST_COMMAND in ci.splitlines()
+    assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+
+
+def test_dockerfile_installs_and_runs_like_the_readme():
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    assert "-r requirements.txt" in dockerfile and "pip install" in dockerfile
+    assert '"streamlit", "run", "app.py"' in dockerfile
+    assert "EXPOSE 8501" in dockerfile and "/api/system/health" in dockerfile
+    assert "FROM python:3.11-slim AS build" in dockerfile and "tini" in dockerfile
+    assert re.search(r"^USER \d+", dockerfile, re.M)
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint") or str(PROJECT / ".venv" / "bin" / "hadolint")
+    result = subprocess.run([hadolint, "--failure-threshold", "info", "Dockerfile"],
+                            cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file():
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    svc = compose["services"]["taskrun"]
+    assert svc["restart"] == "unless-stopped" and svc["init"] is True
+    assert "/api/system/health" in " ".join(svc["healthcheck"]["test"])
+    assert {v.split(":")[0] for v in svc["volumes"]} == set(compose["volumes"])
+    assert svc["deploy"]["resources"]["limits"]["memory"]
+    assert (PROJECT / ".env.example").exists()
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "build-and-push.yml", "release.yml"])
+def test_workflows_are_valid_and_reference_real_files(name):
+    text = (PROJECT / ".github" / "workflows" / name).read_text()
+    flow = yaml.safe_load(text)
+    assert flow["jobs"] and flow["permissions"]
+    on = flow.get("on", flow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert on
+    for job in flow["jobs"].values():
+        assert job["timeout-minutes"] <= 30 and job["steps"]
+        for step in job["steps"]:
+            assert "uses" in step or "run" in step
+    for ref in re.findall(r"(requirements[\w-]*\.txt|Dockerfile|\.ci/run)", text):
+        assert (PROJECT / ref).exists(), ref
+    if name == "ci.yml":
+        assert TEST_COMMAND in text and "ruff check" in text and "hadolint" in text
+        assert flow["concurrency"]["cancel-in-progress"] is True
+
+
+def test_readme_configuration_table_matches_the_settings():
+    for name, default, help_ in defaults_table():
+        assert f"| `{name}` | {default} | {help_} |" in README, name
+
+
+def _third_party_imports() -> set[str]:
+    found = set()
+    files = [*PROJECT.glob("taskrun/**/*.py"), *PROJECT.glob("pages/*.py"), PROJECT / "app.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    local = {"taskrun", "pages", "app"}
+    return {m for m in found - local if m not in sys.stdlib_module_names}
+
+
+def test_requirements_cover_every_import():
+    reqs = (PROJECT / "requirements.txt").read_text().lower()
+    names = {"streamlit_ace": "streamlit-ace", "sqlalchemy": "sqlalchemy"}
+    for module in _third_party_imports():
+        dist = names.get(module, module).lower()
+        assert re.search(rf"^{re.escape(dist)}[<>=]", reqs, re.M), module
+
+
+def test_gitignore_keeps_state_out():
+    ignored = (PROJECT / ".gitignore").read_text().splitlines()
+    assert "/data/" in ignored and ".venv/" in ignored

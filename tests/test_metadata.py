@@ -1,0 +1,73 @@
+import pytest
+
+from taskrun import metadata
+from taskrun.errors import InvalidMetadata, InvalidParams
+from taskrun.status import Concurrency
+
+CODE = '''"""Docstring line."""
+# /// script
+# dependencies = []
+# [tool.taskrun]
+# description = "Load orders"
+# timeout = 600
+# concurrency = "queue"
+# [tool.taskrun.params]
+# day = { type = "date", default = "today", help = "partition" }
+# n = { type = "int", default = 3 }
+# mode = { type = "choice", choices = ["fast", "full"], default = "fast" }
+# [tool.taskrun.env]
+# REGION = "eu"
+# ///
+print("hi")
+'''
+
+
+def test_parse_reads_the_block_without_running_the_code():
+    meta = metadata.parse(CODE + "raise SystemExit('must not run')\n")
+    assert meta.description == "Load orders"
+    assert meta.timeout == 600
+    assert meta.concurrency is Concurrency.QUEUE
+    assert [p.name for p in meta.params] == ["day", "n", "mode"]
+    assert meta.env == {"REGION": "eu"}
+
+
+def test_description_falls_back_to_docstring():
+    assert metadata.parse('"""First line.\n\nMore."""\nx = 1\n').description == "First line."
+
+
+@pytest.mark.parametrize("bad", [
+    "# /// script\n# [tool.taskrun]\n# timeout = -1\n# ///\n",
+    "# /// script\n# [tool.taskrun]\n# timeout = 'soon'\n# ///\n",
+    "# /// script\n# [tool.taskrun]\n# colour = 'red'\n# ///\n",
+    "# /// script\n# [tool.taskrun\n# ///\n",
+    "# /// script\n# [tool.taskrun.params]\n# n = { type = 'complex' }\n# ///\n",
+    "# /// script\n# [tool.taskrun.params]\n# n = { type = 'int', default = 'x' }\n# ///\n",
+])
+def test_invalid_metadata_is_explained(bad):
+    with pytest.raises(InvalidMetadata):
+        metadata.parse(bad + "x = 1\n")
+
+
+def test_params_are_coerced_and_checked():
+    meta = metadata.parse(CODE)
+    assert metadata.resolve_params(meta, {"n": "7"}) == {"day": "today", "n": "7", "mode": "fast"}
+    with pytest.raises(InvalidParams, match="'n'"):
+        metadata.resolve_params(meta, {"n": "seven"})
+    with pytest.raises(InvalidParams, match="unknown"):
+        metadata.resolve_params(meta, {"nope": 1})
+    with pytest.raises(InvalidParams):
+        metadata.resolve_params(meta, {"mode": "slow"})
+    with pytest.raises(InvalidParams):
+        metadata.resolve_params(meta, {"day": "2024-13-45"})
+
+
+def test_replace_block_round_trips():
+    meta = metadata.parse(CODE).as_dict()
+    meta["timeout"] = 30
+    meta["description"] = 'Quote " and unicode é'
+    new = metadata.replace_block(CODE, meta)
+    parsed = metadata.parse(new)
+    assert parsed.timeout == 30 and parsed.description == 'Quote " and unicode é'
+    assert new.endswith('print("hi")\n')
+    added = metadata.replace_block("print(1)\n", {"description": "d", "concurrency": "parallel"})
+    assert metadata.parse(added).concurrency is Concurrency.PARALLEL

@@ -1,0 +1,177 @@
+"""The dashboard through Streamlit's AppTest: every page, the main actions, no exceptions."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from taskrun import service as service_mod
+from taskrun.status import RunStatus
+from taskrun.store import sha256
+
+from .conftest import EXAMPLES, PROJECT, wait_for
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, examples):
+    monkeypatch.setenv("TASKRUN_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("TASKRUN_TASKS_DIR", str(examples))
+    monkeypatch.setenv("TASKRUN_POLL_INTERVAL", "0.1")
+    monkeypatch.setenv("TASKRUN_KILL_GRACE", "1")
+    monkeypatch.chdir(PROJECT)
+    yield examples
+    service_mod.shutdown_default()
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def goto(at: AppTest, page: str, **query) -> AppTest:
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [e.value for e in at.error] + [s.value for s in at.success]
+    parts += [c.value for c in at.code] + [w.value for w in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_every_page_renders(env):
+    at = app()
+    assert "`hello`" in texts(at) and "`data_process`" in texts(at)
+    for page, title in [("editor", "Editor"), ("runs", "Runs & logs"), ("system", "System"),
+                        ("tasks", "Tasks")]:
+        goto(at, page)
+        assert at.title[0].value == title
+
+
+def test_create_task_with_a_bad_name_then_a_good_one(env):
+    at = app()
+    name_box = next(t for t in at.text_input if t.label == "Name")
+    name_box.set_value("../evil")
+    next(b for b in at.button if b.label == "Create").click()
+    at.run()
+    assert "Invalid task name" in texts(at)
+    assert not (env.parent / "evil.py").exists()
+    name_box = next(t for t in at.text_input if t.label == "Name")
+    name_box.set_value("fresh_task")
+    next(b for b in at.button if b.label == "Create").click()
+    at.run()
+    assert not at.exception
+    assert (env / "fresh_task.py").exists()
+    assert at.title[0].value == "Editor"
+
+
+def test_editor_refuses_a_syntax_error_and_saves_valid_code(env):
+    at = goto(app(), "editor", task="hello")
+    before = (env / "hello.py").read_text()
+    ace_key = f"ace-hello-{sha256(before)[:12]}"
+    assert ace_key in at.session_state
+    at.session_state[ace_key] = "def broken(:\n    pass\n"
+    at.run()
+    at.button(key="editor-save").click()
+    at.run()
+    assert "Not saved" in texts(at) and "line 1" in texts(at)
+    assert (env / "hello.py").read_text() == before
+    at.session_state[ace_key] = "print('edited in the browser')\n"
+    at.run()
+    at.button(key="editor-save").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert (env / "hello.py").read_text() == "print('edited in the browser')\n"
+
+
+def test_run_from_the_editor_shows_output_underneath(env):
+    at = goto(app(), "editor", task="hello")
+    at.button(key="editor-run").click()
+    at.run()
+    svc = service_mod.default_service()
+    run = svc.list_runs()[0]
+    assert svc.wait(run.id, 30).status == RunStatus.SUCCEEDED
+    at.run()
+    assert "Hello, world! (3/3)" in texts(at) and "succeeded" in texts(at)
+
+
+def test_run_dialog_from_tasks_page_and_refusal(env):
+    at = app()
+    at.button(key="run-hello").click()
+    at.run()
+    box = next(t for t in at.text_input if t.label == "name")
+    box.set_value("dialog")
+    next(n for n in at.number_input if n.label == "delay").set_value(1.0)
+    next(b for b in at.button if b.label == "Run").click()
+    at.run()
+    assert not at.exception, at.exception
+    svc = service_mod.default_service()
+    run = svc.list_runs()[0]
+    assert run.params["name"] == "dialog"
+    assert "queued" in texts(at)
+    # A second run of the forbid task while the first is active: the reason, not a trace.
+    at.button(key="run-hello").click()
+    at.run()
+    next(b for b in at.button if b.label == "Run").click()
+    at.run()
+    assert not at.exception
+    assert f"already has an active run #{run.id}" in texts(at)
+    svc.cancel(run.id)
+    svc.wait(run.id, 15)
+
+
+def test_cancel_from_the_active_runs_panel(env, write_task):
+    write_task("sleeper", "print('up', flush=True)\nimport time; time.sleep(60)")
+    at = app()
+    svc = service_mod.default_service()
+    run = svc.submit("sleeper")
+    wait_for(lambda: "up" in svc.read_log(run.id).content)
+    at.run()
+    at.button(key=f"cancel-{run.id}").click()
+    at.run()
+    assert svc.wait(run.id, 15).status == RunStatus.CANCELLED
+
+
+def test_runs_page_filters_and_opens_a_log(env):
+    at = app()
+    svc = service_mod.default_service()
+    ok = svc.wait(svc.submit("hello", {"delay": 0}).id, 30)
+    svc.wait(svc.submit("data_process", {"rows": 100}).id, 30)
+    at = goto(at, "runs")
+    table = at.dataframe[0].value
+    assert len(table) == 2
+    at.selectbox(key="runs_task").set_value("hello")
+    at.run()
+    assert list(at.dataframe[0].value["task"]) == ["hello"]
+    at.multiselect(key="runs_status").set_value(["failed"])
+    at.run()
+    assert at.dataframe[0].value.empty
+    at = goto(at, "runs", run=str(ok.id))
+    assert "Hello, world! (3/3)" in texts(at)
+    assert f"Run #{ok.id}" in at.subheader[0].value
+
+
+def test_query_tab_is_read_only(env):
+    at = goto(app(), "runs")
+    at.text_area(key="query_sql").set_value("DELETE FROM run")
+    at.button(key="query_run").click()
+    at.run()
+    assert "Query failed" in texts(at) or "refused" in texts(at)
+    at.text_area(key="query_sql").set_value("SELECT count(*) AS n FROM run")
+    at.button(key="query_run").click()
+    at.run()
+    assert not at.exception
+    assert list(at.dataframe[-1].value.columns) == ["n"]
+
+
+def test_examples_ship_with_the_project():
+    assert {p.stem for p in EXAMPLES.glob("*.py")} >= {"hello", "data_process"}

@@ -1,0 +1,118 @@
+"""The facade: task CRUD with versions, history queries, logs, system."""
+
+import pytest
+
+from taskrun.errors import Conflict, InvalidCode, NotFound, StaleWrite, TaskBusy
+from taskrun.service import RunFilter
+from taskrun.status import RunStatus
+
+from .conftest import wait_for
+
+
+def test_saves_are_versioned_and_restorable(service):
+    created = service.create_task("etl", "x = 1\n", author="ann")
+    updated = service.update_task("etl", "x = 2\n", base_sha=created["sha"], author="bob")
+    with pytest.raises(StaleWrite):
+        service.update_task("etl", "x = 3\n", base_sha=created["sha"])
+    history = service.task_versions("etl")
+    assert [v.sha for v in history] == [updated["sha"], created["sha"]]
+    assert history[0].author == "bob"
+    restored = service.restore_version("etl", history[1].id, author="cid")
+    assert restored["code"] == "x = 1\n"
+    assert service.get_version("etl", created["sha"][:10]).content == "x = 1\n"
+
+
+def test_syntax_error_saves_nothing(service):
+    service.create_task("etl", "x = 1\n")
+    with pytest.raises(InvalidCode):
+        service.update_task("etl", "x = (\n")
+    assert service.get_task("etl")["code"] == "x = 1\n"
+    assert len(service.task_versions("etl")) == 1
+
+
+def test_delete_keeps_history_and_is_refused_while_running(service, write_task):
+    write_task("busy", "print('up', flush=True)\nimport time; time.sleep(30)")
+    run = service.submit("busy")
+    with pytest.raises(TaskBusy):
+        service.delete_task("busy")
+    service.cancel(run.id)
+    service.wait(run.id, 15)
+    service.delete_task("busy")
+    with pytest.raises(NotFound):
+        service.get_task("busy")
+    assert service.get_run(run.id).task == "busy"
+    assert service.task_versions("busy")  # the code is still there
+    restored = service.restore_version("busy", service.task_versions("busy")[0].id)
+    assert "time.sleep" in restored["code"]
+
+
+def test_settings_form_rewrites_the_metadata_block(service):
+    service.create_task("etl", '"""Doc."""\nprint(1)\n')
+    task = service.update_task_settings("etl", {"description": "Nightly", "timeout": 9,
+                                                "concurrency": "queue",
+                                                "params": {"n": {"type": "int", "default": 1}}})
+    assert task["metadata"]["timeout"] == 9 and task["metadata"]["concurrency"] == "queue"
+    assert task["code"].endswith("print(1)\n")
+
+
+def test_history_filters_and_paging(service, write_task):
+    write_task("ok", "pass", concurrency="parallel")
+    write_task("bad", "raise SystemExit(2)", concurrency="parallel")
+    ids = [service.submit("ok", trigger="api").id for _ in range(3)]
+    ids += [service.submit("bad").id for _ in range(2)]
+    for i in ids:
+        service.wait(i, 20)
+    assert service.count_runs() == 5
+    assert [r.task for r in service.list_runs(RunFilter(task="bad"))] == ["bad", "bad"]
+    failed = service.list_runs(RunFilter(status="failed"))
+    assert {r.exit_code for r in failed} == {2}
+    assert len(service.list_runs(RunFilter(trigger="api"))) == 3
+    page = service.list_runs(limit=2, offset=2)
+    assert [r.id for r in page] == sorted(ids, reverse=True)[2:4]
+    assert service.status_counts() == {"succeeded": 3, "failed": 2}
+    tasks = {t["name"]: t for t in service.list_tasks()}
+    assert tasks["ok"]["success_rate"] == 1.0 and tasks["bad"]["success_rate"] == 0.0
+    assert tasks["bad"]["last_run"]["status"] == "failed"
+    with pytest.raises(Exception, match="unknown status"):
+        service.list_runs(RunFilter(status="exploded"))
+
+
+def test_cancel_of_finished_run_is_a_conflict(service, write_task):
+    write_task("quick", "pass")
+    run = service.submit("quick")
+    assert service.wait(run.id, 15).status == RunStatus.SUCCEEDED
+    with pytest.raises(Conflict):
+        service.cancel(run.id)
+    with pytest.raises(NotFound):
+        service.cancel(999_999)
+
+
+def test_log_listing_and_lookup_by_name(service, write_task):
+    write_task("talk", "print('hello')")
+    run = service.wait(service.submit("talk").id, 15)
+    listed = service.list_logs()
+    assert [entry["name"] for entry in listed] == [f"talk_{run.id}.log"]
+    assert service.run_for_log(f"talk_{run.id}.log").id == run.id
+    with pytest.raises(NotFound):
+        service.run_for_log(f"other_{run.id}.log")
+
+
+def test_app_log_and_health(service, write_task):
+    write_task("quick", "pass")
+    service.wait(service.submit("quick").id, 15)
+    assert "queued" in service.app_log(lines=50).content
+    assert service.app_log(lines=50, level="ERROR").content == ""
+    health = service.health()
+    assert health["ok"] and health["status"] == "ok"
+    assert service.system_info()["memory"]["total"] > 0
+    assert any(p["is_server"] for p in service.python_processes())
+
+
+def test_python_processes_name_their_run(service, write_task):
+    write_task("sleepy", "print('up', flush=True)\nimport time; time.sleep(30)")
+    run = service.submit("sleepy")
+    wait_for(lambda: "up" in service.read_log(run.id).content)
+    procs = {p["run_id"]: p for p in service.python_processes() if p["run_id"]}
+    assert procs[run.id]["pid"] == service.get_run(run.id).pid
+    service.cancel(run.id)
+    service.wait(run.id, 15)

@@ -1,0 +1,40 @@
+import pytest
+
+from taskrun import settings
+from taskrun.errors import SettingsError
+
+
+def test_defaults_point_into_the_project():
+    s = settings.load({})
+    assert s.home == settings.PROJECT_ROOT / "data"
+    assert s.tasks_dir == settings.PROJECT_ROOT / "tasks"
+    assert s.database_url == f"sqlite:///{s.home / 'taskrun.db'}"
+    assert s.max_concurrency >= 1
+
+
+def test_database_url_follows_home(tmp_path):
+    s = settings.load({"TASKRUN_HOME": str(tmp_path)})
+    assert s.database_url == f"sqlite:///{tmp_path / 'taskrun.db'}"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("TASKRUN_MAX_CONCURRENCY", "0"),
+    ("TASKRUN_MAX_CONCURRENCY", "lots"),
+    ("TASKRUN_MAX_QUEUE", "-3"),
+    ("TASKRUN_DEFAULT_TIMEOUT", "0"),
+    ("TASKRUN_KILL_GRACE", "-1"),
+    ("TASKRUN_KILL_GRACE", "nan"),
+    ("TASKRUN_LOG_LEVEL", "LOUD"),
+    ("TASKRUN_LOG_MAX_BYTES", "1.5"),
+])
+def test_invalid_values_name_the_variable_and_what_it_accepts(name, value):
+    with pytest.raises(SettingsError) as err:
+        settings.load({name: value})
+    message = str(err.value)
+    assert name in message and repr(value) in message and "expected" in message
+
+
+def test_every_setting_has_help_and_a_documented_default():
+    rows = settings.defaults_table()
+    assert [r[0] for r in rows] == [s.name for s in settings.SETTINGS]
+    assert all(name.startswith("TASKRUN_") and default and help_ for name, default, help_ in rows)
