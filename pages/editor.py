@@ -19,6 +19,7 @@ ss.setdefault("editor_annotations", [])
 ss.setdefault("editor_stale", None)
 ss.setdefault("editor_base", {})  # task -> sha the editor was loaded from
 ss.setdefault("editor_message", None)
+ss.setdefault("editor_error", None)  # (code it was about, message)
 
 st.title("Editor")
 names = [t["name"] for t in svc.list_tasks()]
@@ -62,6 +63,7 @@ st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'
 
 
 def save(overwrite: bool = False) -> bool:
+    """Save the buffer; on refusal remember why (shown, with gutter marks, after a rerun)."""
     try:
         saved = svc.update_task(name, code, None if overwrite else ss.editor_base[name],
                                 author="ui")
@@ -69,16 +71,17 @@ def save(overwrite: bool = False) -> bool:
         ss.editor_annotations = [{"row": max(0, (exc.line or 1) - 1),
                                   "column": max(0, (exc.column or 1) - 1),
                                   "text": exc.message, "type": "error"}]
-        st.error(f"Not saved. {exc}", icon="🛑")
-        return False
+        ss.editor_error = (code, f"Not saved. {exc}")
+        st.rerun()  # the editor above must be drawn again to show the gutter mark
     except StaleWrite as exc:
         ss.editor_stale = exc.current_sha
-        st.error(f"Not saved. {exc}", icon="🛑")
+        ss.editor_error = (code, f"Not saved. {exc}")
         return False
     except TaskRunError as exc:
-        st.error(f"Not saved. {exc}", icon="🛑")
+        ss.editor_error = (code, f"Not saved. {exc}")
         return False
     ss.editor_annotations = []
+    ss.editor_error = None
     ss.editor_stale = None
     ss.editor_base[name] = saved["sha"]
     ss.editor_message = f"Saved ({saved['sha'][:12]})."
@@ -101,6 +104,14 @@ if c2.button("▶ Run", key="editor-run", help="Run the saved code"):
     run_now()
 if c3.button("💾▶ Save & Run", key="editor-save-run") and save():
     run_now()
+
+if ss.editor_error:
+    if ss.editor_error[0] == code:
+        st.error(ss.editor_error[1], icon="🛑")
+    else:  # edited since: the message and gutter marks are about older code
+        ss.editor_error = None
+        if ss.editor_annotations:
+            ss.editor_annotations = []
 
 if ss.editor_stale:
     theirs, _ = svc.store.read(name)

@@ -126,8 +126,11 @@ def active_runs() -> None:
             if c3.button("Cancel", key=f"cancel-{run.id}"):
                 try:
                     svc.cancel(run.id, by="ui")
+                    svc.wait(run.id, svc.settings.kill_grace + 5)
                 except TaskRunError as exc:
                     show_error(exc)
+                else:
+                    st.rerun(scope="app")  # the task table below shows the outcome too
 
 
 active_runs()

@@ -2,94 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, PROJECT
+from .server import Server
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real server process in a temporary data and tasks dir."""
-
-    def __init__(self, root: Path, **env):
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        tasks = root / "tasks"
-        tasks.mkdir(parents=True, exist_ok=True)
-        for path in EXAMPLES.glob("*.py"):
-            shutil.copy(path, tasks / path.name)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-        self.env.update(TASKRUN_HOME=str(root / "data"), TASKRUN_TASKS_DIR=str(tasks),
-                        TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2", **env)
-        streamlit = Path(sys.executable).with_name("streamlit")
-        self.log = (root / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(streamlit), "run", "app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=PROJECT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.wait_healthy()
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError("server exited:\n" + (self.root / "server.log").read_text())
-            try:
-                if self.get("/api/system/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server not healthy:\n" + (self.root / "server.log").read_text())
-
-    def request(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                raw = resp.read()
-                return resp.status, raw, resp.headers
-        except urllib.error.HTTPError as err:
-            return err.code, err.read(), err.headers
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def json(self, method: str, path: str, body: dict | None = None):
-        status, raw, _ = self.request(method, path, body)
-        return status, json.loads(raw) if raw else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

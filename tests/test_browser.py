@@ -1,0 +1,243 @@
+"""A real Chromium clicks through every page of the real server, as a person would.
+
+Playwright drives Debian's Chromium (``/usr/bin/chromium``); Playwright's own
+browser download is not used. Without Chromium these tests are skipped with a
+notice, unless ``E2E_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes that a failure.
+Every wait is on a visible condition, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import PROJECT
+from .server import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+SHOTS = PROJECT / "test-artifacts" / "screenshots"
+WAIT_MS = 30_000
+# Streamlit's client probes `<page path>/_stcore/health` and `/host-config` before
+# finding the server root; those 404s are part of its normal start, not our errors.
+BENIGN = re.compile(r"_stcore/(health|host-config)|Failed to load resource: the server "
+                    r"responded with a status of 404")
+
+LONG_TASK = '''"""Sleeps, printing a heartbeat, until cancelled."""
+# /// script
+# [tool.taskrun]
+# description = "A long task for the browser tests"
+# concurrency = "forbid"
+# ///
+import time
+for i in range(600):
+    print(f"beat {i}", flush=True)
+    time.sleep(0.5)
+'''
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("E2E_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"E2E_REQUIRE_BROWSER=1 but Chromium is missing at {CHROMIUM}")
+    pytest.skip(f"Chromium not found at {CHROMIUM}: browser tests skipped "
+                "(apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+expect.set_options(timeout=WAIT_MS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("browser"))
+    (Path(srv.env["TASKRUN_TASKS_DIR"]) / "long_job.py").write_text(LONG_TASK)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def console_errors():
+    return []
+
+
+@pytest.fixture
+def page(browser, console_errors, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    pg.on("console", lambda m: console_errors.append(m.text)
+          if m.type == "error" and not BENIGN.search(m.text) else None)
+    pg.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def open_page(page, server, path: str = "") -> None:
+    page.goto(f"{server.url}/{path}")
+    expect(page.get_by_test_id("stApp")).to_be_visible()
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
+
+
+def ace(page):
+    return page.frame_locator('iframe[title*="streamlit_ace"]')
+
+
+def replace_code(page, code: str) -> None:
+    editor = ace(page)
+    editor.locator(".ace_content").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(code)  # inserted as typed text, without auto-closing brackets
+    expect(editor.locator(".ace_content")).to_contain_text(code.splitlines()[0])
+
+
+def run_id_of(page_text: str) -> int:
+    return int(re.search(r"Run #(\d+)", page_text).group(1))
+
+
+def test_tasks_page_lists_the_examples(page, server):
+    open_page(page, server)
+    expect(page.get_by_role("heading", name="Tasks", exact=True)).to_be_visible()
+    for name in ("hello", "data_process", "long_job"):
+        expect(page.get_by_text(name, exact=True).first).to_be_visible()
+    expect(page.get_by_text("supervisor running")).to_be_visible()
+    shot(page, "tasks")
+
+
+def test_create_edit_save_with_syntax_error_then_valid(page, server):
+    open_page(page, server)
+    page.get_by_text("New task").click()
+    page.get_by_role("textbox", name="Name").fill("from_browser")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", name="Editor", exact=True)).to_be_visible()
+    expect(page).to_have_url(re.compile(r"task=from_browser"))
+    path = Path(server.env["TASKRUN_TASKS_DIR"]) / "from_browser.py"
+    original = path.read_text()
+
+    replace_code(page, "def broken(:\n    pass\n")
+    # The editor sends its text to the server as you type; save once it has arrived.
+    expect(page.get_by_text("● unsaved changes")).to_be_visible()
+    page.locator(".st-key-editor-save button").first.click()
+    expect(page.get_by_text("Not saved. Syntax error at line 1")).to_be_visible()
+    expect(ace(page).locator(".ace_gutter-cell.ace_error")).to_have_count(1)
+    assert path.read_text() == original
+
+    replace_code(page, "print('saved from the browser')\n")
+    expect(page.get_by_text("Not saved")).to_have_count(0)  # the new text has arrived
+    page.locator(".st-key-editor-save button").first.click()
+    expect(page.get_by_text(re.compile(r"^Saved \("))).to_be_visible()
+    assert path.read_text() == "print('saved from the browser')\n"
+    shot(page, "editor-saved")
+
+
+def test_run_from_editor_streams_output_underneath(page, server):
+    open_page(page, server, "editor?task=hello")
+    expect(ace(page).locator(".ace_content")).to_contain_text("Say hello")
+    page.locator(".st-key-editor-run button").first.click()
+    expect(page.get_by_text("Hello, world! (1/3)")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"succeeded · exit code 0"))).to_be_visible()
+    expect(page.get_by_text("Hello, world! (3/3)")).to_be_visible()
+    shot(page, "editor")
+
+
+def start_from_dialog(page, task: str) -> None:
+    page.locator(f".st-key-run-{task} button").first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Run", exact=True).click()
+
+
+def test_long_run_shows_elapsed_refuses_a_second_and_cancels(page, server):
+    open_page(page, server)
+    start_from_dialog(page, "long_job")
+    expect(page.get_by_text("Run #", exact=False).first).to_be_visible()
+    panel = page.get_by_text(re.compile(r"running for \d"))
+    expect(panel.first).to_be_visible()
+    first = panel.first.inner_text()
+    expect(panel.first).not_to_have_text(first)  # elapsed time keeps moving
+    # A second run of this forbid task is refused with the reason.
+    start_from_dialog(page, "long_job")
+    expect(page.get_by_role("dialog").get_by_text(
+        re.compile(r"already has an active run #\d+"))).to_be_visible()
+    shot(page, "tasks-refused")
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    shot(page, "tasks-active")
+    page.locator('[class*="st-key-cancel-"] button').first.click()
+    expect(page.get_by_text("Nothing queued or running.")).to_be_visible()
+    expect(page.get_by_text("cancelled").first).to_be_visible()
+
+
+def pick(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def test_runs_page_filters_opens_a_log_and_downloads_it(page, server, tmp_path):
+    _, run = server.json("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
+    open_page(page, server, "runs")
+    grid = page.get_by_test_id("stDataFrame")
+    expect(grid).to_be_visible()
+    pick(page, "Task", "hello")
+    expect(page.get_by_text(re.compile(r"\d+ runs · page 1 of 1"))).to_be_visible()
+    pick(page, "Status", "timed_out")
+    expect(page.get_by_text("0 runs · page 1 of 1")).to_be_visible()
+    pick(page, "Status", "succeeded")  # statuses add up: timed_out or succeeded
+    expect(page.get_by_text(re.compile(r"^[1-9]\d* runs · page 1 of 1"))).to_be_visible()
+
+    open_page(page, server, f"runs?run={run['run_id']}")
+    expect(page.get_by_role("heading", name=re.compile(f"Run #{run['run_id']}"))).to_be_visible()
+    expect(page.get_by_text("Hello, world! (3/3)")).to_be_visible()
+    shot(page, "runs")
+    with page.expect_download() as info:
+        page.get_by_role("link", name=re.compile("Download the whole log")).click()
+    target = tmp_path / "download.log"
+    info.value.save_as(target)
+    on_disk = Path(server.env["TASKRUN_HOME"]) / "logs" / "runs" / f"hello_{run['run_id']}.log"
+    assert target.read_bytes() == on_disk.read_bytes()
+
+
+def test_system_page_charts_render_and_update(page, server):
+    open_page(page, server, "system")
+    chart = page.locator(".js-plotly-plot").first
+    expect(chart).to_be_visible()
+    trace = chart.locator("path.js-line").first
+    expect(trace).to_be_attached()
+    before = trace.get_attribute("d")
+    expect(trace).not_to_have_attribute("d", before, timeout=WAIT_MS)
+    expect(page.get_by_text("Python processes")).to_be_visible()
+    shot(page, "system")
+
+
+def test_no_console_errors_during_the_session(console_errors):
+    assert console_errors == []
+
+
+def test_screenshots_are_kept():
+    assert {"tasks", "editor", "runs", "system"} <= {p.stem for p in SHOTS.glob("*.png")}
+    if os.environ.get("E2E_UPDATE_DOCS") == "1":
+        docs = PROJECT / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        for name in ("tasks", "editor", "runs", "system"):
+            shutil.copy(SHOTS / f"{name}.png", docs / f"{name}.png")
