@@ -37,10 +37,14 @@ with history_tab:
                     status=",".join(statuses) or None,
                     trigger=None if trigger == "(all)" else trigger, since=since, until=until)
     page_size = 50
+    # Keyset paging: each older page starts below the last id of the one before,
+    # so page 2,000 of a million runs costs what page 1 does.
+    key = (flt, page_size)
+    if ss.get("runs_key") != key:
+        ss.runs_key, ss.runs_cursors, ss.runs_page = key, [None], 0
     total = svc.count_runs(flt)
     pages = max(1, -(-total // page_size))
-    ss.runs_page = min(ss.runs_page, pages - 1)
-    runs = svc.list_runs(flt, page_size, ss.runs_page * page_size)
+    runs = svc.list_runs(flt, page_size, before_id=ss.runs_cursors[ss.runs_page])
     table = pd.DataFrame([{
         "id": r.id, "task": r.task, "status": status_label(r.status), "trigger": r.trigger,
         "queued": r.queued_at, "duration": fmt.duration(r.duration), "exit": r.exit_code,
@@ -57,7 +61,9 @@ with history_tab:
         ss.runs_page -= 1
         st.rerun()
     p2.caption(f"{total} runs · page {ss.runs_page + 1} of {pages}")
-    if p3.button("Older ▶", disabled=ss.runs_page >= pages - 1, key="runs_next"):
+    if p3.button("Older ▶", disabled=len(runs) < page_size, key="runs_next"):
+        del ss.runs_cursors[ss.runs_page + 1:]
+        ss.runs_cursors.append(runs[-1].id)
         ss.runs_page += 1
         st.rerun()
 

@@ -144,12 +144,14 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                   status: str | None = None, trigger: str | None = None,
                   since: datetime | None = None, until: datetime | None = None,
                   limit: int | None = Query(None, ge=1, le=500),
-                  offset: int = Query(0, ge=0)):
+                  offset: int = Query(0, ge=0),
+                  before: int | None = Query(None, ge=1, description="keyset paging: "
+                                             "runs older than this id")):
         """Active runs; with any filter or paging parameter, a page of the whole history."""
-        if not any((task, status, trigger, since, until, limit, offset)):
+        if not any((task, status, trigger, since, until, limit, offset, before)):
             return svc.active_runs()
         flt = RunFilter(task=task, status=status, trigger=trigger, since=since, until=until)
-        return svc.list_runs(flt, limit or 50, offset)
+        return svc.list_runs(flt, limit or 50, offset, before)
 
     @tasks.get("/runs/{run_id}", response_model=RunPublic)
     def get_run(run_id: int, svc: Service = Depends(service)):

@@ -43,8 +43,10 @@ class RunBase(SQLModel):
     concurrency: str = Field(default="forbid", max_length=16)
     timeout: float
     queued_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
-    started_at: datetime | None = _time()
-    finished_at: datetime | None = _time()
+    started_at: datetime | None = _time()  # claimed by a supervisor
+    spawned_at: datetime | None = _time()  # its process exists
+    exited_at: datetime | None = _time()  # its process ended (seen by the watcher)
+    finished_at: datetime | None = _time()  # the outcome is recorded
     exit_code: int | None = None
     signal: str | None = None
     error: str | None = None

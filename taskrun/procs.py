@@ -84,9 +84,17 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def signal_pids(pids: Iterable[int], sig: int) -> None:
+def signal_pids(pids: Iterable[int], sig: int, skip_group: int | None = None) -> None:
+    """Signal each pid, except members of ``skip_group`` (already signalled via killpg).
+
+    Sending a process a second SIGTERM is not harmless: a Python task that handles
+    the first and exits can be killed by the second once its interpreter has
+    restored the default handlers during shutdown.
+    """
     for pid in pids:
         try:
+            if skip_group is not None and os.getpgid(pid) == skip_group:
+                continue
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,8 +110,10 @@ class Service:
             active = s.exec(select(Run.task, Run.status, func.count()).where(
                 Run.status.in_(list(ACTIVE)), Run.task.in_(names))
                 .group_by(Run.task, Run.status)).all()
-            last_ids = s.exec(select(func.max(Run.id)).where(Run.task.in_(names))
-                              .group_by(Run.task)).all()
+            # One max() per task: an O(log n) index probe each, where a GROUP BY
+            # would scan the whole history.
+            last_ids = [i for name in names
+                        if (i := s.exec(select(func.max(Run.id)).where(Run.task == name)).one())]
             last = {r.task: r for r in s.exec(select(Run).where(Run.id.in_(last_ids))).all()}
             recent = {}
             for name in names:
@@ -289,11 +293,17 @@ class Service:
             query = query.where(Run.queued_at < f.until)
         return query
 
-    def list_runs(self, f: RunFilter | None = None, limit: int = 50,
-                  offset: int = 0) -> list[RunPublic]:
-        """A page of the history, newest first (paged in SQL)."""
+    def list_runs(self, f: RunFilter | None = None, limit: int = 50, offset: int = 0,
+                  before_id: int | None = None) -> list[RunPublic]:
+        """A page of the history, newest first, paged in SQL.
+
+        ``before_id`` (keyset paging: the last id of the previous page) costs the
+        same at any depth; ``offset`` grows with it.
+        """
         limit = max(1, min(int(limit), MAX_PAGE))
         query = self._filtered(select(Run), f or RunFilter()).order_by(Run.id.desc())
+        if before_id is not None:
+            query = query.where(Run.id < before_id)
         with self.db.read() as s:
             rows = s.exec(query.limit(limit).offset(max(0, int(offset)))).all()
         return [RunPublic.of(r) for r in rows]
@@ -328,16 +338,27 @@ class Service:
                           .order_by(Run.id.desc()).limit(limit)).all()
         return [RunPublic.of(r) for r in reversed(rows)]
 
-    def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.1) -> RunPublic:
-        """Block until a run has ended (or the timeout passes); returns its latest state."""
-        import time
+    def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.25) -> RunPublic:
+        """Block until a run has ended (or the timeout passes); returns its latest state.
 
+        Runs supervised here wake the waiter the moment they end; runs of other
+        processes are re-read every ``poll`` seconds.
+        """
         end = None if timeout is None else time.monotonic() + timeout
+        cond = self.supervisor.finished if self.supervisor else None
         while True:
-            run = self.get_run(run_id)
-            if run.status not in ACTIVE or (end is not None and time.monotonic() >= end):
-                return run
-            time.sleep(poll)
+            # Read under the condition's lock: an end recorded after this read is
+            # notified only once we wait, so no wake-up is lost.
+            with cond or nullcontext():
+                run = self.get_run(run_id)
+                left = None if end is None else end - time.monotonic()
+                if run.status not in ACTIVE or (left is not None and left <= 0):
+                    return run
+                wait_for = poll if left is None else min(poll, left)
+                if cond is None:
+                    time.sleep(wait_for)
+                else:
+                    cond.wait(wait_for)
 
     # ---- logs ------------------------------------------------------------
 
@@ -425,8 +446,15 @@ class Service:
     def system_samples(self) -> list[dict]:
         return self.sampler.series() if self.sampler else []
 
+    def active_counts(self) -> dict[str, int]:
+        """Queued and running counts (an index range, cheap at any history size)."""
+        with self.db.read() as s:
+            rows = s.exec(select(Run.status, func.count()).where(
+                Run.status.in_(list(ACTIVE))).group_by(Run.status)).all()
+        return {status: count for status, count in rows}
+
     def supervisor_status(self) -> dict:
-        counts = self.status_counts()
+        counts = self.active_counts()
         base = self.supervisor.status() if self.supervisor else {
             "alive": False, "slots_in_use": self.locks.slots_in_use(),
             "max_concurrency": self.settings.max_concurrency}

@@ -92,6 +92,8 @@ class Supervisor:
         self.active: dict[int, Active] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        # Waiters in this process (CLI, service.wait) are told at once when a run ends.
+        self.finished = threading.Condition()
         self._stop = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -150,6 +152,10 @@ class Supervisor:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def notify_finished(self) -> None:
+        with self.finished:
+            self.finished.notify_all()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -270,6 +276,7 @@ class Supervisor:
             work.mkdir(parents=True, exist_ok=True)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
             popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
+            spawned_at = utcnow()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -285,7 +292,8 @@ class Supervisor:
         created = procs.create_time(popen.pid)
         with self.db.write() as s:
             s.exec(sa.update(Run).where(Run.id == run.id).values(
-                pid=popen.pid, pid_created=created, code_sha=sha, log_path=str(log_path)))
+                pid=popen.pid, pid_created=created, code_sha=sha, log_path=str(log_path),
+                spawned_at=spawned_at))
         active = Active(run_id=run.id, task=run.task, pid=popen.pid,
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
@@ -298,6 +306,7 @@ class Supervisor:
         with self.db.write() as s:
             s.exec(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING).values(
                 status=RunStatus.FAILED, finished_at=utcnow(), error=error))
+        self.notify_finished()
         log.warning("run %d failed to start: %s", run_id, error)
 
     def _watch(self, active: Active) -> None:
@@ -427,7 +436,7 @@ class Supervisor:
         a.doomed = a.known_pids | procs.descendants(a.pid) | procs.pids_with_marker(a.key)
         a.doomed.discard(os.getpid())
         procs.signal_group(a.pid, signal.SIGTERM)
-        procs.signal_pids(a.doomed, signal.SIGTERM)
+        procs.signal_pids(a.doomed, signal.SIGTERM, skip_group=a.pid)
         a.kill_at = time.monotonic() + self.settings.kill_grace
         log.info("run %d: %s, sent SIGTERM to %d process(es)", a.run_id, error,
                  len(a.doomed | {a.pid}))
@@ -451,6 +460,7 @@ class Supervisor:
         return code, usage.ru_utime + usage.ru_stime
 
     def _finalize(self, a: Active) -> None:
+        exited_at = utcnow()
         code, cpu = self._reap(a)
         if a.kill_reason is not None:
             # Leftovers that ignore SIGTERM get the rest of the grace, then SIGKILL.
@@ -461,7 +471,7 @@ class Supervisor:
             # Whatever the task left behind in its group goes with it.
             procs.signal_group(a.pid, signal.SIGKILL)
         logs.enforce_cap(a.log_path, self.settings.log_max_bytes)
-        values: dict = {"finished_at": utcnow(), "exit_code": code}
+        values: dict = {"exited_at": exited_at, "exit_code": code}
         if cpu is not None:
             values["cpu_seconds"] = round(max(cpu, a.cpu_seconds), 3)
         if a.peak_rss:
@@ -484,9 +494,11 @@ class Supervisor:
             # running -> failed: non-zero exit, or a signal nobody here sent.
             values["status"] = RunStatus.FAILED
             values["error"] = f"Killed by {signame}." if signame else f"Exited with code {code}."
+        values["finished_at"] = utcnow()
         with self.db.write() as s:
             s.exec(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
                    .values(**values))
+        self.notify_finished()
         log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, values["status"], code)
 
     def _finish_error(self, a: Active) -> None:

@@ -69,6 +69,9 @@ def test_history_filters_and_paging(service, write_task):
     assert len(service.list_runs(RunFilter(trigger="api"))) == 3
     page = service.list_runs(limit=2, offset=2)
     assert [r.id for r in page] == sorted(ids, reverse=True)[2:4]
+    newest_first = sorted(ids, reverse=True)
+    keyset = service.list_runs(limit=2, before_id=newest_first[1])
+    assert [r.id for r in keyset] == newest_first[2:4]
     assert service.status_counts() == {"succeeded": 3, "failed": 2}
     tasks = {t["name"]: t for t in service.list_tasks()}
     assert tasks["ok"]["success_rate"] == 1.0 and tasks["bad"]["success_rate"] == 0.0

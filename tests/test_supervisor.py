@@ -307,3 +307,19 @@ time.sleep(300)
 def test_signal_helper_reports_gone_groups():
     assert procs.signal_group(2**22 + 12345, signal.SIGTERM) is False
     assert os.getpid() in procs.alive([os.getpid()])
+
+
+def test_code_broken_after_submit_fails_fast_with_its_traceback(tmp_path, write_task, tasks_dir):
+    settings = make_settings(tmp_path)
+    write_task("fragile", "print('fine')")
+    queued = Service(settings).open()
+    run = queued.submit("fragile")  # no supervisor yet: it waits in the queue
+    queued.stop()
+    (tasks_dir / "fragile.py").write_text("def broken(:\n    pass\n")  # edited outside
+    svc = Service(settings).start(sample_system=False)
+    try:
+        done = svc.wait(run.id, 20)
+        assert done.status == RunStatus.FAILED and done.exit_code == 1
+        assert "SyntaxError" in svc.read_log(run.id).content
+    finally:
+        svc.stop()
