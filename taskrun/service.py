@@ -228,24 +228,24 @@ class Service:
         timeout = meta.timeout or self.settings.default_timeout
         # One IMMEDIATE transaction: the check and the insert cannot interleave with
         # another submit, in this process or any other on the same database.
-        with self.db.write() as s:
+        with self.db.begin() as c:
             if meta.concurrency == Concurrency.FORBID:
-                active = s.exec(select(Run.id, Run.status).where(
+                active = c.execute(select(Run.id, Run.status).where(
                     Run.task == task, Run.status.in_(list(ACTIVE))).limit(1)).first()
                 if active is not None:
                     raise AlreadyActive(task, active[0], active[1])
-            queued = s.exec(select(func.count()).select_from(Run)
-                            .where(Run.status == RunStatus.QUEUED)).one()
+            queued = c.execute(select(func.count()).select_from(Run)
+                               .where(Run.status == RunStatus.QUEUED)).scalar_one()
             if queued >= self.settings.max_queue:
                 raise QueueFull(f"The queue is full ({queued} runs waiting, "
                                 f"TASKRUN_MAX_QUEUE={self.settings.max_queue}); try later.")
-            run = Run(task=task, status=RunStatus.QUEUED, trigger=trigger, requested_by=user,
-                      params=values, concurrency=meta.concurrency.value, timeout=timeout,
-                      queued_at=utcnow())
-            s.add(run)
-            s.flush()
-            public = RunPublic.of(run)
-        log.info("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
+            values = {"task": task, "status": RunStatus.QUEUED.value, "trigger": trigger,
+                      "requested_by": user, "params": values,
+                      "concurrency": meta.concurrency.value, "timeout": timeout,
+                      "queued_at": utcnow()}
+            run_id = c.execute(sa.insert(Run).values(**values)).inserted_primary_key[0]
+        public = RunPublic(id=run_id, **values)
+        log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
         self._wake()
         return public
 
@@ -273,7 +273,7 @@ class Service:
         return self.get_run(run_id)
 
     def get_run(self, run_id: int) -> RunPublic:
-        return RunPublic.of(find_run(self.db, run_id))
+        return find_run(self.db, run_id)
 
     def _filtered(self, query, f: RunFilter):
         if f.task:

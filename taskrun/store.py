@@ -78,6 +78,7 @@ class TaskStore:
         self.root = Path(tasks_dir).resolve()
         self._lock = FileLock(str(Path(lock_dir) / "store.lock"), timeout=30)
         self._lock_dir = Path(lock_dir)
+        self._cache: dict[Path, tuple[tuple, TaskInfo]] = {}
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -106,13 +107,31 @@ class TaskStore:
     def info(self, name: str) -> TaskInfo:
         path = self.path(name)
         try:
-            data = path.read_bytes()
             stat = path.stat()
+            cached = self._cached(path, stat)
+            if cached is not None:
+                return cached
+            data = path.read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"Task '{name}' does not exist.") from None
         return self._info(name, path, data, stat)
 
+    def _cached(self, path: Path, stat: os.stat_result) -> TaskInfo | None:
+        hit = self._cache.get(path)
+        if hit and hit[0] == (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns):
+            return hit[1]
+        return None
+
     def _info(self, name: str, path: Path, data: bytes, stat: os.stat_result) -> TaskInfo:
+        info = self._parse(name, path, data, stat)
+        # Parsing and compiling is most of a submit's cost; a file is parsed again
+        # only when it changes (our writes replace the inode; edits in place move
+        # mtime and ctime).
+        self._cache[path] = ((stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns),
+                             info)
+        return info
+
+    def _parse(self, name: str, path: Path, data: bytes, stat: os.stat_result) -> TaskInfo:
         meta, error = None, None
         try:
             code = data.decode("utf-8")
@@ -137,7 +156,9 @@ class TaskStore:
                 path = self.path(name)
                 if not path.is_file():
                     continue
-                tasks.append(self._info(name, path, path.read_bytes(), path.stat()))
+                stat = path.stat()
+                cached = self._cached(path, stat)
+                tasks.append(cached or self._info(name, path, path.read_bytes(), stat))
             except InvalidName as exc:
                 tasks.append(TaskInfo(name, entry, "", 0, 0.0, None, str(exc)))
             except OSError as exc:

@@ -36,11 +36,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import select as sql_select
 
-from . import logs, procs, versions
+from . import logs, metadata, procs, versions
 from .db import Database
 from .errors import InvalidName, NotFound
 from .locks import LockFile, Locks
-from .models import Run, RunSample, utcnow
+from .models import Run, RunPublic, RunSample, utcnow
 from .settings import Settings
 from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
@@ -48,6 +48,22 @@ from .store import TaskStore, sha256
 log = logging.getLogger("taskrun.supervisor")
 
 RECOVER_EVERY_S = 5.0
+
+# Statements on every run's path, built once: constructing SQLAlchemy expressions
+# per call cost more than executing them (see bench/, "launch overhead").
+_T = Run.__table__
+_CANDIDATES = (sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.params, _T.c.timeout,
+                         _T.c.trigger)
+               .where(_T.c.status == RunStatus.QUEUED.value).order_by(_T.c.id).limit(50))
+_CANDIDATES_AMONG = _CANDIDATES.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
+_CLAIM = (sa.update(_T)
+          .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
+          .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
+                  owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host")))
+_CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
+    _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
+_BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
+_WHILE_RUNNING = _BY_ID.where(_T.c.status == RunStatus.RUNNING.value)
 
 
 @dataclass
@@ -76,6 +92,7 @@ class Active:
     progress_mtime: float = 0.0
     thread: threading.Thread | None = None
     pending_cancel: tuple[str, str] | None = None  # (by, reason), read by the watcher
+    spawned: dict | None = None  # what to record about the new process
 
 
 class Supervisor:
@@ -99,6 +116,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
         self._last_recover = 0.0
+        self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
         self.started_at: float | None = None
         self.last_step_at: float | None = None
 
@@ -194,20 +212,19 @@ class Supervisor:
             ids = [rid for rid, a in self.active.items() if a.kill_reason is None]
         if not ids:
             return
-        with self.db.read() as s:
-            rows = s.exec(sql_select(Run.id, Run.cancel_requested_by).where(
-                Run.id.in_(ids), Run.cancel_requested_by.is_not(None))).all()
+        with self.db.connect() as c:
+            rows = c.execute(_CANCEL_REQUESTS, {"ids": ids}).all()
         for run_id, by in rows:
             self.cancel_local(run_id, by)
 
     def _start_next(self, slot_fd: int) -> bool:
-        query = sql_select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(50)
-        if self.claim_only is not None:
-            if not self.claim_only:
-                return False
-            query = query.where(Run.id.in_(self.claim_only))
-        with self.db.read() as s:
-            candidates = s.exec(query).all()
+        if self.claim_only is not None and not self.claim_only:
+            return False
+        with self.db.connect() as c:
+            if self.claim_only is None:
+                candidates = c.execute(_CANDIDATES).all()
+            else:
+                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only)}).all()
         busy: set[str] = set()
         for run in candidates:
             if run.task in busy:
@@ -219,11 +236,9 @@ class Supervisor:
                     busy.add(run.task)
                     continue
             # queued -> running: the compare-and-set that makes a claim exclusive.
-            with self.db.write() as s:
-                claimed = s.exec(sa.update(Run).where(
-                    Run.id == run.id, Run.status == RunStatus.QUEUED).values(
-                    status=RunStatus.RUNNING, started_at=utcnow(), owner=self.owner,
-                    host=self.host)).rowcount
+            with self.db.begin() as c:
+                claimed = c.execute(_CLAIM, {"b_id": run.id, "b_now": utcnow(),
+                                              "b_owner": self.owner, "b_host": self.host}).rowcount
             if claimed != 1:
                 if task_fd is not None:
                     os.close(task_fd)
@@ -247,11 +262,13 @@ class Supervisor:
             self._finish_unstarted(run.id, f"Could not start: {why}.")
             return
         sha = sha256(data)
-        try:
-            versions.record(self.db, run.task, sha, data.decode("utf-8", "replace"),
-                            note="first run of this code", only_if_new=True)
-        except Exception:
-            log.exception("could not record the version of %s", run.task)
+        if sha not in self._known_shas.get(run.task, ()):
+            try:
+                versions.record(self.db, run.task, sha, data.decode("utf-8", "replace"),
+                                note="first run of this code", only_if_new=True)
+                self._known_shas[run.task] = {sha}
+            except Exception:
+                log.exception("could not record the version of %s", run.task)
         log_path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         progress_path = self.progress_dir / f"{run.id}.progress"
         key = procs.run_key(self.settings.home, run.id)
@@ -266,7 +283,9 @@ class Supervisor:
         }
         extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in run.params.items()})
         try:
-            meta_env = self.store.validate(data.decode("utf-8"), run.task).env
+            info = self.store.info(run.task)  # parsed once per version of the file
+            meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
+            meta_env = meta.env if meta else {}
         except Exception:
             meta_env = {}
         env = procs.task_environment(os.environ, self.settings.task_env_passthrough,
@@ -289,22 +308,20 @@ class Supervisor:
             self.locks.record_pid(task_fd, popen.pid)
         for fd in (*fds, log_fd):
             os.close(fd)
-        created = procs.create_time(popen.pid)
-        with self.db.write() as s:
-            s.exec(sa.update(Run).where(Run.id == run.id).values(
-                pid=popen.pid, pid_created=created, code_sha=sha, log_path=str(log_path),
-                spawned_at=spawned_at))
         active = Active(run_id=run.id, task=run.task, pid=popen.pid,
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
-                        progress_path=progress_path, key=key, popen=popen)
+                        progress_path=progress_path, key=key, popen=popen,
+                        spawned={"pid": popen.pid, "code_sha": sha, "log_path": str(log_path),
+                                 "spawned_at": spawned_at})
         self._watch(active)
-        log.info("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
+        log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
     def _finish_unstarted(self, run_id: int, error: str) -> None:
         # running -> failed: it was claimed but no process could be started.
-        with self.db.write() as s:
-            s.exec(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING).values(
+        with self.db.begin() as c:
+            c.execute(sa.update(Run).where(
+                Run.id == run_id, Run.status == RunStatus.RUNNING).values(
                 status=RunStatus.FAILED, finished_at=utcnow(), error=error))
         self.notify_finished()
         log.warning("run %d failed to start: %s", run_id, error)
@@ -326,6 +343,9 @@ class Supervisor:
     def _watcher(self, a: Active) -> None:
         try:
             self._watch_until_exit(a)
+            # Its slot was freed when the process exited: let the next run claim it
+            # while this one is being recorded.
+            self._wake.set()
             self._finalize(a)
         except Exception:
             log.exception("watcher of run %d failed", a.run_id)
@@ -342,6 +362,12 @@ class Supervisor:
     def _watch_until_exit(self, a: Active) -> None:
         if a.pidfd < 0:
             return
+        if a.spawned is not None:
+            # Recorded by the run's own thread, off the launch path. Until then a crash
+            # would mark the run lost, but its process keeps its lock: no duplicate.
+            a.spawned["pid_created"] = procs.create_time(a.pid)
+            with self.db.begin() as c:
+                c.execute(_BY_ID.values(**a.spawned), {"b_id": a.run_id})
         poller = select.poll()
         poller.register(a.pidfd, select.POLLIN)
         poller.register(a.wake_fd, select.POLLIN)
@@ -387,9 +413,10 @@ class Supervisor:
         logs.enforce_cap(a.log_path, self.settings.log_max_bytes)
         values = {"peak_rss": a.peak_rss, "cpu_seconds": round(a.cpu_seconds, 3)}
         values.update(self._read_progress(a))
-        with self.db.write() as s:
-            s.exec(sa.update(Run).where(Run.id == a.run_id).values(**values))
-            s.add(RunSample(run_id=a.run_id, t=utcnow(), rss=rss, cpu_percent=round(percent, 1)))
+        with self.db.begin() as c:
+            c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
+            c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
+                                                  cpu_percent=round(percent, 1)))
 
     def _read_progress(self, a: Active) -> dict:
         """Latest ``<fraction> <message>`` line the task wrote to TASKRUN_PROGRESS_FILE."""
@@ -495,17 +522,16 @@ class Supervisor:
             values["status"] = RunStatus.FAILED
             values["error"] = f"Killed by {signame}." if signame else f"Exited with code {code}."
         values["finished_at"] = utcnow()
-        with self.db.write() as s:
-            s.exec(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
-                   .values(**values))
-        self.notify_finished()
+        with self.db.begin() as c:
+            c.execute(_WHILE_RUNNING.values(**values), {"b_id": a.run_id})
         log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, values["status"], code)
+        self.notify_finished()
 
     def _finish_error(self, a: Active) -> None:
         try:
             self._kill_hard(a)
-            with self.db.write() as s:
-                s.exec(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
+            with self.db.begin() as c:
+                c.execute(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
                        .values(status=RunStatus.FAILED, finished_at=utcnow(),
                                error="The supervisor failed while watching this run; "
                                      "see the application log."))
@@ -527,8 +553,8 @@ class Supervisor:
                 self._adopt(run)
             else:
                 # running -> lost: the server died and took no record of the end.
-                with self.db.write() as s:
-                    s.exec(sa.update(Run).where(
+                with self.db.begin() as c:
+                    c.execute(sa.update(Run).where(
                         Run.id == run.id, Run.status == RunStatus.RUNNING,
                         Run.owner == run.owner).values(
                         status=RunStatus.LOST, finished_at=utcnow(),
@@ -540,8 +566,8 @@ class Supervisor:
                 (self.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
 
     def _adopt(self, run: Run) -> None:
-        with self.db.write() as s:
-            taken = s.exec(sa.update(Run).where(
+        with self.db.begin() as c:
+            taken = c.execute(sa.update(Run).where(
                 Run.id == run.id, Run.status == RunStatus.RUNNING,
                 Run.owner == run.owner).values(owner=self.owner)).rowcount
         if taken != 1:
@@ -569,9 +595,13 @@ class Supervisor:
                 "python": sys.executable}
 
 
-def find_run(db: Database, run_id: int) -> Run:
-    with db.read() as s:
-        run = s.get(Run, run_id)
-    if run is None:
+_FIND_RUN = sa.select(Run.__table__).where(Run.__table__.c.id == sa.bindparam("run_id"))
+
+
+def find_run(db: Database, run_id: int) -> RunPublic:
+    """One run by id (Core, cached statement: this is on every poll of every client)."""
+    with db.connect() as c:
+        row = c.execute(_FIND_RUN, {"run_id": run_id}).first()
+    if row is None:
         raise NotFound(f"Run {run_id} does not exist.")
-    return run
+    return RunPublic.from_row(row._mapping)

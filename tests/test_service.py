@@ -103,7 +103,7 @@ def test_log_listing_and_lookup_by_name(service, write_task):
 def test_app_log_and_health(service, write_task):
     write_task("quick", "pass")
     service.wait(service.submit("quick").id, 15)
-    assert "queued" in service.app_log(lines=50).content
+    assert "ended: succeeded" in service.app_log(lines=50).content
     assert service.app_log(lines=50, level="ERROR").content == ""
     health = service.health()
     assert health["ok"] and health["status"] == "ok"

@@ -1,0 +1,102 @@
+"""Timing helpers, temporary service homes, and the machine the figures came from."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOOP = "pass\n"
+
+
+@dataclass
+class Figure:
+    suite: str
+    name: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    baseline: str | None = None  # name of the figure this one is compared with
+    target: str = ""
+    note: str = ""
+    value: float | None = None  # a single measured value instead of samples
+
+    @property
+    def median(self) -> float:
+        return self.value if self.value is not None else statistics.median(self.samples)
+
+    @property
+    def p95(self) -> float:
+        if self.value is not None:
+            return self.value
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def interleave(a, b, n: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """Run a() and b() alternately (A, B, A, B …) after a warm-up; their returned timings."""
+    for _ in range(warmup):
+        a()
+        b()
+    xs, ys = [], []
+    for _ in range(n):
+        xs.append(a())
+        ys.append(b())
+    return xs, ys
+
+
+def settings_env(home: Path, **extra) -> dict[str, str]:
+    env = {
+        "TASKRUN_HOME": str(home / "data"),
+        "TASKRUN_TASKS_DIR": str(home / "tasks"),
+        "TASKRUN_MAX_QUEUE": "100000",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@contextmanager
+def service_home(tasks: dict[str, str], start: bool = True, **settings):
+    """A started Service in a temporary data dir with the given task files."""
+    from taskrun.service import Service
+    from taskrun.settings import load
+
+    home = Path(tempfile.mkdtemp(prefix="taskrun-bench-"))
+    (home / "tasks").mkdir()
+    for name, code in tasks.items():
+        (home / "tasks" / f"{name}.py").write_text(code)
+    svc = Service(load(settings_env(home, **settings)))
+    if start:
+        svc.start(sample_system=False)
+    else:
+        svc.open()
+    try:
+        yield svc, home
+    finally:
+        svc.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def machine() -> dict:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
+                                capture_output=True, text=True).stderr.splitlines()
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "git_sha": sha,
+        "startup_imports": len(importtime) - 1,
+        "startup_import_us": sum(int(line.split("|")[1]) for line in importtime[1:]
+                                 if line.count("|") >= 2 and line.split("|")[1].strip().isdigit()),
+    }

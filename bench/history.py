@@ -1,0 +1,118 @@
+"""4. History at scale: the UI's and API's queries over 100k and 1M runs; lifecycle DB cost."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from taskrun.models import Run, utcnow
+from taskrun.service import RunFilter
+
+from .common import Figure, service_home
+
+STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
+
+
+def bulk_load(db_path: str, rows: int, tasks: int = 20) -> None:
+    conn = sqlite3.connect(db_path)
+    start = datetime(2025, 1, 1)
+    batch = []
+    for i in range(rows):
+        t = start + timedelta(seconds=30 * i)
+        batch.append((f"task{i % tasks}", STATUSES[i % len(STATUSES)], "api", "{}", "forbid",
+                      60.0, t, t, t, t, t + timedelta(seconds=2), 0))
+        if len(batch) == 50_000:
+            _insert(conn, batch)
+            batch = []
+    if batch:
+        _insert(conn, batch)
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def _insert(conn, batch) -> None:
+    conn.executemany(
+        "INSERT INTO run (task, status, trigger, params, concurrency, timeout, queued_at, "
+        "started_at, spawned_at, exited_at, finished_at, exit_code) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+    conn.commit()
+
+
+def timed(fn, repeat: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def lifecycle_db_cost(svc, repeat: int) -> list[float]:
+    """The statements one run costs the database, without any process."""
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run = svc.submit("task0", trigger="api")
+        with svc.db.write() as s:  # claim (compare-and-set)
+            s.exec(sa.update(Run).where(Run.id == run.id, Run.status == "queued")
+                   .values(status="running", started_at=utcnow(), owner="bench"))
+        with svc.db.write() as s:  # spawned
+            s.exec(sa.update(Run).where(Run.id == run.id)
+                   .values(pid=1, spawned_at=utcnow(), code_sha="x" * 64))
+        with svc.db.write() as s:  # finalised
+            s.exec(sa.update(Run).where(Run.id == run.id, Run.status == "running")
+                   .values(status="succeeded", exited_at=utcnow(), finished_at=utcnow(),
+                           exit_code=0))
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+TASKS = {f"task{i}": "# /// script\n# [tool.taskrun]\n# concurrency = 'parallel'\n# ///\npass\n"
+         for i in range(20)}
+
+
+def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
+    figures = []
+    label = f"{size // 1000}k" if size < 1_000_000 else f"{size // 1_000_000}M"
+    with service_home(TASKS, start=False) as (svc, _home):
+        bulk_load(svc.db.read_engine.url.database, size)
+        raw = sqlite3.connect(svc.db.read_engine.url.database)
+        base_name = f"primary-key lookup, {label} (baseline)"
+        figures.append(Figure("history", base_name, "ms", timed(
+            lambda: raw.execute("SELECT * FROM run WHERE id = ?", (size // 2,)).fetchall(),
+            repeat)))
+        deep = svc.list_runs(limit=1, offset=size // 2)[0].id
+        queries = {
+            "latest page": lambda: svc.list_runs(limit=50),
+            "per-task page": lambda: svc.list_runs(RunFilter(task="task7"), 50),
+            "by status page": lambda: svc.list_runs(RunFilter(status="failed"), 50),
+            "deep page (keyset, middle)": lambda: svc.list_runs(limit=50, before_id=deep),
+            "deep page (offset, middle)": lambda: svc.list_runs(limit=50, offset=size // 2),
+            "active counts (sidebar)": svc.active_counts,
+            "counts per status": svc.status_counts,
+            "count with filter": lambda: svc.count_runs(RunFilter(task="task7", status="failed")),
+            "task list with last runs": svc.list_tasks,
+            "since yesterday": lambda: svc.list_runs(
+                RunFilter(since=datetime.now(UTC) - timedelta(days=1)), 50),
+        }
+        for name, fn in queries.items():
+            target = "" if "offset" in name or "counts per" in name else "p95 < 10 ms"
+            figures.append(Figure("history", f"{name}, {label}", "ms", timed(fn, repeat),
+                                  baseline=base_name, target=target))
+        raw.close()
+        if last:
+            figures.append(Figure("history", f"run lifecycle DB cost, {label}", "ms",
+                                  lifecycle_db_cost(svc, repeat),
+                                  target="< 10% of launch overhead"))
+    return figures
+
+
+def run(sizes: list[int], repeat: int = 30) -> list[Figure]:
+    figures = []
+    for size in sizes:
+        figures += _measure(size, repeat, last=size == sizes[-1])
+    return figures

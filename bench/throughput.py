@@ -1,0 +1,175 @@
+"""2. Throughput: many trivial runs over 10 tasks at concurrency 2, vs a thread pool and peers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .common import NOOP, ROOT, Figure, service_home
+
+QUEUED_NOOP = "# /// script\n# [tool.taskrun]\n# concurrency = 'queue'\n# ///\npass\n"
+TASKS = {f"t{i}": QUEUED_NOOP for i in range(10)}
+
+
+def _ours(n: int) -> float:
+    with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=2) as (svc, _home):
+        for warm in range(4):
+            svc.wait(svc.submit(f"t{warm}").id, 30)
+        t = time.perf_counter()
+        ids = [svc.submit(f"t{i % 10}", trigger="api").id for i in range(n)]
+        for run_id in ids:
+            svc.wait(run_id, 600)
+        elapsed = time.perf_counter() - t
+        assert svc.count_runs() == n + 4
+    return elapsed
+
+
+def _pool(n: int, scripts: list[str]) -> float:
+    t = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda i: subprocess.run([sys.executable, scripts[i % 10]], check=True),
+                      range(n)))
+    return time.perf_counter() - t
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _huey(n: int, scripts: list[str], like_for_like: bool) -> float:
+    folder = Path(tempfile.mkdtemp(prefix="bench-huey-"))
+    env = {**os.environ, "BENCH_HUEY_DB": str(folder / "huey.db"), "PYTHONPATH": str(ROOT)}
+    os.environ["BENCH_HUEY_DB"] = env["BENCH_HUEY_DB"]
+    import importlib
+
+    from . import peer_huey as peers
+
+    importlib.reload(peers)  # a new database file each time
+    consumer = subprocess.Popen(
+        [_bin("huey_consumer"), "bench.peer_huey.huey", "-w", "2", "-k", "process",
+         "-d", "0.001", "-m", "0.01", "-b", "1.0", "-q"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        peers.huey_noop().get(blocking=True, timeout=60)  # warm
+        t = time.perf_counter()
+        if like_for_like:
+            results = [peers.huey_run_script(scripts[i % 10]) for i in range(n)]
+        else:
+            results = [peers.huey_noop() for _ in range(n)]
+        for r in results:
+            r.get(blocking=True, timeout=600, backoff=1.0, max_delay=0.005)
+        return time.perf_counter() - t
+    finally:
+        os.killpg(consumer.pid, signal.SIGINT)
+        consumer.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rq(n: int, scripts: list[str], like_for_like: bool) -> float | None:
+    server = shutil.which("redis-server")
+    if not server:
+        return None
+    from redis import Redis
+    from rq import Queue
+    from rq.job import JobStatus
+
+    port = _free_port()
+    redis_proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        conn = Redis(port=port)
+        for _ in range(100):
+            try:
+                conn.ping()
+                break
+            except Exception:
+                time.sleep(0.05)
+        queue = Queue("bench", connection=conn)
+        url = f"redis://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        workers = [subprocess.Popen([_bin("rq"), "worker", "bench", "--url", url, "-q"],
+                                    env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+                   for _ in range(2)]
+        from . import peers
+
+        warm = queue.enqueue(peers.noop)
+        while (status := warm.get_status(refresh=True)) != JobStatus.FINISHED:
+            if status == JobStatus.FAILED:
+                raise RuntimeError(f"RQ job failed: {warm.exc_info}")
+            time.sleep(0.01)
+        t = time.perf_counter()
+        jobs = [queue.enqueue(peers.run_script, scripts[i % 10]) if like_for_like
+                else queue.enqueue(peers.noop) for i in range(n)]
+        pending = list(jobs)
+        while pending:
+            pending = [j for j in pending if j.get_status(refresh=True) != JobStatus.FINISHED]
+            if any(j.get_status() == JobStatus.FAILED for j in pending):
+                raise RuntimeError("an RQ job failed")
+            if pending:
+                time.sleep(0.005)
+        return time.perf_counter() - t
+    finally:
+        for w in workers:
+            os.killpg(w.pid, signal.SIGTERM)
+            w.wait(timeout=30)
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+
+
+def run(n: int) -> list[Figure]:
+    folder = Path(tempfile.mkdtemp(prefix="bench-scripts-"))
+    scripts = []
+    for i in range(10):
+        path = folder / f"t{i}.py"
+        path.write_text(NOOP)
+        scripts.append(str(path))
+    rates: dict[str, list[float]] = {k: [] for k in (
+        "pool", "ours", "huey", "rq", "huey_noop", "rq_noop")}
+    rounds = 2
+    for _ in range(rounds):  # interleaved rounds
+        rates["pool"].append(n / _pool(n, scripts))
+        rates["ours"].append(n / _ours(n))
+        rates["huey"].append(n / _huey(n, scripts, True))
+        rq = _rq(n, scripts, True)
+        if rq:
+            rates["rq"].append(n / rq)
+    rates["huey_noop"].append(n / _huey(n, scripts, False))
+    rq = _rq(n, scripts, False)
+    if rq:
+        rates["rq_noop"].append(n / rq)
+    shutil.rmtree(folder, ignore_errors=True)
+    base = "2-thread pool of subprocess.run (baseline)"
+    out = [
+        Figure("throughput", base, "runs/s", rates["pool"]),
+        Figure("throughput", "taskrun, concurrency 2", "runs/s", rates["ours"], baseline=base,
+               target=">= 0.8x, ahead of peers"),
+        Figure("throughput", "Huey SqliteHuey, 2 processes, subprocess.run", "runs/s",
+               rates["huey"], baseline=base),
+    ]
+    if rates["rq"]:
+        out.append(Figure("throughput", "RQ + Redis, 2 workers, subprocess.run", "runs/s",
+                          rates["rq"], baseline=base))
+    out.append(Figure("throughput", "Huey, no-op body (no process per job)", "runs/s",
+                      rates["huey_noop"], baseline=base))
+    if rates["rq_noop"]:
+        out.append(Figure("throughput", "RQ, no-op body", "runs/s", rates["rq_noop"],
+                          baseline=base))
+    return out
