@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from .common import Figure, service_home
 
@@ -22,13 +25,15 @@ time.sleep(60)
 
 def run(n: int) -> list[Figure]:
     ours = []
-    with service_home({"sleeper": SLEEPER}, TASKRUN_KILL_GRACE=2) as (svc, home):
+    with service_home({"sleeper": SLEEPER}, TASKRUN_KILL_GRACE=2) as (svc, _home):
         for _ in range(n):
             done = svc.wait(svc.submit("sleeper").id, 30)
             assert done.status == "timed_out", done.status
             deadline = done.spawned_at.timestamp() + done.timeout
             ours.append(done.exited_at.timestamp() - deadline)
-        script = str(home / "tasks" / "sleeper.py")
+    folder = Path(tempfile.mkdtemp(prefix="bench-kill-"))
+    script = str(folder / "sleeper.py")
+    Path(script).write_text(SLEEPER)
     base = []
     for _ in range(n):  # the floor: our own Popen, sleep to the deadline, killpg, wait
         proc = subprocess.Popen([sys.executable, script], start_new_session=True)
@@ -37,6 +42,7 @@ def run(n: int) -> list[Figure]:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         base.append(time.perf_counter() - deadline)
+    shutil.rmtree(folder, ignore_errors=True)
     return [
         Figure("kill", "Popen + sleep + killpg + wait (baseline)", "ms", [x * 1000 for x in base]),
         Figure("kill", "taskrun deadline -> process gone", "ms", [x * 1000 for x in ours],

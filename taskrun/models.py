@@ -68,6 +68,8 @@ class Run(RunBase, table=True):
     __table_args__ = (
         sa.Index("ix_run_task_id", "task", "id"),
         sa.Index("ix_run_status_id", "status", "id"),
+        sa.Index("ix_run_status_task", "status", "task"),
+        sa.Index("ix_run_queued_at", "queued_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
 

@@ -107,9 +107,10 @@ class Service:
         tasks = self.store.list()
         names = [t.name for t in tasks]
         with self.db.read() as s:
-            active = s.exec(select(Run.task, Run.status, func.count()).where(
-                Run.status.in_(list(ACTIVE)), Run.task.in_(names))
-                .group_by(Run.task, Run.status)).all()
+            # Only the (few) active runs, through the status index; counted here, as
+            # a GROUP BY makes SQLite scan a whole (task, status) index instead.
+            active_rows = s.exec(select(Run.task, Run.status).where(
+                Run.status.in_(list(ACTIVE)))).all()
             # One max() per task: an O(log n) index probe each, where a GROUP BY
             # would scan the whole history.
             last_ids = [i for name in names
@@ -122,8 +123,9 @@ class Service:
                     .order_by(Run.id.desc()).limit(HISTORY_WINDOW)).all()
                 recent[name] = statuses
         states: dict[str, dict[str, int]] = {}
-        for task, status, count in active:
-            states.setdefault(task, {})[status] = count
+        for task, status in active_rows:
+            counts = states.setdefault(task, {})
+            counts[status] = counts.get(status, 0) + 1
         out = []
         for t in tasks:
             st = states.get(t.name, {})
@@ -301,7 +303,12 @@ class Service:
         same at any depth; ``offset`` grows with it.
         """
         limit = max(1, min(int(limit), MAX_PAGE))
-        query = self._filtered(select(Run), f or RunFilter()).order_by(Run.id.desc())
+        f = f or RunFilter()
+        query = self._filtered(select(Run), f)
+        # With a time range, walk the queued_at index; otherwise the primary key.
+        # (Both orders agree: ids are handed out in queue order.)
+        query = query.order_by(Run.queued_at.desc(), Run.id.desc()) if (
+            f.since or f.until) else query.order_by(Run.id.desc())
         if before_id is not None:
             query = query.where(Run.id < before_id)
         with self.db.read() as s:
@@ -449,9 +456,9 @@ class Service:
     def active_counts(self) -> dict[str, int]:
         """Queued and running counts (an index range, cheap at any history size)."""
         with self.db.read() as s:
-            rows = s.exec(select(Run.status, func.count()).where(
-                Run.status.in_(list(ACTIVE))).group_by(Run.status)).all()
-        return {status: count for status, count in rows}
+            counts = {status.value: s.exec(select(func.count()).select_from(Run).where(
+                Run.status == status)).one() for status in (RunStatus.QUEUED, RunStatus.RUNNING)}
+        return {status: n for status, n in counts.items() if n}
 
     def supervisor_status(self) -> dict:
         counts = self.active_counts()
