@@ -185,7 +185,9 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
             ss.editor_message = "Settings saved."
             st.rerun()
 
-with st.expander("🕘 Version history"):
+# A run's "Code" link lands here with ?version=<sha>: open the history on it.
+linked = st.query_params.get("version")
+with st.expander("🕘 Version history", expanded=bool(linked)):
     history = svc.task_versions(name, limit=50)
     if not history:
         st.caption("No saved versions yet.")
@@ -193,8 +195,10 @@ with st.expander("🕘 Version history"):
         labels = {v.id: f"#{v.id} · {v.created_at:%Y-%m-%d %H:%M:%S} UTC · {v.sha[:12]} · "
                         f"{v.note or ''} {('by ' + v.author) if v.author else ''}"
                   for v in history}
-        chosen = st.selectbox("Version", list(labels), format_func=labels.get,
-                              key="editor-version")
+        ids = list(labels)
+        start = next((i for i, v in enumerate(history) if linked and v.sha == linked), 0)
+        chosen = st.selectbox("Version", ids, index=start, format_func=labels.get,
+                              key=f"editor-version-{linked or ''}")
         version = svc.get_version(name, chosen)
         diff = difflib.unified_diff(version.content.splitlines(), task["code"].splitlines(),
                                     f"version {version.id}", "current", lineterm="")

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import run_summary, service, show_error, status_label
+from pages.common import PAGES, run_summary, service, show_error, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.service import RunFilter
@@ -86,8 +86,10 @@ with history_tab:
             d1.markdown(f"**Task** `{run.task}`  \n**Trigger** {run.trigger} by "
                         f"{run.requested_by or '–'}  \n**Params** `{run.params or {}}`")
             d2.markdown(f"**Queued** {run.queued_at:%Y-%m-%d %H:%M:%S} UTC  \n"
-                        f"**Code** `{(run.code_sha or '–')[:12]}`  \n"
                         f"**Cancelled by** {run.cancelled_by or '–'}")
+            if run.code_sha:
+                d2.page_link(PAGES["editor"], label=f"Code {run.code_sha[:12]}", icon="🔗",
+                             query_params={"task": run.task, "version": run.code_sha})
             d3.markdown(f"**Peak memory** {fmt.size(run.peak_rss)}  \n"
                         f"**CPU** {run.cpu_seconds if run.cpu_seconds is not None else '–'} s"
                         f"  \n**PID** {run.pid or '–'}")

@@ -43,6 +43,16 @@ log = logging.getLogger("taskrun.service")
 MAX_PAGE = 500
 HISTORY_WINDOW = 20  # runs used for a task's success rate
 
+# The task list's statements, built once (it refreshes on every Tasks page rerun).
+_T = Run.__table__
+_ACTIVE = [s.value for s in ACTIVE]
+_ACTIVE_TASKS = sa.select(_T.c.task, _T.c.status).where(_T.c.status.in_(_ACTIVE))
+_LAST_ID = sa.select(sa.func.max(_T.c.id)).where(_T.c.task == sa.bindparam("t"))
+_BY_IDS = sa.select(_T).where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
+_RECENT = (sa.select(_T.c.status)
+           .where(_T.c.task == sa.bindparam("t"), _T.c.status.not_in(_ACTIVE))
+           .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
+
 
 @dataclass(frozen=True)
 class RunFilter:
@@ -106,22 +116,17 @@ class Service:
         """Every task with its state, last run and recent success rate."""
         tasks = self.store.list()
         names = [t.name for t in tasks]
-        with self.db.read() as s:
+        with self.db.connect() as c:
             # Only the (few) active runs, through the status index; counted here, as
             # a GROUP BY makes SQLite scan a whole (task, status) index instead.
-            active_rows = s.exec(select(Run.task, Run.status).where(
-                Run.status.in_(list(ACTIVE)))).all()
-            # One max() per task: an O(log n) index probe each, where a GROUP BY
-            # would scan the whole history.
+            active_rows = c.execute(_ACTIVE_TASKS).all()
+            # Per task, index probes (a max and the latest 20), where a GROUP BY
+            # over the whole history would scan it.
             last_ids = [i for name in names
-                        if (i := s.exec(select(func.max(Run.id)).where(Run.task == name)).one())]
-            last = {r.task: r for r in s.exec(select(Run).where(Run.id.in_(last_ids))).all()}
-            recent = {}
-            for name in names:
-                statuses = s.exec(select(Run.status).where(
-                    Run.task == name, Run.status.not_in(list(ACTIVE)))
-                    .order_by(Run.id.desc()).limit(HISTORY_WINDOW)).all()
-                recent[name] = statuses
+                        if (i := c.execute(_LAST_ID, {"t": name}).scalar())]
+            last = {r.task: r for r in (RunPublic.from_row(row._mapping) for row in
+                                        c.execute(_BY_IDS, {"ids": last_ids}))}
+            recent = {name: c.execute(_RECENT, {"t": name}).scalars().all() for name in names}
         states: dict[str, dict[str, int]] = {}
         for task, status in active_rows:
             counts = states.setdefault(task, {})
@@ -135,7 +140,7 @@ class Service:
             rate = (sum(x == RunStatus.SUCCEEDED for x in counted) / len(counted)
                     if counted else None)
             out.append({**self._task_dict(t), "state": state, "active": st,
-                        "last_run": RunPublic.of(last[t.name]).model_dump(mode="json")
+                        "last_run": last[t.name].model_dump(mode="json")
                         if t.name in last else None,
                         "success_rate": rate, "recent_runs": len(counted)})
         return out

@@ -48,3 +48,27 @@ def test_concurrent_read_then_write_transactions_never_fail(tmp_path):
         counts = [int(r.error) for r in s.exec(sa.select(Run)).scalars()]
     assert sorted(counts) == list(range(200))  # every read-then-write saw all earlier writes
     db.dispose()
+
+
+def test_upgrading_an_old_database_keeps_its_history(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from taskrun.db import MIGRATIONS_DIR
+
+    db = Database(f"sqlite:///{tmp_path / 't.db'}", tmp_path / "locks")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.write_engine.connect() as conn:  # the first released schema, with a run in it
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql(
+            "INSERT INTO run (task, status, trigger, params, concurrency, timeout, queued_at) "
+            "VALUES ('old', 'succeeded', 'cli', '{}', 'forbid', 60, '2025-01-01 00:00:00')")
+        conn.commit()
+    db.migrate()
+    with db.read() as s:
+        runs = s.exec(sa.select(Run)).scalars().all()
+    assert [(r.task, r.status, r.spawned_at) for r in runs] == [("old", "succeeded", None)]
+    assert runs[0].queued_at.tzinfo is not None
+    db.dispose()

@@ -175,3 +175,15 @@ def test_query_tab_is_read_only(env):
 
 def test_examples_ship_with_the_project():
     assert {p.stem for p in EXAMPLES.glob("*.py")} >= {"hello", "data_process"}
+
+
+def test_run_detail_links_to_the_version_that_ran(env):
+    at = app()
+    svc = service_mod.default_service()
+    run = svc.wait(svc.submit("hello", {"delay": 0}).id, 30)
+    at = goto(at, "runs", run=str(run.id))
+    link = next(p for p in at.get("page_link") if "Code" in p.proto.label)
+    assert run.code_sha[:12] in link.proto.label
+    at = goto(at, "editor", task="hello", version=run.code_sha)
+    box = next(s for s in at.selectbox if s.label == "Version")
+    assert run.code_sha[:12] in box.format_func(box.value)
