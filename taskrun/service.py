@@ -43,12 +43,17 @@ log = logging.getLogger("taskrun.service")
 MAX_PAGE = 500
 HISTORY_WINDOW = 20  # runs used for a task's success rate
 
-# The task list's statements, built once (it refreshes on every Tasks page rerun).
+# Statements of the task list (every Tasks page rerun) and of submit, built once.
 _T = Run.__table__
 _ACTIVE = [s.value for s in ACTIVE]
 _ACTIVE_TASKS = sa.select(_T.c.task, _T.c.status).where(_T.c.status.in_(_ACTIVE))
 _LAST_ID = sa.select(sa.func.max(_T.c.id)).where(_T.c.task == sa.bindparam("t"))
 _BY_IDS = sa.select(_T).where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
+_TASK_ACTIVE = (sa.select(_T.c.id, _T.c.status)
+                .where(_T.c.task == sa.bindparam("t"), _T.c.status.in_(_ACTIVE)).limit(1))
+_QUEUED_COUNT = sa.select(sa.func.count()).select_from(_T).where(
+    _T.c.status == RunStatus.QUEUED.value)
+_INSERT = sa.insert(_T)
 _RECENT = (sa.select(_T.c.status)
            .where(_T.c.task == sa.bindparam("t"), _T.c.status.not_in(_ACTIVE))
            .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
@@ -237,12 +242,10 @@ class Service:
         # another submit, in this process or any other on the same database.
         with self.db.begin() as c:
             if meta.concurrency == Concurrency.FORBID:
-                active = c.execute(select(Run.id, Run.status).where(
-                    Run.task == task, Run.status.in_(list(ACTIVE))).limit(1)).first()
+                active = c.execute(_TASK_ACTIVE, {"t": task}).first()
                 if active is not None:
                     raise AlreadyActive(task, active[0], active[1])
-            queued = c.execute(select(func.count()).select_from(Run)
-                               .where(Run.status == RunStatus.QUEUED)).scalar_one()
+            queued = c.execute(_QUEUED_COUNT).scalar_one()
             if queued >= self.settings.max_queue:
                 raise QueueFull(f"The queue is full ({queued} runs waiting, "
                                 f"TASKRUN_MAX_QUEUE={self.settings.max_queue}); try later.")
@@ -250,7 +253,7 @@ class Service:
                       "requested_by": user, "params": values,
                       "concurrency": meta.concurrency.value, "timeout": timeout,
                       "queued_at": utcnow()}
-            run_id = c.execute(sa.insert(Run).values(**values)).inserted_primary_key[0]
+            run_id = c.execute(_INSERT, values).inserted_primary_key[0]
         public = RunPublic(id=run_id, **values)
         log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
         self._wake()

@@ -52,18 +52,31 @@ RECOVER_EVERY_S = 5.0
 # Statements on every run's path, built once: constructing SQLAlchemy expressions
 # per call cost more than executing them (see bench/, "launch overhead").
 _T = Run.__table__
-_CANDIDATES = (sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.params, _T.c.timeout,
-                         _T.c.trigger)
+_CANDIDATES = (sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.timeout, _T.c.trigger)
                .where(_T.c.status == RunStatus.QUEUED.value).order_by(_T.c.id).limit(50))
 _CANDIDATES_AMONG = _CANDIDATES.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
 _CLAIM = (sa.update(_T)
           .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
           .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
-                  owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host")))
+                  owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
+          .returning(_T.c.params))  # decoded for the claimed run only
+_SPAWNED = sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
+    pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
+    spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"))
+_FINISH = (sa.update(_T)
+           .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
+           .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
+                   cancelled_by=sa.bindparam("b_cancelled_by"),
+                   exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
+                   exited_at=sa.bindparam("b_exited_at"),
+                   finished_at=sa.bindparam("b_finished_at"),
+                   cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
+                                                _T.c.cpu_seconds),
+                   peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
+                                             _T.c.peak_rss)))
 _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
     _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
 _BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
-_WHILE_RUNNING = _BY_ID.where(_T.c.status == RunStatus.RUNNING.value)
 
 
 @dataclass
@@ -117,6 +130,8 @@ class Supervisor:
         self._owner_fd: int | None = None
         self._last_recover = 0.0
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
+        # What tasks see of the server's environment, filtered once.
+        self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.started_at: float | None = None
         self.last_step_at: float | None = None
 
@@ -238,18 +253,18 @@ class Supervisor:
             # queued -> running: the compare-and-set that makes a claim exclusive.
             with self.db.begin() as c:
                 claimed = c.execute(_CLAIM, {"b_id": run.id, "b_now": utcnow(),
-                                              "b_owner": self.owner, "b_host": self.host}).rowcount
-            if claimed != 1:
+                                              "b_owner": self.owner, "b_host": self.host}).first()
+            if claimed is None:
                 if task_fd is not None:
                     os.close(task_fd)
                 continue
-            self._launch(run, slot_fd, task_fd)
+            self._launch(run, claimed.params or {}, slot_fd, task_fd)
             return True
         return False
 
     # ---- launching -------------------------------------------------------
 
-    def _launch(self, run: Run, slot_fd: int, task_fd: int | None) -> None:
+    def _launch(self, run, params: dict, slot_fd: int, task_fd: int | None) -> None:
         fds = [slot_fd] + ([task_fd] if task_fd is not None else [])
         try:
             path = self.store.path(run.task)
@@ -278,18 +293,17 @@ class Supervisor:
             "TASKRUN_TASK": run.task,
             "TASKRUN_RUN_KEY": key,
             "TASKRUN_PROGRESS_FILE": str(progress_path),
-            "TASKRUN_PARAMS": json.dumps(run.params),
+            "TASKRUN_PARAMS": json.dumps(params),
             "TASKRUN_TRIGGER": run.trigger,
         }
-        extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in run.params.items()})
+        extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()})
         try:
             info = self.store.info(run.task)  # parsed once per version of the file
             meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
             meta_env = meta.env if meta else {}
         except Exception:
             meta_env = {}
-        env = procs.task_environment(os.environ, self.settings.task_env_passthrough,
-                                     {**meta_env, **extra})
+        env = {**self._base_env, **meta_env, **extra}
         log_fd = -1
         try:
             work.mkdir(parents=True, exist_ok=True)
@@ -312,8 +326,8 @@ class Supervisor:
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
                         progress_path=progress_path, key=key, popen=popen,
-                        spawned={"pid": popen.pid, "code_sha": sha, "log_path": str(log_path),
-                                 "spawned_at": spawned_at})
+                        spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
+                                 "b_spawned": spawned_at})
         self._watch(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
@@ -365,9 +379,9 @@ class Supervisor:
         if a.spawned is not None:
             # Recorded by the run's own thread, off the launch path. Until then a crash
             # would mark the run lost, but its process keeps its lock: no duplicate.
-            a.spawned["pid_created"] = procs.create_time(a.pid)
+            a.spawned["b_created"] = procs.create_time(a.pid)
             with self.db.begin() as c:
-                c.execute(_BY_ID.values(**a.spawned), {"b_id": a.run_id})
+                c.execute(_SPAWNED, {"b_id": a.run_id, **a.spawned})
         poller = select.poll()
         poller.register(a.pidfd, select.POLLIN)
         poller.register(a.wake_fd, select.POLLIN)
@@ -498,33 +512,32 @@ class Supervisor:
             # Whatever the task left behind in its group goes with it.
             procs.signal_group(a.pid, signal.SIGKILL)
         logs.enforce_cap(a.log_path, self.settings.log_max_bytes)
-        values: dict = {"exited_at": exited_at, "exit_code": code}
-        if cpu is not None:
-            values["cpu_seconds"] = round(max(cpu, a.cpu_seconds), 3)
-        if a.peak_rss:
-            values["peak_rss"] = a.peak_rss
         signame = procs.signal_name(code) if code is not None else None
-        values["signal"] = signame
+        error = cancelled_by = None
         if a.kill_reason is not None:
             # running -> timed_out | cancelled: we ended it, say who and why.
-            values.update(status=a.kill_reason, error=a.kill_error)
+            status, error = a.kill_reason, a.kill_error
             if a.kill_reason == RunStatus.CANCELLED:
-                values["cancelled_by"] = a.kill_by
+                cancelled_by = a.kill_by
         elif code is None:
             # running -> lost: adopted after a restart; not our child, so no exit status.
-            values.update(status=RunStatus.LOST, error=(
-                "The server restarted while this run was active; the process has ended "
-                "but its exit status could not be collected."))
+            status = RunStatus.LOST
+            error = ("The server restarted while this run was active; the process has ended "
+                     "but its exit status could not be collected.")
         elif code == 0:
-            values["status"] = RunStatus.SUCCEEDED  # running -> succeeded
+            status = RunStatus.SUCCEEDED  # running -> succeeded
         else:
             # running -> failed: non-zero exit, or a signal nobody here sent.
-            values["status"] = RunStatus.FAILED
-            values["error"] = f"Killed by {signame}." if signame else f"Exited with code {code}."
-        values["finished_at"] = utcnow()
+            status = RunStatus.FAILED
+            error = f"Killed by {signame}." if signame else f"Exited with code {code}."
         with self.db.begin() as c:
-            c.execute(_WHILE_RUNNING.values(**values), {"b_id": a.run_id})
-        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, values["status"], code)
+            c.execute(_FINISH, {
+                "b_id": a.run_id, "b_status": status.value, "b_error": error,
+                "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
+                "b_exited_at": exited_at, "b_finished_at": utcnow(),
+                "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
+                "b_rss": a.peak_rss or None})
+        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
         self.notify_finished()
 
     def _finish_error(self, a: Active) -> None:
