@@ -107,6 +107,13 @@ with st.expander("➕ New task"):
 @st.fragment(run_every=1.0)
 def active_runs() -> None:
     runs = svc.active_runs()
+    key = tuple((r.id, r.status) for r in runs)
+    st.session_state.tasks_active_key = key
+    # Refreshing on its own (not inside a full page run) and a run has started or
+    # ended since the table was drawn: redraw the whole page so the table agrees.
+    if not st.session_state.get("tasks_rendering") and \
+            key != st.session_state.get("tasks_table_key", key):
+        st.rerun(scope="app")
     st.subheader(f"Active runs ({len(runs)})")
     if not runs:
         st.caption("Nothing queued or running.")
@@ -126,13 +133,11 @@ def active_runs() -> None:
             if c3.button("Cancel", key=f"cancel-{run.id}"):
                 try:
                     svc.cancel(run.id, by="ui")
-                    svc.wait(run.id, svc.settings.kill_grace + 5)
                 except TaskRunError as exc:
                     show_error(exc)
-                else:
-                    st.rerun(scope="app")  # the task table below shows the outcome too
 
 
+st.session_state.tasks_rendering = True
 active_runs()
 
 st.subheader("All tasks")
@@ -186,3 +191,7 @@ if tasks and any(t["last_run"] for t in tasks):
     latest = max((t["last_run"] for t in tasks if t["last_run"]), key=lambda r: r["id"])
     st.caption(f"Latest: {latest['task']} — "
                f"{run_summary(svc.get_run(latest['id']))}")
+
+# The table now shows this set of active runs (see active_runs above).
+st.session_state.tasks_table_key = st.session_state.tasks_active_key
+st.session_state.tasks_rendering = False
