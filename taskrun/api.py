@@ -42,7 +42,7 @@ class ExecuteRequest(BaseModel):
     params: dict[str, Any] | None = None
 
 
-class TaskSummary(BaseModel):
+class TaskBase(BaseModel):
     id: str
     name: str
     description: str
@@ -51,6 +51,9 @@ class TaskSummary(BaseModel):
     sha: str
     size: int
     modified: str | None
+
+
+class TaskSummary(TaskBase):
     state: str
     active: dict[str, int]
     last_run: dict | None
@@ -58,15 +61,7 @@ class TaskSummary(BaseModel):
     recent_runs: int
 
 
-class TaskDetail(BaseModel):
-    id: str
-    name: str
-    description: str
-    metadata: dict | None
-    error: str | None
-    sha: str
-    size: int
-    modified: str | None
+class TaskDetail(TaskBase):
     code: str
 
 
