@@ -184,6 +184,14 @@ def cmd_versions(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    result = _open(args).prune(dry_run=args.dry_run)
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{verb} {result.runs} run(s)" + ("" if args.dry_run else
+                                           f", {result.log_bytes} bytes of logs"))
+    return 0
+
+
 def cmd_settings(args) -> int:
     current = load()
     rows = [[s.name, str(getattr(current, s.name.removeprefix("TASKRUN_").lower()))]
@@ -238,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("versions", help="saved versions of a task")
     p.add_argument("task")
     p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("prune", help="remove finished runs and logs past the retention "
+                       "settings (the server also does this hourly)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would go")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("settings", help="every TASKRUN_* setting and its current value")
     p.set_defaults(func=cmd_settings)

@@ -22,7 +22,8 @@ BLOCK_RE = re.compile(
     r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
 )
 PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
-KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env"}
+KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
+              "cpu_seconds"}
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -43,6 +44,8 @@ class TaskMeta:
     concurrency: Concurrency = Concurrency.FORBID
     params: tuple[Param, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    memory_mb: int | None = None  # address-space limit of the task process
+    cpu_seconds: int | None = None  # CPU-time limit of the task process
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -54,6 +57,8 @@ class TaskMeta:
                                 "choices": list(p.choices), "required": p.required}
                        for p in self.params},
             "env": dict(self.env),
+            "memory_mb": self.memory_mb,
+            "cpu_seconds": self.cpu_seconds,
         }
 
 
@@ -139,7 +144,15 @@ def parse(code: str) -> TaskMeta:
     if not isinstance(env, dict) or not all(
             ENV_NAME_RE.match(k) and isinstance(v, str | int | float) for k, v in env.items()):
         raise InvalidMetadata("env must map variable names to strings")
+    limits = {}
+    for key in ("memory_mb", "cpu_seconds"):
+        value = conf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):
+            raise InvalidMetadata(f"{key} must be a whole number > 0")
+        limits[key] = value
     return TaskMeta(
+        **limits,
         description=description.strip(),
         timeout=float(timeout) if timeout is not None else None,
         concurrency=concurrency,
@@ -219,7 +232,7 @@ def render_block(meta: dict[str, Any]) -> str:
             return "[" + ", ".join(toml_value(x) for x in v) + "]"
         return json.dumps(str(v), ensure_ascii=False)
 
-    for key in ("description", "timeout", "concurrency"):
+    for key in ("description", "timeout", "concurrency", "memory_mb", "cpu_seconds"):
         if meta.get(key) not in (None, ""):
             lines.append(f"{key} = {toml_value(meta[key])}")
     if meta.get("env"):

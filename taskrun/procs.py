@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -53,6 +54,23 @@ def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
         pass_fds=tuple(keep_fds),
         close_fds=True,
     )
+
+
+def apply_limits(pid: int, memory_mb: int | None, cpu_seconds: int | None) -> None:
+    """Per-task rlimits, set on the started process with prlimit(2).
+
+    Set from outside because a threaded server must not run code between fork and
+    exec (no preexec_fn); the interpreter's first milliseconds run unlimited.
+    Past cpu_seconds the kernel sends SIGXCPU, and SIGKILL a second later.
+    """
+    try:
+        if memory_mb:
+            size = memory_mb * 1024 * 1024
+            resource.prlimit(pid, resource.RLIMIT_AS, (size, size))
+        if cpu_seconds:
+            resource.prlimit(pid, resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def create_time(pid: int) -> float | None:

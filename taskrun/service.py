@@ -438,6 +438,12 @@ class Service:
                 if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
         return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
 
+    def prune(self, dry_run: bool = False):
+        """Remove finished runs and logs past the retention settings (see ``retention``)."""
+        from .retention import prune
+
+        return prune(self.db, self.settings, dry_run=dry_run)
+
     def query(self, sql: str, max_rows: int = 10_000, time_limit: float = 5.0):
         """Read-only SQL over the history (see ``taskrun.query``)."""
         from .query import run_readonly

@@ -25,6 +25,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
@@ -100,6 +107,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_MONITOR_INTERVAL", "2",
             "Seconds between system samples kept for the System page charts.",
             _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_RETENTION_DAYS", "90",
+            "Finished runs (with their logs) older than this many days are pruned hourly; "
+            "0 keeps them forever.", _non_negative_int, "an integer >= 0"),
+    Setting("TASKRUN_RETENTION_RUNS", "0",
+            "Most finished runs kept per task (the newest); 0 means no limit.",
+            _non_negative_int, "an integer >= 0"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -123,6 +136,8 @@ class Settings:
     sample_interval: float
     poll_interval: float
     monitor_interval: float
+    retention_days: int
+    retention_runs: int
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @property

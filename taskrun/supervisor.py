@@ -36,7 +36,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import select as sql_select
 
-from . import logs, metadata, procs, versions
+from . import logs, metadata, procs, retention, versions
 from .db import Database
 from .errors import InvalidName, NotFound
 from .locks import LockFile, Locks
@@ -48,6 +48,7 @@ from .store import TaskStore, sha256
 log = logging.getLogger("taskrun.supervisor")
 
 RECOVER_EVERY_S = 5.0
+PRUNE_EVERY_S = 3600.0
 
 # Statements on every run's path, built once: constructing SQLAlchemy expressions
 # per call cost more than executing them (see bench/, "launch overhead").
@@ -106,6 +107,8 @@ class Active:
     thread: threading.Thread | None = None
     pending_cancel: tuple[str, str] | None = None  # (by, reason), read by the watcher
     spawned: dict | None = None  # what to record about the new process
+    memory_mb: int | None = None  # rlimits the task declared
+    cpu_limit: int | None = None
 
 
 class Supervisor:
@@ -129,6 +132,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
         self._last_recover = 0.0
+        self._last_prune = float("-inf")
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
@@ -210,6 +214,12 @@ class Supervisor:
         if now - self._last_recover >= RECOVER_EVERY_S:
             self._last_recover = now
             self.recover()
+        if now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            try:
+                retention.prune(self.db, self.settings)
+            except Exception:  # pruning must never stop the runs
+                log.exception("pruning old runs failed")
         self._remote_cancels()
         started = 0
         while not self._stopping:
@@ -301,8 +311,9 @@ class Supervisor:
             info = self.store.info(run.task)  # parsed once per version of the file
             meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
             meta_env = meta.env if meta else {}
+            limits = (meta.memory_mb, meta.cpu_seconds) if meta else (None, None)
         except Exception:
-            meta_env = {}
+            meta_env, limits = {}, (None, None)
         env = {**self._base_env, **meta_env, **extra}
         log_fd = -1
         try:
@@ -310,6 +321,7 @@ class Supervisor:
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
             popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
             spawned_at = utcnow()
+            procs.apply_limits(popen.pid, *limits)
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -326,6 +338,7 @@ class Supervisor:
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
                         progress_path=progress_path, key=key, popen=popen,
+                        memory_mb=limits[0], cpu_limit=limits[1],
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                                  "b_spawned": spawned_at})
         self._watch(active)
@@ -529,7 +542,8 @@ class Supervisor:
         else:
             # running -> failed: non-zero exit, or a signal nobody here sent.
             status = RunStatus.FAILED
-            error = f"Killed by {signame}." if signame else f"Exited with code {code}."
+            error = self._limit_reason(a, signame, cpu) or (
+                f"Killed by {signame}." if signame else f"Exited with code {code}.")
         with self.db.begin() as c:
             c.execute(_FINISH, {
                 "b_id": a.run_id, "b_status": status.value, "b_error": error,
@@ -539,6 +553,17 @@ class Supervisor:
                 "b_rss": a.peak_rss or None})
         log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
         self.notify_finished()
+
+    def _limit_reason(self, a: Active, signame: str | None, cpu: float | None) -> str | None:
+        """Why a run failed, when it was one of the limits its task declared."""
+        if a.cpu_limit and (signame == "SIGXCPU" or (
+                signame == "SIGKILL" and (cpu or 0) >= a.cpu_limit)):
+            return f"Exceeded its cpu_seconds limit ({a.cpu_limit} s of CPU time)."
+        if a.memory_mb:
+            tail = logs.tail(a.log_path, 4096, cap=self.settings.log_max_bytes).content
+            if "MemoryError" in tail or "Cannot allocate memory" in tail:
+                return f"Exceeded its memory_mb limit ({a.memory_mb} MiB)."
+        return None
 
     def _finish_error(self, a: Active) -> None:
         try:

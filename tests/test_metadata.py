@@ -39,6 +39,8 @@ def test_description_falls_back_to_docstring():
     "# /// script\n# [tool.taskrun]\n# timeout = -1\n# ///\n",
     "# /// script\n# [tool.taskrun]\n# timeout = 'soon'\n# ///\n",
     "# /// script\n# [tool.taskrun]\n# colour = 'red'\n# ///\n",
+    "# /// script\n# [tool.taskrun]\n# memory_mb = 0\n# ///\n",
+    "# /// script\n# [tool.taskrun]\n# cpu_seconds = 1.5\n# ///\n",
     "# /// script\n# [tool.taskrun\n# ///\n",
     "# /// script\n# [tool.taskrun.params]\n# n = { type = 'complex' }\n# ///\n",
     "# /// script\n# [tool.taskrun.params]\n# n = { type = 'int', default = 'x' }\n# ///\n",

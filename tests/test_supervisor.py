@@ -323,3 +323,22 @@ def test_code_broken_after_submit_fails_fast_with_its_traceback(tmp_path, write_
         assert "SyntaxError" in svc.read_log(run.id).content
     finally:
         svc.stop()
+
+
+def test_cpu_limit_ends_a_busy_task_with_a_clear_reason(service, tasks_dir):
+    (tasks_dir / "spin.py").write_text(
+        "# /// script\n# [tool.taskrun]\n# cpu_seconds = 1\n# timeout = 60\n# ///\n"
+        "while True:\n    pass\n")
+    done = service.wait(service.submit("spin").id, 30)
+    assert done.status == RunStatus.FAILED and done.signal in ("SIGXCPU", "SIGKILL")
+    assert "cpu_seconds limit (1 s" in done.error
+
+
+def test_memory_limit_fails_a_hungry_task_with_a_clear_reason(service, tasks_dir):
+    (tasks_dir / "hog.py").write_text(
+        "# /// script\n# [tool.taskrun]\n# memory_mb = 300\n# ///\n"
+        "blocks = [bytearray(50 * 2**20) for _ in range(40)]\n")
+    done = service.wait(service.submit("hog").id, 30)
+    assert done.status == RunStatus.FAILED and done.exit_code == 1
+    assert "memory_mb limit (300 MiB)" in done.error
+    assert "MemoryError" in service.read_log(done.id).content

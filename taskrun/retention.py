@@ -1,0 +1,75 @@
+"""Pruning old history: runs (with their samples and logs) past the retention settings.
+
+Active runs are never touched; neither are the newest runs of a task when a
+per-task count is set. Called by the supervisor about once an hour, and by
+``python -m taskrun prune``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from . import logs
+from .db import Database
+from .models import Run, RunSample, utcnow
+from .settings import Settings
+from .status import ACTIVE
+
+log = logging.getLogger("taskrun.retention")
+
+_T = Run.__table__
+_ACTIVE = [s.value for s in ACTIVE]
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    runs: int
+    log_bytes: int
+
+
+def doomed_ids(db: Database, settings: Settings, now: datetime | None = None) -> list[int]:
+    """Ids of finished runs the retention settings no longer keep."""
+    ids: set[int] = set()
+    with db.connect() as c:
+        if settings.retention_days:
+            cutoff = (now or utcnow()) - timedelta(days=settings.retention_days)
+            ids.update(c.execute(sa.select(_T.c.id).where(
+                _T.c.status.not_in(_ACTIVE), _T.c.queued_at < cutoff)).scalars())
+        if settings.retention_runs:
+            for task in c.execute(sa.select(_T.c.task).distinct()).scalars():
+                ids.update(c.execute(
+                    sa.select(_T.c.id).where(_T.c.task == task, _T.c.status.not_in(_ACTIVE))
+                    .order_by(_T.c.id.desc()).offset(settings.retention_runs)).scalars())
+    return sorted(ids)
+
+
+def prune(db: Database, settings: Settings, now: datetime | None = None,
+          dry_run: bool = False) -> PruneResult:
+    ids = doomed_ids(db, settings, now)
+    freed = 0
+    if dry_run or not ids:
+        return PruneResult(len(ids), 0)
+    for start in range(0, len(ids), BATCH):
+        batch = ids[start:start + BATCH]
+        with db.connect() as c:
+            rows = c.execute(sa.select(_T.c.id, _T.c.task).where(_T.c.id.in_(batch))).all()
+        with db.begin() as c:
+            c.execute(sa.delete(RunSample.__table__).where(
+                RunSample.__table__.c.run_id.in_(batch)))
+            c.execute(sa.delete(_T).where(_T.c.id.in_(batch), _T.c.status.not_in(_ACTIVE)))
+        for run_id, task in rows:  # logs after the rows: a crash leaves orphan files only
+            path = settings.run_logs_dir / logs.log_name(task, run_id)
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass
+    log.info("pruned %d run(s) and %d bytes of logs (retention: %s days, %s runs per task)",
+             len(ids), freed, settings.retention_days or "unlimited",
+             settings.retention_runs or "unlimited")
+    return PruneResult(len(ids), freed)
