@@ -58,6 +58,7 @@ def settings_env(home: Path, **extra) -> dict[str, str]:
         "TASKRUN_HOME": str(home / "data"),
         "TASKRUN_TASKS_DIR": str(home / "tasks"),
         "TASKRUN_MAX_QUEUE": "100000",
+        "TASKRUN_AUTH": "off",
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env

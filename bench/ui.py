@@ -20,7 +20,9 @@ def run(size: int, reruns: int, rss_reruns: int) -> list[Figure]:
 
     with service_home({"hello": NOOP}, start=False) as (svc, home):
         bulk_load(svc.db.read_engine.url.database, size)
-        saved = {k: os.environ.get(k) for k in ("TASKRUN_HOME", "TASKRUN_TASKS_DIR")}
+        saved = {k: os.environ.get(k) for k in ("TASKRUN_HOME", "TASKRUN_TASKS_DIR",
+                                                "TASKRUN_AUTH")}
+        os.environ["TASKRUN_AUTH"] = "off"
         os.environ["TASKRUN_HOME"] = str(home / "data")
         os.environ["TASKRUN_TASKS_DIR"] = str(home / "tasks")
         try:

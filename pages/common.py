@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from taskrun import fmt
+from taskrun.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.errors import TaskRunError
 from taskrun.service import Service, default_service
 from taskrun.status import ICONS, RunStatus
@@ -28,10 +29,53 @@ PAGES = {
 }
 
 
+def user() -> Identity:
+    """Who is signed in to this browser session (everyone is a local admin with auth off)."""
+    if not service().auth.enabled:
+        return ANONYMOUS_ADMIN
+    return st.session_state.get("auth_user") or Identity("nobody", "viewer")
+
+
+def can(role: str) -> bool:
+    return user().can(role)
+
+
+def needs(role: str) -> str | None:
+    """A tooltip saying why an action is disabled, or None when the user may do it."""
+    return None if can(role) else f"Needs the {role} role"
+
+
+def sign_in() -> None:
+    st.title("Task Run Service")
+    with st.form("sign-in"):
+        name = st.text_input("User", key="signin_user")
+        password = st.text_input("Password", type="password", key="signin_password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        identity = service().auth.login(name.strip(), password)
+        if identity is None:
+            st.error("Wrong user or password.")
+        else:
+            st.session_state.auth_user = identity
+            st.rerun()
+
+
 def run_navigation() -> None:
     st.set_page_config(page_title="Task Run Service", page_icon="⚙️", layout="wide")
+    if service().auth.enabled and not st.session_state.get("auth_user"):
+        # Route as usual (so the URL and its query survive the sign-in), but build
+        # nothing of the page itself for a session that has not signed in.
+        st.navigation(list(PAGES.values()), position="hidden")
+        sign_in()
+        st.stop()  # and no page runs after this script, whatever the runner does
     nav = st.navigation(list(PAGES.values()))
     with st.sidebar:
+        if service().auth.enabled:
+            me = user()
+            st.caption(f"Signed in as **{me.name}** ({me.role})")
+            if st.button("Sign out", key="sign-out"):
+                st.session_state.auth_user = None
+                st.rerun()
         sidebar_status()
     nav.run()
 

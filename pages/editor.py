@@ -7,7 +7,7 @@ import difflib
 import streamlit as st
 from streamlit_ace import st_ace
 
-from pages.common import run_summary, service, show_error
+from pages.common import needs, run_summary, service, show_error, user
 from taskrun.errors import InvalidCode, StaleWrite, TaskRunError
 from taskrun.metadata import PARAM_TYPES
 from taskrun.status import ACTIVE
@@ -66,7 +66,7 @@ def save(overwrite: bool = False) -> bool:
     """Save the buffer; on refusal remember why (shown, with gutter marks, after a rerun)."""
     try:
         saved = svc.update_task(name, code, None if overwrite else ss.editor_base[name],
-                                author="ui")
+                                author=user().name)
     except InvalidCode as exc:
         ss.editor_annotations = [{"row": max(0, (exc.line or 1) - 1),
                                   "column": max(0, (exc.column or 1) - 1),
@@ -90,7 +90,7 @@ def save(overwrite: bool = False) -> bool:
 
 def run_now() -> None:
     try:
-        run = svc.submit(name, {}, trigger="editor", user="ui")
+        run = svc.submit(name, {}, trigger="editor", user=user().name)
     except TaskRunError as exc:
         show_error(exc)
         return
@@ -98,11 +98,14 @@ def run_now() -> None:
 
 
 c1, c2, c3, _ = st.columns([1, 1, 1.3, 4])
-if c1.button("💾 Save", key="editor-save", type="primary") and save():
+if c1.button("💾 Save", key="editor-save", type="primary", disabled=bool(needs("admin")),
+             help=needs("admin")) and save():
     st.rerun()
-if c2.button("▶ Run", key="editor-run", help="Run the saved code"):
+if c2.button("▶ Run", key="editor-run", help=needs("operator") or "Run the saved code",
+             disabled=bool(needs("operator"))):
     run_now()
-if c3.button("💾▶ Save & Run", key="editor-save-run") and save():
+if c3.button("💾▶ Save & Run", key="editor-save-run", disabled=bool(needs("admin")),
+             help=needs("admin")) and save():
     run_now()
 
 if ss.editor_error:
@@ -163,7 +166,7 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
             rows or [{"name": "", "type": "str", "default": "", "help": ""}],
             num_rows="dynamic", key="editor-params",
             column_config={"type": st.column_config.SelectboxColumn(options=list(PARAM_TYPES))})
-        apply = st.form_submit_button("Apply settings")
+        apply = st.form_submit_button("Apply settings", disabled=bool(needs("admin")))
     if apply:
         params = {}
         for row in edited:
@@ -177,7 +180,8 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
         new_meta = {"description": description, "timeout": timeout or None,
                     "concurrency": concurrency, "params": params, "env": meta.get("env", {})}
         try:
-            saved = svc.update_task_settings(name, new_meta, ss.editor_base[name], author="ui")
+            saved = svc.update_task_settings(name, new_meta, ss.editor_base[name],
+                                             author=user().name)
         except TaskRunError as exc:
             show_error(exc)
         else:
@@ -203,9 +207,10 @@ with st.expander("🕘 Version history", expanded=bool(linked)):
         diff = difflib.unified_diff(version.content.splitlines(), task["code"].splitlines(),
                                     f"version {version.id}", "current", lineterm="")
         st.code("\n".join(diff) or "(same as the current code)", language="diff")
-        if st.button("Restore this version", key="editor-restore"):
+        if st.button("Restore this version", key="editor-restore",
+                     disabled=bool(needs("admin"))):
             try:
-                restored = svc.restore_version(name, chosen, author="ui")
+                restored = svc.restore_version(name, chosen, author=user().name)
             except TaskRunError as exc:
                 show_error(exc)
             else:

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import PAGES, run_summary, service, show_error, status_label
+from pages.common import PAGES, needs, run_summary, service, show_error, status_label, user
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.service import RunFilter
@@ -95,9 +95,10 @@ with history_tab:
                         f"  \n**PID** {run.pid or '–'}")
             if run.error:
                 st.warning(run.error)
-            if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}"):
+            if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}",
+                                                  disabled=bool(needs("operator"))):
                 try:
-                    svc.cancel(run.id, by="ui")
+                    svc.cancel(run.id, by=user().name)
                 except TaskRunError as exc:
                     show_error(exc)
 
@@ -117,7 +118,8 @@ with history_tab:
 
             log_view(run.id)
             name = f"{run.task}_{run.id}.log"
-            st.link_button("⬇ Download the whole log", f"/api/logs/{name}/download")
+            url = f"/api/logs/{name}/download"
+            st.link_button("⬇ Download the whole log", f"{url}?{svc.auth.sign(url)}")
 
             samples = svc.run_samples(run.id)
             if samples:

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import streamlit as st
 
-from pages.common import PAGES, run_summary, service, show_error, status_label
+from pages.common import PAGES, needs, run_summary, service, show_error, status_label, user
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.templates import TEMPLATES
@@ -65,7 +65,7 @@ def run_dialog(task: dict) -> None:
         submitted = st.form_submit_button("Run", type="primary")
     if submitted:
         try:
-            run = svc.submit(task["name"], values, trigger="manual", user="ui")
+            run = svc.submit(task["name"], values, trigger="manual", user=user().name)
         except TaskRunError as exc:
             show_error(exc)
             return
@@ -80,7 +80,7 @@ def delete_dialog(name: str) -> None:
              "and it can be restored from the editor's history.")
     if st.button("Delete", type="primary", key=f"confirm-delete-{name}"):
         try:
-            svc.delete_task(name, author="ui")
+            svc.delete_task(name, author=user().name)
         except TaskRunError as exc:
             show_error(exc)
             return
@@ -89,15 +89,17 @@ def delete_dialog(name: str) -> None:
         st.rerun()
 
 
-with st.expander("➕ New task"):
+with st.expander("➕ New task", expanded=False):
+    if needs("admin"):
+        st.caption("Creating tasks needs the admin role.")
     with st.form("new-task", clear_on_submit=False):
         new_name = st.text_input("Name", placeholder="load_orders",
                                  help="1-64 characters: letters, digits, '_' or '-'")
         template = st.selectbox("Start from", list(TEMPLATES))
-        create = st.form_submit_button("Create", type="primary")
+        create = st.form_submit_button("Create", type="primary", disabled=bool(needs("admin")))
     if create:
         try:
-            svc.create_task(new_name.strip(), TEMPLATES[template], author="ui")
+            svc.create_task(new_name.strip(), TEMPLATES[template], author=user().name)
         except TaskRunError as exc:
             show_error(exc)
         else:
@@ -130,9 +132,10 @@ def active_runs() -> None:
                 c2.progress(run.progress, text=run.progress_message or f"{run.progress:.0%}")
             c2.page_link(PAGES["runs"], label="Log", icon="📜",
                          query_params={"run": str(run.id)})
-            if c3.button("Cancel", key=f"cancel-{run.id}"):
+            if c3.button("Cancel", key=f"cancel-{run.id}", disabled=bool(needs("operator")),
+                         help=needs("operator")):
                 try:
-                    svc.cancel(run.id, by="ui")
+                    svc.cancel(run.id, by=user().name)
                 except TaskRunError as exc:
                     show_error(exc)
 
@@ -170,11 +173,13 @@ for task in tasks:
     rate = task["success_rate"]
     cols[5].write("–" if rate is None else f"{rate:.0%} of {task['recent_runs']}")
     a1, a2, a3 = cols[6].columns(3)
-    if a1.button("▶", key=f"run-{name}", help=f"Run {name}", disabled=bool(task["error"])):
+    if a1.button("▶", key=f"run-{name}", help=needs("operator") or f"Run {name}",
+                 disabled=bool(task["error"] or needs("operator"))):
         st.session_state.tasks_dialog = ("run", name)
     if a2.button("✎", key=f"edit-{name}", help=f"Edit {name}"):
         st.switch_page(PAGES["editor"], query_params={"task": name})
-    if a3.button("🗑", key=f"delete-{name}", help=f"Delete {name}"):
+    if a3.button("🗑", key=f"delete-{name}", help=needs("admin") or f"Delete {name}",
+                 disabled=bool(needs("admin"))):
         st.session_state.tasks_dialog = ("delete", name)
 
 by_name = {t["name"]: t for t in tasks}

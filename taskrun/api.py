@@ -16,7 +16,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from . import __version__, logs
-from .errors import AlreadyActive, InvalidCode, NotReady, StaleWrite, TaskRunError
+from .auth import ANONYMOUS_ADMIN, Identity
+from .errors import (
+    AlreadyActive,
+    Forbidden,
+    InvalidCode,
+    NotReady,
+    StaleWrite,
+    TaskRunError,
+    Unauthorized,
+)
 from .models import RunPublic, VersionPublic
 from .service import RunFilter, Service, default_service
 
@@ -99,15 +108,62 @@ class Health(BaseModel):
 
 # ---- app -----------------------------------------------------------------
 
-def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
-    api = FastAPI(title="Task Run Service API", version=__version__, docs_url="/docs",
-                  openapi_url="/openapi.json", redoc_url=None)
+# Who may call what. Reading needs a viewer, running and cancelling an operator;
+# every other change needs an admin, so a route added later is closed by default.
+PUBLIC_ROUTES = frozenset({("GET", "/system/health")})
+OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
+                             ("POST", "/tasks/runs/{run_id}/cancel")})
 
+
+def required_role(method: str, path: str) -> str | None:
+    if (method, path) in PUBLIC_ROUTES:
+        return None
+    if method in ("GET", "HEAD") and not path.startswith("/tokens"):
+        return "viewer"
+    if (method, path) in OPERATOR_ROUTES:
+        return "operator"
+    return "admin"
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    role: str = "viewer"
+
+
+def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     def service() -> Service:
         try:
             return get_service()
         except Exception as exc:
             raise NotReady(f"The service is not ready: {exc}") from exc
+
+    def authorize(request: Request, svc: Service = Depends(service)) -> Identity:
+        """Every route passes here (an app-wide dependency): bearer token and role."""
+        route = request.scope.get("route")
+        need = required_role(request.method, getattr(route, "path", ""))
+        if need is None or not svc.auth.enabled:
+            return ANONYMOUS_ADMIN
+        query = request.query_params
+        if "sig" in query and svc.auth.verify_signed(request.url.path, query.get("exp", ""),
+                                                     query["sig"]):
+            return Identity("signed-link", "viewer")  # a link the dashboard handed out
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        identity = svc.auth.check_token(token.strip()) if scheme.lower() == "bearer" else None
+        if identity is None:
+            raise Unauthorized("A valid API token is required: 'Authorization: Bearer <token>'.")
+        if not identity.can(need):
+            raise Forbidden(f"This needs the {need} role; the token has {identity.role}.")
+        request.state.identity = identity
+        return identity
+
+    def who(request: Request) -> str:
+        identity = getattr(request.state, "identity", ANONYMOUS_ADMIN)
+        return identity.name
+
+    api = FastAPI(title="Task Run Service API", version=__version__, docs_url="/docs",
+                  openapi_url="/openapi.json", redoc_url=None,
+                  dependencies=[Depends(authorize)])
 
     @api.exception_handler(TaskRunError)
     async def _typed_error(_request: Request, exc: TaskRunError) -> JSONResponse:
@@ -118,7 +174,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
             body.update(active_run_id=exc.run_id, active_status=exc.status)
         if isinstance(exc, StaleWrite):
             body.update(current_sha=exc.current_sha)
-        return JSONResponse(body, status_code=exc.http_status)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
     @api.middleware("http")
     async def _limit_body(request: Request, call_next):
@@ -153,8 +210,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.get_run(run_id)
 
     @tasks.post("/runs/{run_id}/cancel", response_model=RunPublic)
-    def cancel_run(run_id: int, svc: Service = Depends(service)):
-        return svc.cancel(run_id, by="api")
+    def cancel_run(run_id: int, request: Request, svc: Service = Depends(service)):
+        return svc.cancel(run_id, by=who(request))
 
     @tasks.get("/runs/{run_id}/samples")
     def run_samples(run_id: int, svc: Service = Depends(service)) -> list[dict]:
@@ -183,10 +240,10 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return Response(status_code=204)
 
     @tasks.post("/{task_id}/execute", response_model=RunAccepted, status_code=202)
-    def execute(task_id: str, body: ExecuteRequest | None = None,
+    def execute(task_id: str, request: Request, body: ExecuteRequest | None = None,
                 svc: Service = Depends(service)):
         run = svc.submit(task_id, (body.params if body else None) or {}, trigger="api",
-                         user="api")
+                         user=who(request))
         return run.model_dump() | {"run_id": run.id}
 
     @tasks.get("/{task_id}/versions", response_model=list[VersionPublic])
@@ -263,6 +320,23 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         report = svc.health()
         return JSONResponse(Health(**report).model_dump(), status_code=200 if report["ok"] else 503)
 
-    for router in (tasks, logs_router, system):
+    tokens = APIRouter(prefix="/tokens", tags=["tokens"])
+
+    @tokens.get("")
+    def list_tokens(svc: Service = Depends(service)) -> list[dict]:
+        return svc.auth.tokens()
+
+    @tokens.post("", status_code=201)
+    def create_token(body: TokenCreate, request: Request,
+                     svc: Service = Depends(service)) -> dict:
+        token_id, token = svc.auth.create_token(body.name, body.role, who(request))
+        return {"id": token_id, "name": body.name, "role": body.role, "token": token}
+
+    @tokens.delete("/{token_id}", status_code=204)
+    def revoke_token(token_id: int, svc: Service = Depends(service)):
+        svc.auth.revoke_token(token_id)
+        return Response(status_code=204)
+
+    for router in (tasks, logs_router, system, tokens):
         api.include_router(router)
     return api

@@ -8,15 +8,17 @@ submitted, streams its log, and exits with the task's exit code.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import time
 from collections.abc import Sequence
 
 from . import fmt
+from .auth import ROLES
 from .errors import TaskRunError
 from .service import RunFilter, Service
-from .settings import SETTINGS, load
+from .settings import SECRET_SETTINGS, SETTINGS, load
 from .status import ACTIVE, RunStatus
 
 EXIT_ERROR = 2  # bad input, unknown task or run, refused run
@@ -192,10 +194,47 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_token(args) -> int:
+    auth = _open(args).auth
+    if args.action == "create":
+        token_id, token = auth.create_token(args.name, args.role, created_by="cli")
+        print(f"token {token_id} ({args.name}, {args.role}); shown only now:", file=sys.stderr)
+        print(token)
+    elif args.action == "revoke":
+        auth.revoke_token(args.id)
+        print(f"token {args.id} revoked")
+    else:
+        rows = [[str(t["id"]), t["name"], t["role"], f"{t['created_at']:%Y-%m-%d %H:%M}",
+                 f"{t['last_used_at']:%Y-%m-%d %H:%M}" if t["last_used_at"] else "never",
+                 "revoked" if t["revoked_at"] else "active"] for t in auth.tokens()]
+        print(_table(rows, ["ID", "NAME", "ROLE", "CREATED (UTC)", "LAST USED", "STATE"]))
+    return 0
+
+
+def cmd_user(args) -> int:
+    auth = _open(args).auth
+    if args.action == "set":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
+            getpass.getpass(f"Password for {args.name}: ")
+        auth.set_user(args.name, password, args.role)
+        print(f"user {args.name} ({args.role}) saved")
+    elif args.action == "delete":
+        auth.delete_user(args.name)
+        print(f"user {args.name} deleted")
+    else:
+        rows = [[u["name"], u["role"], f"{u['created_at']:%Y-%m-%d %H:%M}"] for u in auth.users()]
+        print(_table(rows, ["USER", "ROLE", "CREATED (UTC)"]))
+    return 0
+
+
 def cmd_settings(args) -> int:
     current = load()
-    rows = [[s.name, str(getattr(current, s.name.removeprefix("TASKRUN_").lower()))]
-            for s in SETTINGS]
+    rows = []
+    for s in SETTINGS:
+        value = str(getattr(current, s.name.removeprefix("TASKRUN_").lower()))
+        if s.name in SECRET_SETTINGS:
+            value = "(set)" if value else "(not set)"
+        rows.append([s.name, value])
     print(_table(rows, ["SETTING", "VALUE"]))
     return 0
 
@@ -251,6 +290,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings (the server also does this hourly)")
     p.add_argument("--dry-run", action="store_true", help="only count what would go")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("token", help="API tokens: create, list, revoke")
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("create", help="create a token and print it (only this once)")
+    t.add_argument("name")
+    t.add_argument("--role", choices=ROLES, default="viewer")
+    tsub.add_parser("list", help="every token, without the secret")
+    t = tsub.add_parser("revoke", help="revoke a token by id")
+    t.add_argument("id", type=int)
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("user", help="dashboard users: set (create or change), list, delete")
+    usub = p.add_subparsers(dest="action", required=True)
+    u = usub.add_parser("set", help="create a user or change its password and role")
+    u.add_argument("name")
+    u.add_argument("--role", choices=ROLES, default="viewer")
+    u.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input instead of a prompt")
+    usub.add_parser("list", help="every user")
+    u = usub.add_parser("delete", help="delete a user")
+    u.add_argument("name")
+    p.set_defaults(func=cmd_user)
 
     p = sub.add_parser("settings", help="every TASKRUN_* setting and its current value")
     p.set_defaults(func=cmd_settings)

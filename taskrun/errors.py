@@ -13,6 +13,14 @@ class SettingsError(TaskRunError):
     pass
 
 
+class Unauthorized(TaskRunError):
+    http_status = 401
+
+
+class Forbidden(TaskRunError):
+    http_status = 403
+
+
 class NotFound(TaskRunError):
     http_status = 404
 

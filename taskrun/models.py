@@ -132,3 +132,28 @@ class RunSample(SQLModel, table=True):
     t: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     rss: int
     cpu_percent: float
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the dashboard; the password only as an argon2 hash."""
+
+    __tablename__ = "user_account"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    password_hash: str
+    role: str = Field(max_length=16)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the REST API; only its sha256 is stored."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    role: str = Field(max_length=16)
+    created_by: str | None = None
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    last_used_at: datetime | None = _time()
+    revoked_at: datetime | None = _time()

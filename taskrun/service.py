@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import func, select
 
 from . import logs, metadata, monitor, versions
+from .auth import Auth
 from .db import Database
 from .errors import (
     AlreadyActive,
@@ -75,6 +77,7 @@ class Service:
         self.db = Database(s.database_url, s.locks_dir)
         self.store = TaskStore(s.tasks_dir, s.locks_dir)
         self.locks = Locks(s.locks_dir, s.max_concurrency)
+        self.auth = Auth(self.db, s)
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
         self.started = False
@@ -88,6 +91,12 @@ class Service:
             folder.mkdir(parents=True, exist_ok=True)
         self.store.ensure()
         self.db.migrate()
+        password = self.auth.bootstrap()
+        if password:
+            # Shown once, on the console only (never in app.log).
+            print(f"\n  Task Run Service: created user 'admin' with password {password}\n"
+                  "  Sign in at the dashboard; set TASKRUN_ADMIN_PASSWORD to choose it.\n",
+                  file=sys.stderr, flush=True)
         return self
 
     def start(self, claim_only: set[int] | None = None, sample_system: bool = True) -> Service:

@@ -59,6 +59,13 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError
+    return value in ("on", "true", "1")
+
+
 def _name_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -71,6 +78,8 @@ class Setting:
     parse: Callable[[str], object]
     accepts: str
 
+
+SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN"})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
@@ -113,6 +122,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_RETENTION_RUNS", "0",
             "Most finished runs kept per task (the newest); 0 means no limit.",
             _non_negative_int, "an integer >= 0"),
+    Setting("TASKRUN_AUTH", "on",
+            "`on`: sign-in for the dashboard, bearer tokens for the API. `off` opens both "
+            "to anyone who reaches the port (local development only; logged loudly).",
+            _on_off, "on or off"),
+    Setting("TASKRUN_ADMIN_PASSWORD", "",
+            "Password of the `admin` user created on first start when there are no users "
+            "(default: a random one, printed once in the server output).", str, "a string"),
+    Setting("TASKRUN_API_TOKEN", "",
+            "A bearer token with the admin role for automation, accepted besides the "
+            "tokens created in the service.", str, "a string"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -138,6 +157,9 @@ class Settings:
     monitor_interval: float
     retention_days: int
     retention_runs: int
+    auth: bool
+    admin_password: str
+    api_token: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -26,6 +26,7 @@ def make_settings(tmp_path: Path, **overrides):
         "TASKRUN_SAMPLE_INTERVAL": "0.2",
         "TASKRUN_POLL_INTERVAL": "0.1",
         "TASKRUN_MONITOR_INTERVAL": "0.5",
+        "TASKRUN_AUTH": "off",  # tests/test_auth.py turns it on
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return settings_mod.load(env)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .conftest import EXAMPLES, PROJECT
 
+ADMIN_PASSWORD = "correct horse battery"  # test credentials of the server under test
+API_TOKEN = "test-automation-token"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,7 +39,9 @@ class Server:
             shutil.copy(path, tasks / path.name)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
         self.env.update(TASKRUN_HOME=str(root / "data"), TASKRUN_TASKS_DIR=str(tasks),
-                        TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2", **env)
+                        TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2",
+                        TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                        TASKRUN_API_TOKEN=API_TOKEN, **env)
         streamlit = Path(sys.executable).with_name("streamlit")
         self.log = (root / "server.log").open("wb")
         self.proc = subprocess.Popen(
@@ -59,10 +64,14 @@ class Server:
             time.sleep(0.2)
         raise AssertionError("server not healthy:\n" + (self.root / "server.log").read_text())
 
-    def request(self, method: str, path: str, body: dict | None = None):
+    def request(self, method: str, path: str, body: dict | None = None,
+                token: str | None = API_TOKEN):
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 raw = resp.read()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import PROJECT
-from .server import Server
+from .server import ADMIN_PASSWORD, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -93,8 +93,13 @@ def shot(page, name: str) -> None:
 
 
 def open_page(page, server, path: str = "") -> None:
+    """Load a page in a new browser session, which starts at the sign-in form."""
     page.goto(f"{server.url}/{path}")
     expect(page.get_by_test_id("stApp")).to_be_visible()
+    page.get_by_role("textbox", name="User").fill("admin")
+    page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
 
 
@@ -113,6 +118,15 @@ def replace_code(page, code: str) -> None:
 
 def run_id_of(page_text: str) -> int:
     return int(re.search(r"Run #(\d+)", page_text).group(1))
+
+
+def test_wrong_password_is_refused(page, server):
+    page.goto(server.url)
+    page.get_by_role("textbox", name="User").fill("admin")
+    page.get_by_role("textbox", name="Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Wrong user or password.")).to_be_visible()
+    expect(page.get_by_text("hello", exact=True)).to_have_count(0)
 
 
 def test_tasks_page_lists_the_examples(page, server):

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def cli(tmp_path, examples, write_task):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(examples),
-               TASKRUN_POLL_INTERVAL="0.1", TASKRUN_KILL_GRACE="1", PYTHONPATH=str(PROJECT))
+               TASKRUN_POLL_INTERVAL="0.1", TASKRUN_KILL_GRACE="1", PYTHONPATH=str(PROJECT),
+               TASKRUN_AUTH="off")
     write_task("exit3", "print('about to fail', flush=True)\nraise SystemExit(3)")
 
     def run(*args, check_code: int | None = 0):

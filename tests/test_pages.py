@@ -20,6 +20,7 @@ def env(tmp_path, monkeypatch, examples):
     monkeypatch.setenv("TASKRUN_TASKS_DIR", str(examples))
     monkeypatch.setenv("TASKRUN_POLL_INTERVAL", "0.1")
     monkeypatch.setenv("TASKRUN_KILL_GRACE", "1")
+    monkeypatch.setenv("TASKRUN_AUTH", "off")
     monkeypatch.chdir(PROJECT)
     yield examples
     service_mod.shutdown_default()

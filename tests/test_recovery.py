@@ -38,7 +38,7 @@ def settings_env(tmp_path: Path, **extra) -> dict[str, str]:
     env.update({
         "TASKRUN_HOME": str(tmp_path / "data"), "TASKRUN_TASKS_DIR": str(tmp_path / "tasks"),
         "TASKRUN_POLL_INTERVAL": "0.1", "TASKRUN_SAMPLE_INTERVAL": "0.2",
-        "TASKRUN_KILL_GRACE": "1", "PYTHONPATH": str(PROJECT),
+        "TASKRUN_KILL_GRACE": "1", "PYTHONPATH": str(PROJECT), "TASKRUN_AUTH": "off",
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -1,0 +1,206 @@
+"""Who may do what: users with roles for the dashboard, bearer tokens for the API.
+
+Roles are ordered: ``viewer`` reads tasks, runs, logs and system; ``operator``
+also runs and cancels; ``admin`` also writes tasks and manages users and tokens.
+Passwords are kept as argon2 hashes, tokens as sha256 (they are 256 random bits,
+so a fast hash loses nothing and lets a lookup by hash find them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .db import Database
+from .errors import Conflict, InvalidParams, NotFound
+from .models import ApiToken, User, utcnow
+from .settings import Settings
+
+log = logging.getLogger("taskrun.auth")
+
+ROLES = ("viewer", "operator", "admin")
+TOKEN_PREFIX = "trk_"
+_HASHER = PasswordHasher()
+_DUMMY_HASH = _HASHER.hash("not a password anyone has")
+_TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str
+
+    def can(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+ANONYMOUS_ADMIN = Identity("local", "admin")  # who everyone is when auth is off
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidParams(f"role must be one of {', '.join(ROLES)}")
+    return role
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Auth:
+    def __init__(self, db: Database, settings: Settings):
+        self.db = db
+        self.enabled = settings.auth
+        self._admin_password = settings.admin_password
+        self._env_token = settings.api_token
+        self._key_path = settings.home / "secret.key"
+        self._key: bytes | None = None
+
+    # ---- signed links (downloads from the dashboard, which holds no API token) --
+
+    def _secret(self) -> bytes:
+        """A key in the data dir, owner-only, shared by every process using it."""
+        if self._key is None:
+            try:
+                self._key = self._key_path.read_bytes()
+            except FileNotFoundError:
+                self._key_path.parent.mkdir(parents=True, exist_ok=True)
+                key = secrets.token_bytes(32)
+                try:
+                    fd = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(key)
+                except FileExistsError:  # another process won the race
+                    pass
+                self._key = self._key_path.read_bytes()
+        return self._key
+
+    def sign(self, resource: str, ttl: float = 300) -> str:
+        """``exp=…&sig=…`` that lets the bearer GET ``resource`` until it expires."""
+        exp = int(time.time() + ttl)
+        mac = hmac.new(self._secret(), f"{resource}\0{exp}".encode(), "sha256").hexdigest()
+        return f"exp={exp}&sig={mac}"
+
+    def verify_signed(self, resource: str, exp: str, sig: str) -> bool:
+        if not exp.isdigit() or int(exp) < time.time():
+            return False
+        mac = hmac.new(self._secret(), f"{resource}\0{exp}".encode(), "sha256").hexdigest()
+        return hmac.compare_digest(mac, sig)
+
+    def bootstrap(self) -> str | None:
+        """First start without users: create ``admin``; return a generated password."""
+        if not self.enabled:
+            log.warning("TASKRUN_AUTH=off: the dashboard and the API are open to anyone "
+                        "who can reach this server")
+            return None
+        with self.db.connect() as c:
+            if c.execute(sa.select(sa.func.count()).select_from(User)).scalar_one():
+                return None
+        password = self._admin_password or secrets.token_urlsafe(12)
+        try:
+            self.set_user("admin", password, "admin")
+        except Conflict:  # another process created it a moment ago
+            return None
+        log.warning("created user 'admin' (password %s)",
+                    "from TASKRUN_ADMIN_PASSWORD" if self._admin_password else "printed once "
+                    "in the server output")
+        return None if self._admin_password else password
+
+    # ---- users -----------------------------------------------------------
+
+    def set_user(self, name: str, password: str, role: str) -> None:
+        """Create a user, or change an existing user's password and role."""
+        check_role(role)
+        if not name or len(name) > 64 or len(password) < 8:
+            raise InvalidParams("a user needs a name (1-64 characters) and a password of "
+                                "at least 8 characters")
+        hashed = _HASHER.hash(password)
+        with self.db.begin() as c:
+            updated = c.execute(sa.update(User).where(User.name == name).values(
+                password_hash=hashed, role=role)).rowcount
+            if not updated:
+                c.execute(sa.insert(User).values(name=name, password_hash=hashed, role=role,
+                                                 created_at=utcnow()))
+
+    def delete_user(self, name: str) -> None:
+        with self.db.begin() as c:
+            if not c.execute(sa.delete(User).where(User.name == name)).rowcount:
+                raise NotFound(f"User '{name}' does not exist.")
+
+    def users(self) -> list[dict]:
+        with self.db.connect() as c:
+            rows = c.execute(sa.select(User.name, User.role, User.created_at)
+                             .order_by(User.name)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def login(self, name: str, password: str) -> Identity | None:
+        """The user if the password matches; None otherwise (same cost either way)."""
+        with self.db.connect() as c:
+            row = c.execute(sa.select(User.password_hash, User.role)
+                            .where(User.name == name)).first()
+        try:
+            _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
+        except (VerificationError, InvalidHashError):
+            log.warning("failed sign-in for %r", name[:64])
+            return None
+        if row is None:
+            return None
+        log.info("user %s signed in", name)
+        return Identity(name, row.role)
+
+    # ---- tokens ----------------------------------------------------------
+
+    def create_token(self, name: str, role: str, created_by: str | None = None) -> tuple[int, str]:
+        """A new token: (id, the token itself, shown this once)."""
+        check_role(role)
+        if not name or len(name) > 64:
+            raise InvalidParams("a token needs a name of 1-64 characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.db.begin() as c:
+            token_id = c.execute(sa.insert(ApiToken).values(
+                name=name, token_hash=_token_hash(token), role=role, created_by=created_by,
+                created_at=utcnow())).inserted_primary_key[0]
+        log.info("token %d (%s, %s) created by %s", token_id, name, role, created_by or "-")
+        return token_id, token
+
+    def tokens(self) -> list[dict]:
+        cols = (ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.created_by,
+                ApiToken.created_at, ApiToken.last_used_at, ApiToken.revoked_at)
+        with self.db.connect() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(*cols).order_by(ApiToken.id))]
+
+    def revoke_token(self, token_id: int) -> None:
+        with self.db.begin() as c:
+            done = c.execute(sa.update(ApiToken).where(
+                ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(
+                revoked_at=utcnow())).rowcount
+        if not done:
+            raise NotFound(f"No active token with id {token_id}.")
+        log.info("token %d revoked", token_id)
+
+    def check_token(self, token: str) -> Identity | None:
+        if self._env_token and hmac.compare_digest(token.encode(), self._env_token.encode()):
+            return Identity("TASKRUN_API_TOKEN", "admin")
+        hashed = _token_hash(token)
+        with self.db.connect() as c:
+            row = c.execute(sa.select(ApiToken.id, ApiToken.name, ApiToken.role,
+                                      ApiToken.last_used_at).where(
+                ApiToken.token_hash == hashed, ApiToken.revoked_at.is_(None))).first()
+        if row is None:
+            return None
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
+            with self.db.begin() as c:
+                c.execute(sa.update(ApiToken).where(ApiToken.id == row.id)
+                          .values(last_used_at=now))
+        return Identity(f"token:{row.name}", row.role)
