@@ -103,6 +103,11 @@ def open_page(page, server, path: str = "") -> None:
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
 
 
+def idle(page) -> None:
+    """Wait until no script run is in progress (clicks during one may be dropped)."""
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
+
+
 def ace(page):
     return page.frame_locator('iframe[title*="streamlit_ace"]')
 
@@ -141,7 +146,10 @@ def test_tasks_page_lists_the_examples(page, server):
 def test_create_edit_save_with_syntax_error_then_valid(page, server):
     open_page(page, server)
     page.get_by_text("New task").click()
-    page.get_by_role("textbox", name="Name").fill("from_browser")
+    name = page.get_by_role("textbox", name="Name")
+    name.fill("from_browser")
+    name.press("Tab")  # commit the field before submitting its form
+    idle(page)
     page.get_by_role("button", name="Create").click()
     expect(page.get_by_role("heading", name="Editor", exact=True)).to_be_visible()
     expect(page).to_have_url(re.compile(r"task=from_browser"))
