@@ -118,7 +118,7 @@ OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
 def required_role(method: str, path: str) -> str | None:
     if (method, path) in PUBLIC_ROUTES:
         return None
-    if method in ("GET", "HEAD") and not path.startswith("/tokens"):
+    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit")):
         return "viewer"
     if (method, path) in OPERATOR_ROUTES:
         return "operator"
@@ -223,20 +223,21 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.list_tasks()
 
     @tasks.post("", response_model=TaskDetail, status_code=201)
-    def create_task(body: TaskCreate, svc: Service = Depends(service)):
-        return svc.create_task(body.id, body.code, author="api")
+    def create_task(body: TaskCreate, request: Request, svc: Service = Depends(service)):
+        return svc.create_task(body.id, body.code, author=who(request))
 
     @tasks.get("/{task_id}", response_model=TaskDetail)
     def get_task(task_id: str, svc: Service = Depends(service)):
         return svc.get_task(task_id)
 
     @tasks.put("/{task_id}", response_model=TaskDetail)
-    def update_task(task_id: str, body: TaskUpdate, svc: Service = Depends(service)):
-        return svc.update_task(task_id, body.code, body.base_sha, author="api")
+    def update_task(task_id: str, body: TaskUpdate, request: Request,
+                    svc: Service = Depends(service)):
+        return svc.update_task(task_id, body.code, body.base_sha, author=who(request))
 
     @tasks.delete("/{task_id}", status_code=204)
-    def delete_task(task_id: str, svc: Service = Depends(service)):
-        svc.delete_task(task_id, author="api")
+    def delete_task(task_id: str, request: Request, svc: Service = Depends(service)):
+        svc.delete_task(task_id, author=who(request))
         return Response(status_code=204)
 
     @tasks.post("/{task_id}/execute", response_model=RunAccepted, status_code=202)
@@ -259,8 +260,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                              content=v.content)
 
     @tasks.post("/{task_id}/versions/{ref}/restore", response_model=TaskDetail)
-    def restore(task_id: str, ref: str, svc: Service = Depends(service)):
-        return svc.restore_version(task_id, ref, author="api")
+    def restore(task_id: str, ref: str, request: Request, svc: Service = Depends(service)):
+        return svc.restore_version(task_id, ref, author=who(request))
 
     # -- logs: the app log before the "{name}" pattern.
 
@@ -333,9 +334,16 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return {"id": token_id, "name": body.name, "role": body.role, "token": token}
 
     @tokens.delete("/{token_id}", status_code=204)
-    def revoke_token(token_id: int, svc: Service = Depends(service)):
-        svc.auth.revoke_token(token_id)
+    def revoke_token(token_id: int, request: Request, svc: Service = Depends(service)):
+        svc.auth.revoke_token(token_id, actor=who(request))
         return Response(status_code=204)
+
+    @api.get("/audit", tags=["audit"])
+    def audit_trail(svc: Service = Depends(service), actor: str | None = None,
+                    action: str | None = None, limit: int = Query(100, ge=1, le=500),
+                    offset: int = Query(0, ge=0)) -> list[dict]:
+        """Who did what and when (admins only)."""
+        return svc.audit_events(limit, offset, actor, action)
 
     for router in (tasks, logs_router, system, tokens):
         api.include_router(router)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from . import audit
 from .db import Database
 from .errors import Conflict, InvalidParams, NotFound
 from .models import ApiToken, User, utcnow
@@ -118,7 +119,7 @@ class Auth:
 
     # ---- users -----------------------------------------------------------
 
-    def set_user(self, name: str, password: str, role: str) -> None:
+    def set_user(self, name: str, password: str, role: str, actor: str | None = None) -> None:
         """Create a user, or change an existing user's password and role."""
         check_role(role)
         if not name or len(name) > 64 or len(password) < 8:
@@ -131,11 +132,13 @@ class Auth:
             if not updated:
                 c.execute(sa.insert(User).values(name=name, password_hash=hashed, role=role,
                                                  created_at=utcnow()))
+            audit.record(self.db, actor or "system", "user.set", name, role, conn=c)
 
-    def delete_user(self, name: str) -> None:
+    def delete_user(self, name: str, actor: str | None = None) -> None:
         with self.db.begin() as c:
             if not c.execute(sa.delete(User).where(User.name == name)).rowcount:
                 raise NotFound(f"User '{name}' does not exist.")
+            audit.record(self.db, actor, "user.delete", name, conn=c)
 
     def users(self) -> list[dict]:
         with self.db.connect() as c:
@@ -152,10 +155,12 @@ class Auth:
             _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):
             log.warning("failed sign-in for %r", name[:64])
+            audit.record(self.db, name[:64], "login.failure")
             return None
         if row is None:
             return None
         log.info("user %s signed in", name)
+        audit.record(self.db, name, "login.success")
         return Identity(name, row.role)
 
     # ---- tokens ----------------------------------------------------------
@@ -170,6 +175,7 @@ class Auth:
             token_id = c.execute(sa.insert(ApiToken).values(
                 name=name, token_hash=_token_hash(token), role=role, created_by=created_by,
                 created_at=utcnow())).inserted_primary_key[0]
+            audit.record(self.db, created_by, "token.create", f"{token_id} {name}", role, conn=c)
         log.info("token %d (%s, %s) created by %s", token_id, name, role, created_by or "-")
         return token_id, token
 
@@ -179,11 +185,13 @@ class Auth:
         with self.db.connect() as c:
             return [dict(r._mapping) for r in c.execute(sa.select(*cols).order_by(ApiToken.id))]
 
-    def revoke_token(self, token_id: int) -> None:
+    def revoke_token(self, token_id: int, actor: str | None = None) -> None:
         with self.db.begin() as c:
             done = c.execute(sa.update(ApiToken).where(
                 ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(
                 revoked_at=utcnow())).rowcount
+            if done:
+                audit.record(self.db, actor, "token.revoke", str(token_id), conn=c)
         if not done:
             raise NotFound(f"No active token with id {token_id}.")
         log.info("token %d revoked", token_id)

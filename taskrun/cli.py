@@ -201,7 +201,7 @@ def cmd_token(args) -> int:
         print(f"token {token_id} ({args.name}, {args.role}); shown only now:", file=sys.stderr)
         print(token)
     elif args.action == "revoke":
-        auth.revoke_token(args.id)
+        auth.revoke_token(args.id, actor="cli")
         print(f"token {args.id} revoked")
     else:
         rows = [[str(t["id"]), t["name"], t["role"], f"{t['created_at']:%Y-%m-%d %H:%M}",
@@ -216,10 +216,10 @@ def cmd_user(args) -> int:
     if args.action == "set":
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
             getpass.getpass(f"Password for {args.name}: ")
-        auth.set_user(args.name, password, args.role)
+        auth.set_user(args.name, password, args.role, actor="cli")
         print(f"user {args.name} ({args.role}) saved")
     elif args.action == "delete":
-        auth.delete_user(args.name)
+        auth.delete_user(args.name, actor="cli")
         print(f"user {args.name} deleted")
     else:
         rows = [[u["name"], u["role"], f"{u['created_at']:%Y-%m-%d %H:%M}"] for u in auth.users()]

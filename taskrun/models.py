@@ -157,3 +157,16 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     last_used_at: datetime | None = _time()
     revoked_at: datetime | None = _time()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what and when: sign-ins, task changes, runs started and cancelled, access."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (sa.Index("ix_audit_event_at", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    actor: str = Field(max_length=80)
+    action: str = Field(max_length=40)
+    target: str | None = Field(default=None, max_length=200)
+    detail: str | None = None

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from . import logs, metadata, monitor, versions
+from . import audit, logs, metadata, monitor, versions
 from .auth import Auth
 from .db import Database
 from .errors import (
@@ -179,6 +179,7 @@ class Service:
     def create_task(self, name: str, code: str, author: str | None = None) -> dict:
         sha = self.store.create(name, code)
         versions.record(self.db, name, sha, code, author, note="created")
+        audit.record(self.db, author, "task.create", name, sha[:12])
         log.info("task %s created by %s", name, author or "-")
         return self.get_task(name)
 
@@ -192,6 +193,8 @@ class Service:
         sha = self.store.update(name, code, base_sha)
         versions.record(self.db, name, sha, code, author, note=note or "saved",
                         only_if_new=(sha == old_sha))
+        audit.record(self.db, author, "task.update", name, f"{old_sha[:12]} -> {sha[:12]}"
+                     + (f" ({note})" if note else ""))
         log.info("task %s saved by %s (%s)", name, author or "-", sha[:12])
         return self.get_task(name)
 
@@ -214,6 +217,7 @@ class Service:
         code, sha = self.store.read(name)
         versions.record(self.db, name, sha, code, author, note="before delete", only_if_new=True)
         self.store.delete(name)
+        audit.record(self.db, author, "task.delete", name, sha[:12])
         log.info("task %s deleted by %s (versions and runs kept)", name, author or "-")
 
     def task_versions(self, name: str, limit: int = 100, offset: int = 0) -> list[VersionPublic]:
@@ -231,6 +235,7 @@ class Service:
             return self.update_task(name, version.content, None, author, note=note)
         sha = self.store.create(name, version.content)
         versions.record(self.db, name, sha, version.content, author, note=note)
+        audit.record(self.db, author, "task.restore", name, note)
         return self.get_task(name)
 
     # ---- runs ------------------------------------------------------------
@@ -263,6 +268,7 @@ class Service:
                       "concurrency": meta.concurrency.value, "timeout": timeout,
                       "queued_at": utcnow()}
             run_id = c.execute(_INSERT, values).inserted_primary_key[0]
+            audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
         public = RunPublic(id=run_id, **values)
         log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
         self._wake()
@@ -272,20 +278,24 @@ class Service:
         run = find_run(self.db, run_id)
         if run.status == RunStatus.QUEUED:
             # queued -> cancelled: it never started.
-            with self.db.write() as s:
-                done = s.exec(sa.update(Run).where(
+            with self.db.begin() as c:
+                done = c.execute(sa.update(Run).where(
                     Run.id == run_id, Run.status == RunStatus.QUEUED).values(
                     status=RunStatus.CANCELLED, finished_at=utcnow(), cancelled_by=by,
                     error=f"Cancelled by {by} before it started.")).rowcount
+                if done:
+                    audit.record(self.db, by, "run.cancel", f"{run.task} #{run_id}",
+                                 "queued", conn=c)
             if done:
                 log.info("queued run %d cancelled by %s", run_id, by)
                 return self.get_run(run_id)
             run = find_run(self.db, run_id)  # it was claimed meanwhile
         if run.status != RunStatus.RUNNING:
             raise Conflict(f"Run {run_id} has already ended ({run.status}).")
-        with self.db.write() as s:
-            s.exec(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                   .values(cancel_requested_by=by))
+        with self.db.begin() as c:
+            c.execute(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+                      .values(cancel_requested_by=by))
+            audit.record(self.db, by, "run.cancel", f"{run.task} #{run_id}", "running", conn=c)
         # Ours: end it now. Another process's: its supervisor sees the request.
         if not (self.supervisor and self.supervisor.cancel_local(run_id, by)):
             log.info("cancel of run %d requested by %s (owned by %s)", run_id, by, run.owner)
@@ -452,6 +462,10 @@ class Service:
         from .retention import prune
 
         return prune(self.db, self.settings, dry_run=dry_run)
+
+    def audit_events(self, limit: int = 100, offset: int = 0, actor: str | None = None,
+                     action: str | None = None) -> list[dict]:
+        return audit.events(self.db, limit, offset, actor, action)
 
     def query(self, sql: str, max_rows: int = 10_000, time_limit: float = 5.0):
         """Read-only SQL over the history (see ``taskrun.query``)."""

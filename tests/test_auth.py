@@ -78,7 +78,7 @@ def test_every_route_needs_a_token_and_mutations_need_the_role(secured):
             assert anonymous.status_code == 401, (method, path)
             assert anonymous.headers["www-authenticate"] == "Bearer"
             as_viewer = _call(client, method, path, viewer)
-            if method == "GET" and not path.startswith("/tokens"):
+            if method == "GET" and not path.startswith(("/tokens", "/audit")):
                 assert as_viewer.status_code not in (401, 403), (method, path)
             else:
                 assert as_viewer.status_code == 403, (method, path)
@@ -146,3 +146,23 @@ def test_cli_manages_tokens_and_users(tmp_path, examples):
     cli("user", "set", "olga", "--role", "operator", "--password-stdin", stdin="long-password\n")
     assert "olga" in cli("user", "list") and "admin" in cli("user", "list")
     assert "(set)" in cli("settings") and "first-admin-pw" not in cli("settings")
+
+
+def test_audit_trail_records_who_did_what(secured):
+    api = create_api(lambda: secured)
+    _, viewer = secured.auth.create_token("dash", "viewer", created_by="admin")
+    assert secured.auth.login("admin", "wrong-password") is None
+    assert secured.auth.login("admin", "s3cret-admin")
+    admin = {"authorization": "Bearer env-token"}
+    with TestClient(api) as client:
+        client.put("/tasks/hello", json={"code": "print('audited')\n"}, headers=admin)
+        run = client.post("/tasks/hello/execute", headers=admin).json()
+        secured.wait(run["run_id"], 30)
+        assert client.get("/audit", headers={"authorization": f"Bearer {viewer}"}
+                          ).status_code == 403
+        events = client.get("/audit", headers=admin).json()
+    actions = [(e["actor"], e["action"]) for e in reversed(events)]
+    assert actions[:5] == [("system", "user.set"), ("admin", "token.create"),
+                           ("admin", "login.failure"), ("admin", "login.success"),
+                           ("TASKRUN_API_TOKEN", "task.update")]
+    assert ("TASKRUN_API_TOKEN", "run.submit") in actions
