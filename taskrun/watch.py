@@ -1,0 +1,283 @@
+"""Watching one run's process to its end: sampling, limits, termination, the outcome.
+
+Each run supervised here gets a thread running ``run(sup, active)``. It waits on
+the process (a pidfd) and on a wake-up fd (cancel requests), samples the process
+tree, enforces the deadline and the log cap, ends the whole tree when asked
+(SIGTERM, grace, SIGKILL), reaps the child and records how the run ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from . import logs, procs
+from .models import Run, RunSample, utcnow
+from .status import RunStatus
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("taskrun.supervisor")
+
+_T = Run.__table__
+_SPAWNED = sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
+    pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
+    spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"))
+_FINISH = (sa.update(_T)
+           .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
+           .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
+                   cancelled_by=sa.bindparam("b_cancelled_by"),
+                   exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
+                   exited_at=sa.bindparam("b_exited_at"),
+                   finished_at=sa.bindparam("b_finished_at"),
+                   cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
+                                                _T.c.cpu_seconds),
+                   peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
+                                             _T.c.peak_rss)))
+_BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
+
+
+@dataclass
+class Active:
+    """A run this supervisor is watching."""
+
+    run_id: int
+    task: str
+    pid: int
+    deadline: float  # time.monotonic() at which the run times out
+    timeout: float
+    log_path: Path
+    progress_path: Path
+    key: str
+    popen: object | None = None  # None when adopted after a restart (not our child)
+    wake_fd: int = -1
+    pidfd: int = -1
+    kill_reason: RunStatus | None = None
+    kill_by: str | None = None
+    kill_error: str | None = None
+    kill_at: float | None = None
+    doomed: set[int] = field(default_factory=set)
+    known_pids: set[int] = field(default_factory=set)
+    peak_rss: int = 0
+    cpu_seconds: float = 0.0
+    progress_mtime: float = 0.0
+    thread: threading.Thread | None = None
+    pending_cancel: tuple[str, str] | None = None  # (by, reason), read by the watcher
+    spawned: dict | None = None  # what to record about the new process
+    memory_mb: int | None = None  # rlimits the task declared
+    cpu_limit: int | None = None
+
+
+def run(sup: Supervisor, a: Active) -> None:
+    """The body of a run's watcher thread."""
+    try:
+        watch_until_exit(sup, a)
+        # Its slot was freed when the process exited: let the next run claim it
+        # while this one is being recorded.
+        sup.wake()
+        finalize(sup, a)
+    except Exception:
+        log.exception("watcher of run %d failed", a.run_id)
+        finish_error(sup, a)
+    finally:
+        sup.forget(a.run_id)
+        for fd in (a.wake_fd, a.pidfd):
+            if fd >= 0:
+                os.close(fd)
+        a.progress_path.unlink(missing_ok=True)
+        sup.wake()  # a slot may be free now
+
+
+def watch_until_exit(sup: Supervisor, a: Active) -> None:
+    if a.pidfd < 0:
+        return
+    if a.spawned is not None:
+        # Recorded by the run's own thread, off the launch path. Until then a crash
+        # would mark the run lost, but its process keeps its lock: no duplicate.
+        a.spawned["b_created"] = procs.create_time(a.pid)
+        with sup.db.begin() as c:
+            c.execute(_SPAWNED, {"b_id": a.run_id, **a.spawned})
+    poller = select.poll()
+    poller.register(a.pidfd, select.POLLIN)
+    poller.register(a.wake_fd, select.POLLIN)
+    interval = sup.settings.sample_interval
+    # First sample shortly after the start: right at the spawn we would measure the
+    # forked server rather than the task.
+    next_sample = time.monotonic() + min(0.1, interval)
+    while True:
+        now = time.monotonic()
+        due = [next_sample, a.kill_at if a.kill_at is not None else a.deadline]
+        timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
+        ready = {fd for fd, _ in poller.poll(timeout_ms)}
+        if a.wake_fd in ready:
+            try:
+                os.eventfd_read(a.wake_fd)
+            except BlockingIOError:
+                pass
+        if a.pidfd in ready:
+            return
+        now = time.monotonic()
+        if a.pending_cancel and a.kill_reason is None:
+            by, reason = a.pending_cancel
+            terminate(sup, a, RunStatus.CANCELLED, by, reason)
+        if a.kill_reason is None and now >= a.deadline:
+            terminate(sup, a, RunStatus.TIMED_OUT, "system",
+                            f"Timed out after {a.timeout:g} s.")
+        if a.kill_at is not None and now >= a.kill_at:
+            kill_hard(sup, a)
+            a.kill_at = now + 1.0  # keep at it until the leader is gone
+        if now >= next_sample:
+            sample(sup, a)
+            next_sample = now + interval
+
+def sample(sup: Supervisor, a: Active) -> None:
+    rss, cpu, pids = procs.tree_usage(a.pid)
+    a.known_pids |= pids
+    if not pids:
+        return
+    prev_cpu = a.cpu_seconds
+    a.peak_rss = max(a.peak_rss, rss)
+    a.cpu_seconds = max(a.cpu_seconds, cpu)
+    percent = 100.0 * max(0.0, cpu - prev_cpu) / sup.settings.sample_interval
+    logs.enforce_cap(a.log_path, sup.settings.log_max_bytes)
+    values = {"peak_rss": a.peak_rss, "cpu_seconds": round(a.cpu_seconds, 3)}
+    values.update(read_progress(sup, a))
+    with sup.db.begin() as c:
+        c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
+        c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
+                                              cpu_percent=round(percent, 1)))
+
+def read_progress(sup: Supervisor, a: Active) -> dict:
+    """Latest ``<fraction> <message>`` line the task wrote to TASKRUN_PROGRESS_FILE."""
+    try:
+        stat = a.progress_path.stat()
+        if stat.st_mtime == a.progress_mtime or stat.st_size > 64 * 1024:
+            return {}
+        a.progress_mtime = stat.st_mtime
+        lines = a.progress_path.read_text("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return {}
+    if not lines:
+        return {}
+    head, _, message = lines[-1].strip().partition(" ")
+    try:
+        fraction = min(1.0, max(0.0, float(head)))
+    except ValueError:
+        return {}
+    return {"progress": fraction, "progress_message": message[:200] or None}
+
+# ---- ending runs -----------------------------------------------------
+
+
+def request_cancel(sup: Supervisor, a: Active, by: str, reason: str) -> None:
+    if a.pending_cancel is None:
+        a.pending_cancel = (by, reason)
+    if a.wake_fd >= 0:
+        try:
+            os.eventfd_write(a.wake_fd, 1)
+        except OSError:
+            pass
+
+def terminate(sup: Supervisor, a: Active, status: RunStatus, by: str, error: str) -> None:
+    """SIGTERM to the process group and every process of the run, SIGKILL after the grace."""
+    a.kill_reason, a.kill_by, a.kill_error = status, by, error
+    a.doomed = a.known_pids | procs.descendants(a.pid) | procs.pids_with_marker(a.key)
+    a.doomed.discard(os.getpid())
+    procs.signal_group(a.pid, signal.SIGTERM)
+    procs.signal_pids(a.doomed, signal.SIGTERM, skip_group=a.pid)
+    a.kill_at = time.monotonic() + sup.settings.kill_grace
+    log.info("run %d: %s, sent SIGTERM to %d process(es)", a.run_id, error,
+             len(a.doomed | {a.pid}))
+
+def kill_hard(sup: Supervisor, a: Active) -> None:
+    a.doomed |= procs.descendants(a.pid) | procs.pids_with_marker(a.key)
+    a.doomed.discard(os.getpid())
+    procs.signal_group(a.pid, signal.SIGKILL)
+    procs.signal_pids(a.doomed, signal.SIGKILL)
+
+def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
+    """(return code, CPU seconds of the tree it waited for) of our child; Nones if adopted.
+
+    ru_maxrss is not used: it counts the forked server's pages before exec.
+    """
+    if a.popen is None:
+        return None, None
+    _, status, usage = os.wait4(a.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    a.popen.returncode = code  # tell Popen it is reaped
+    return code, usage.ru_utime + usage.ru_stime
+
+def finalize(sup: Supervisor, a: Active) -> None:
+    exited_at = utcnow()
+    code, cpu = reap(sup, a)
+    if a.kill_reason is not None:
+        # Leftovers that ignore SIGTERM get the rest of the grace, then SIGKILL.
+        while a.kill_at and time.monotonic() < a.kill_at and procs.alive(a.doomed):
+            time.sleep(0.02)
+        kill_hard(sup, a)
+    else:
+        # Whatever the task left behind in its group goes with it.
+        procs.signal_group(a.pid, signal.SIGKILL)
+    logs.enforce_cap(a.log_path, sup.settings.log_max_bytes)
+    signame = procs.signal_name(code) if code is not None else None
+    error = cancelled_by = None
+    if a.kill_reason is not None:
+        # running -> timed_out | cancelled: we ended it, say who and why.
+        status, error = a.kill_reason, a.kill_error
+        if a.kill_reason == RunStatus.CANCELLED:
+            cancelled_by = a.kill_by
+    elif code is None:
+        # running -> lost: adopted after a restart; not our child, so no exit status.
+        status = RunStatus.LOST
+        error = ("The server restarted while this run was active; the process has ended "
+                 "but its exit status could not be collected.")
+    elif code == 0:
+        status = RunStatus.SUCCEEDED  # running -> succeeded
+    else:
+        # running -> failed: non-zero exit, or a signal nobody here sent.
+        status = RunStatus.FAILED
+        error = limit_reason(sup, a, signame, cpu) or (
+            f"Killed by {signame}." if signame else f"Exited with code {code}.")
+    with sup.db.begin() as c:
+        c.execute(_FINISH, {
+            "b_id": a.run_id, "b_status": status.value, "b_error": error,
+            "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
+            "b_exited_at": exited_at, "b_finished_at": utcnow(),
+            "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
+            "b_rss": a.peak_rss or None})
+    log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
+    sup.notify_finished()
+
+def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
+    """Why a run failed, when it was one of the limits its task declared."""
+    if a.cpu_limit and (signame == "SIGXCPU" or (
+            signame == "SIGKILL" and (cpu or 0) >= a.cpu_limit)):
+        return f"Exceeded its cpu_seconds limit ({a.cpu_limit} s of CPU time)."
+    if a.memory_mb:
+        tail = logs.tail(a.log_path, 4096, cap=sup.settings.log_max_bytes).content
+        if "MemoryError" in tail or "Cannot allocate memory" in tail:
+            return f"Exceeded its memory_mb limit ({a.memory_mb} MiB)."
+    return None
+
+def finish_error(sup: Supervisor, a: Active) -> None:
+    try:
+        kill_hard(sup, a)
+        with sup.db.begin() as c:
+            c.execute(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
+                   .values(status=RunStatus.FAILED, finished_at=utcnow(),
+                           error="The supervisor failed while watching this run; "
+                                 "see the application log."))
+    except Exception:
+        log.exception("could not record the failure of run %d", a.run_id)
+
+# ---- recovery --------------------------------------------------------
