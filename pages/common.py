@@ -26,7 +26,13 @@ PAGES = {
     "editor": st.Page(str(HERE / "editor.py"), title="Editor", icon="📝", url_path="editor"),
     "runs": st.Page(str(HERE / "runs.py"), title="Runs & logs", icon="📜", url_path="runs"),
     "system": st.Page(str(HERE / "system.py"), title="System", icon="🖥️", url_path="system"),
+    "admin": st.Page(str(HERE / "admin.py"), title="Admin", icon="🔐", url_path="admin"),
 }
+
+
+def visible_pages() -> list:
+    """The pages this session may open: Admin only for admins."""
+    return [p for key, p in PAGES.items() if key != "admin" or can("admin")]
 
 
 def user() -> Identity:
@@ -68,7 +74,7 @@ def run_navigation() -> None:
         st.navigation(list(PAGES.values()), position="hidden")
         sign_in()
         st.stop()  # and no page runs after this script, whatever the runner does
-    nav = st.navigation(list(PAGES.values()))
+    nav = st.navigation(visible_pages())
     with st.sidebar:
         if service().auth.enabled:
             me = user()

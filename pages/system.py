@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import can, service
+from pages.common import service
 from taskrun import fmt
 
 svc = service()
@@ -69,12 +69,3 @@ with right:
             for h in held]), hide_index=True, width="stretch")
     else:
         st.caption("No task holds a lock.")
-
-if can("admin"):
-    st.subheader("Audit trail")
-    events = svc.audit_events(limit=200)
-    if events:
-        st.dataframe(pd.DataFrame(events)[["at", "actor", "action", "target", "detail"]],
-                     hide_index=True, width="stretch")
-    else:
-        st.caption("Nothing recorded yet.")

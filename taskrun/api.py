@@ -118,11 +118,16 @@ OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
 def required_role(method: str, path: str) -> str | None:
     if (method, path) in PUBLIC_ROUTES:
         return None
-    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit")):
+    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit", "/secrets")):
         return "viewer"
     if (method, path) in OPERATOR_ROUTES:
         return "operator"
     return "admin"
+
+
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(min_length=1, max_length=64 * 1024)
 
 
 class TokenCreate(BaseModel):
@@ -286,14 +291,12 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     @logs_router.get("/{name}/download")
     def download_log(name: str, svc: Service = Depends(service)):
         run = svc.run_for_log(name)
-        path = svc.log_path(run.id)
-        if not path.exists():
+        stream = svc.log_stream(run.id)
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if stream is None:
             svc.read_log(run.id)  # raises the same NotFound as reading would
-            return Response(b"", media_type="text/plain",
-                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
-        return StreamingResponse(
-            logs.iter_bytes(path, svc.settings.log_max_bytes), media_type="text/plain",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            return Response(b"", media_type="text/plain", headers=headers)
+        return StreamingResponse(stream, media_type="text/plain", headers=headers)
 
     @system.get("/info")
     def info(svc: Service = Depends(service)) -> dict:
@@ -338,6 +341,26 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         svc.auth.revoke_token(token_id, actor=who(request))
         return Response(status_code=204)
 
+    secrets = APIRouter(prefix="/secrets", tags=["secrets"])
+
+    @secrets.get("")
+    def list_secrets(svc: Service = Depends(service), task: str | None = None) -> list[dict]:
+        """Names and scopes of stored secrets (values are never returned)."""
+        return [s.as_dict() for s in svc.list_secrets(task)]
+
+    @secrets.put("/{name}", status_code=204)
+    def set_secret(name: str, body: SecretValue, request: Request,
+                   svc: Service = Depends(service), task: str | None = None):
+        """Store (or replace) a secret; ``task`` scopes it to one task, else every task."""
+        svc.set_secret(name, body.value, task, actor=who(request))
+        return Response(status_code=204)
+
+    @secrets.delete("/{name}", status_code=204)
+    def delete_secret(name: str, request: Request, svc: Service = Depends(service),
+                      task: str | None = None):
+        svc.delete_secret(name, task, actor=who(request))
+        return Response(status_code=204)
+
     @api.get("/audit", tags=["audit"])
     def audit_trail(svc: Service = Depends(service), actor: str | None = None,
                     action: str | None = None, limit: int = Query(100, ge=1, le=500),
@@ -345,6 +368,6 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Who did what and when (admins only)."""
         return svc.audit_events(limit, offset, actor, action)
 
-    for router in (tasks, logs_router, system, tokens):
+    for router in (tasks, logs_router, system, tokens, secrets):
         api.include_router(router)
     return api

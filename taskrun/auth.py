@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from . import audit
+from . import audit, keys
 from .db import Database
 from .errors import Conflict, InvalidParams, NotFound
 from .models import ApiToken, User, utcnow
@@ -64,26 +63,15 @@ class Auth:
         self.enabled = settings.auth
         self._admin_password = settings.admin_password
         self._env_token = settings.api_token
-        self._key_path = settings.home / "secret.key"
+        self._settings = settings
         self._key: bytes | None = None
 
     # ---- signed links (downloads from the dashboard, which holds no API token) --
 
     def _secret(self) -> bytes:
-        """A key in the data dir, owner-only, shared by every process using it."""
         if self._key is None:
-            try:
-                self._key = self._key_path.read_bytes()
-            except FileNotFoundError:
-                self._key_path.parent.mkdir(parents=True, exist_ok=True)
-                key = secrets.token_bytes(32)
-                try:
-                    fd = os.open(self._key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(key)
-                except FileExistsError:  # another process won the race
-                    pass
-                self._key = self._key_path.read_bytes()
+            master = keys.master_key(self._settings.home, self._settings.secret_key)
+            self._key = keys.derive(master, "signed-links")
         return self._key
 
     def sign(self, resource: str, ttl: float = 300) -> str:

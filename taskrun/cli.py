@@ -227,6 +227,23 @@ def cmd_user(args) -> int:
     return 0
 
 
+def cmd_secret(args) -> int:
+    svc = _open(args)
+    if args.action == "set":
+        value = sys.stdin.readline().rstrip("\n") if args.value_stdin else \
+            getpass.getpass(f"Value of {args.name}: ")
+        svc.set_secret(args.name, value, args.task, actor="cli")
+        print(f"secret {args.name} saved for {args.task or 'all tasks'}")
+    elif args.action == "delete":
+        svc.delete_secret(args.name, args.task, actor="cli")
+        print(f"secret {args.name} deleted")
+    else:
+        rows = [[i.name, i.task or "(all tasks)", f"{i.updated_at:%Y-%m-%d %H:%M}",
+                 i.updated_by or ""] for i in svc.list_secrets(args.task)]
+        print(_table(rows, ["SECRET", "TASK", "UPDATED (UTC)", "BY"]))
+    return 0
+
+
 def cmd_settings(args) -> int:
     current = load()
     rows = []
@@ -312,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     u = usub.add_parser("delete", help="delete a user")
     u.add_argument("name")
     p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("secret", help="task secrets: set, list, delete (values never shown)")
+    ssub = p.add_subparsers(dest="action", required=True)
+    t = ssub.add_parser("set", help="store a secret (prompted for, or read from stdin)")
+    t.add_argument("name")
+    t.add_argument("--task", help="only for this task (default: any task may ask for it)")
+    t.add_argument("--value-stdin", action="store_true",
+                   help="read the value from standard input instead of a prompt")
+    t = ssub.add_parser("list", help="names and scopes of stored secrets")
+    t.add_argument("--task", help="secrets this task can see")
+    t = ssub.add_parser("delete", help="delete a secret")
+    t.add_argument("name")
+    t.add_argument("--task", help="the task it belongs to (default: the shared one)")
+    p.set_defaults(func=cmd_secret)
 
     p = sub.add_parser("settings", help="every TASKRUN_* setting and its current value")
     p.set_defaults(func=cmd_settings)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidName, NotFound
+from .masking import Masker
 
 LOG_NAME_RE = re.compile(r"^(?P<task>[A-Za-z0-9][A-Za-z0-9_-]{0,63})_(?P<run>[0-9]{1,18})\.log$")
 MAX_READ = 1024 * 1024  # the most one read returns, so responses stay bounded
@@ -83,11 +84,16 @@ def _utf8_cut(data: bytes) -> int:
 
 
 def read(path: Path, offset: int = 0, max_bytes: int = MAX_READ, cap: int | None = None,
-         at_eof_complete: bool = False) -> LogChunk:
-    """Bytes from ``offset`` (decoded, bad bytes replaced); ``next_offset`` to continue."""
+         at_eof_complete: bool = False, masker: Masker | None = None) -> LogChunk:
+    """Bytes from ``offset`` (decoded, bad bytes replaced); ``next_offset`` to continue.
+
+    With a masker, secrets are shown as ``***``; the read looks one secret's
+    length past both edges so that a secret cut by an edge is still found.
+    """
     if offset < 0:
         raise ValueError("offset must be >= 0")
     max_bytes = max(1, min(max_bytes, MAX_READ))
+    margin = masker.longest - 1 if masker else 0
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -97,20 +103,30 @@ def read(path: Path, offset: int = 0, max_bytes: int = MAX_READ, cap: int | None
         if cap is not None:
             size = min(size, cap + len(marker(cap)))
         offset = min(offset, size)
-        data = os.pread(fd, min(max_bytes, size - offset), offset)
+        start = max(0, offset - margin)
+        hi = min(offset + max_bytes, size)
+        data = os.pread(fd, min(hi + margin, size) - start, start)
     finally:
         os.close(fd)
-    end = offset + len(data)
+    final = at_eof_complete
+    if masker:
+        more = not final and start + len(data) >= size
+        data, stop = masker.window(data, offset - start, hi - start, more)
+        end = start + stop
+    else:
+        end = offset + len(data)
     # Hold back a split multi-byte character unless the file ends here for good.
-    if not (at_eof_complete and end == size):
-        data = data[: _utf8_cut(data)]
-    next_offset = offset + len(data)
-    return LogChunk(data.decode("utf-8", "replace"), offset, next_offset, size,
-                    complete=at_eof_complete and next_offset >= size)
+    if not (final and end >= size):
+        cut = _utf8_cut(data)
+        end -= len(data) - cut
+        data = data[:cut]
+    return LogChunk(data.decode("utf-8", "replace"), offset, end, size,
+                    complete=final and end >= size)
 
 
 def tail(path: Path, max_bytes: int = 64 * 1024, lines: int | None = None,
-         cap: int | None = None, complete: bool = False) -> LogChunk:
+         cap: int | None = None, complete: bool = False,
+         masker: Masker | None = None) -> LogChunk:
     """The end of a log: the last ``max_bytes`` bytes, or the last ``lines`` lines."""
     try:
         size = path.stat().st_size
@@ -120,7 +136,7 @@ def tail(path: Path, max_bytes: int = 64 * 1024, lines: int | None = None,
         size = min(size, cap + len(marker(cap)))
     if lines is None:
         start = max(0, size - max_bytes)
-        return _skip_partial(read(path, start, size - start, cap, complete), start)
+        return _skip_partial(read(path, start, size - start, cap, complete, masker), start)
     # Read backwards in blocks until enough newlines are seen (bounded by MAX_READ).
     block, start, newlines = 64 * 1024, size, 0
     with open(path, "rb") as fh:
@@ -129,7 +145,7 @@ def tail(path: Path, max_bytes: int = 64 * 1024, lines: int | None = None,
             start -= step
             fh.seek(start)
             newlines += fh.read(step).count(b"\n")
-    chunk = read(path, start, size - start, cap, complete)
+    chunk = read(path, start, size - start, cap, complete, masker)
     kept = chunk.content.splitlines(keepends=True)[-lines:] if lines > 0 else []
     content = "".join(kept)
     return LogChunk(content, chunk.next_offset - len(content.encode("utf-8", "replace")),
@@ -145,8 +161,12 @@ def _skip_partial(chunk: LogChunk, start: int) -> LogChunk:
                     chunk.next_offset, chunk.size, chunk.complete)
 
 
-def iter_bytes(path: Path, cap: int | None = None, block: int = 256 * 1024):
+def iter_bytes(path: Path, cap: int | None = None, block: int = 256 * 1024,
+               masker: Masker | None = None):
     """The whole log in blocks, for streamed downloads (never loaded whole)."""
+    if masker:
+        yield from masker.stream(iter_bytes(path, cap, block))
+        return
     limit = None if cap is None else cap + len(marker(cap))
     sent = 0
     with open(path, "rb") as fh:

@@ -23,7 +23,7 @@ BLOCK_RE = re.compile(
 )
 PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
-              "cpu_seconds"}
+              "cpu_seconds", "secrets"}
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -46,6 +46,7 @@ class TaskMeta:
     env: dict[str, str] = field(default_factory=dict)
     memory_mb: int | None = None  # address-space limit of the task process
     cpu_seconds: int | None = None  # CPU-time limit of the task process
+    secrets: tuple[str, ...] = ()  # names of stored secrets put into its environment
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,6 +60,7 @@ class TaskMeta:
             "env": dict(self.env),
             "memory_mb": self.memory_mb,
             "cpu_seconds": self.cpu_seconds,
+            "secrets": list(self.secrets),
         }
 
 
@@ -151,8 +153,15 @@ def parse(code: str) -> TaskMeta:
                                   or value <= 0):
             raise InvalidMetadata(f"{key} must be a whole number > 0")
         limits[key] = value
+    secrets = conf.get("secrets", [])
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    if not isinstance(secrets, list) or not all(
+            isinstance(n, str) and ENV_NAME_RE.match(n) and len(n) <= 64 for n in secrets):
+        raise InvalidMetadata("secrets must be a list of variable names, e.g. [\"DB_PASSWORD\"]")
     return TaskMeta(
         **limits,
+        secrets=tuple(dict.fromkeys(secrets)),
         description=description.strip(),
         timeout=float(timeout) if timeout is not None else None,
         concurrency=concurrency,
@@ -232,8 +241,8 @@ def render_block(meta: dict[str, Any]) -> str:
             return "[" + ", ".join(toml_value(x) for x in v) + "]"
         return json.dumps(str(v), ensure_ascii=False)
 
-    for key in ("description", "timeout", "concurrency", "memory_mb", "cpu_seconds"):
-        if meta.get(key) not in (None, ""):
+    for key in ("description", "timeout", "concurrency", "memory_mb", "cpu_seconds", "secrets"):
+        if meta.get(key) not in (None, "", []):
             lines.append(f"{key} = {toml_value(meta[key])}")
     if meta.get("env"):
         lines.append("[tool.taskrun.env]")

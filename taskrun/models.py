@@ -170,3 +170,16 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=40)
     target: str | None = Field(default=None, max_length=200)
     detail: str | None = None
+
+
+class Secret(SQLModel, table=True):
+    """A task secret, encrypted at rest; ``task`` is empty for one every task may ask for."""
+
+    __tablename__ = "secret"
+    __table_args__ = (sa.UniqueConstraint("task", "name", name="uq_secret_task_name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(default="", max_length=64)
+    name: str = Field(max_length=64)
+    ciphertext: str
+    updated_by: str | None = Field(default=None, max_length=80)
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from . import audit, logs, metadata, monitor, versions
+from . import audit, logs, metadata, monitor, storage, versions
 from .auth import Auth
 from .db import Database
 from .errors import (
@@ -39,6 +39,7 @@ from .settings import Settings, configure_logging, load
 from .status import ACTIVE, UNSUCCESSFUL, Concurrency, RunStatus
 from .store import TaskInfo, TaskStore, check_name
 from .supervisor import Supervisor, find_run
+from .vault import SecretInfo, Vault
 
 log = logging.getLogger("taskrun.service")
 
@@ -78,6 +79,7 @@ class Service:
         self.store = TaskStore(s.tasks_dir, s.locks_dir)
         self.locks = Locks(s.locks_dir, s.max_concurrency)
         self.auth = Auth(self.db, s)
+        self.vault = Vault(self.db, s)
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
         self.started = False
@@ -104,7 +106,8 @@ class Service:
         if self.started:
             return self
         self.open()
-        self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only)
+        self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
+                                     vault=self.vault)
         self.supervisor.start()
         if sample_system:
             self.sampler = monitor.Sampler(self.settings.home, self.settings.monitor_interval)
@@ -410,16 +413,36 @@ class Service:
 
     def read_log(self, run_id: int, offset: int = 0, max_bytes: int = logs.MAX_READ,
                  tail_bytes: int | None = None, lines: int | None = None) -> logs.LogChunk:
+        """A piece of a run's log as people may see it: stored secrets show as ``***``."""
         run = find_run(self.db, run_id)
         path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         complete = run.status not in ACTIVE
         if not path.exists():
             # Not started yet, or claimed a moment ago and the process is being spawned.
             return logs.LogChunk("", 0, 0, 0, complete)
-        cap = self.settings.log_max_bytes
+        cap, masker = self.settings.log_max_bytes, self.vault.masker()
         if tail_bytes is not None or lines is not None:
-            return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete)
-        return logs.read(path, offset, max_bytes, cap, complete)
+            return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete, masker)
+        return logs.read(path, offset, max_bytes, cap, complete, masker)
+
+    def log_stream(self, run_id: int):
+        """The whole log in blocks, secrets masked, for downloads (None: no log yet)."""
+        path = self.log_path(run_id)
+        if not path.exists():
+            return None
+        return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.vault.masker())
+
+    # ---- secrets (values go in, never come out) ---------------------------
+
+    def list_secrets(self, task: str | None = None) -> list[SecretInfo]:
+        return self.vault.list(task)
+
+    def set_secret(self, name: str, value: str, task: str | None = None,
+                   actor: str | None = None) -> None:
+        self.vault.set(name, value, task, actor)
+
+    def delete_secret(self, name: str, task: str | None = None, actor: str | None = None) -> None:
+        self.vault.delete(name, task, actor)
 
     def list_logs(self, limit: int = 50, offset: int = 0, task: str | None = None) -> list[dict]:
         """Run log files, newest first, paged through the run table (not a dir scan)."""
@@ -506,7 +529,12 @@ class Service:
                 "queued": counts.get(RunStatus.QUEUED, 0)}
 
     def health(self) -> dict:
-        """What /api/system/health reports; ``ok`` is False if anything vital is down."""
+        """What /api/system/health reports.
+
+        ``ok`` is False (HTTP 503) when something vital is down; ``status`` is
+        "degraded" while the service still serves but new runs may fail (the
+        data dir cannot be written, or its disk is nearly full).
+        """
         checks: dict[str, Any] = {}
         try:
             checks["database"] = self.db.ping()
@@ -515,8 +543,15 @@ class Service:
             checks["database_error"] = str(exc)
         checks["supervisor"] = bool(self.supervisor and self.supervisor.alive)
         checks["tasks_dir"] = self.settings.tasks_dir.is_dir()
+        problems = storage.problems(self.settings)
+        if self.supervisor and self.supervisor.storage_problem:
+            problems.append(self.supervisor.storage_problem[1])
+        checks["storage"] = not problems
+        if problems:
+            checks["storage_problems"] = problems
         ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
-        return {"status": "ok" if ok else "unavailable", "ok": ok, "checks": checks}
+        status = "unavailable" if not ok else "degraded" if problems else "ok"
+        return {"status": status, "ok": ok, "checks": checks}
 
     def run_stats(self) -> dict:
         counts = self.status_counts()

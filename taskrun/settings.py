@@ -79,7 +79,7 @@ class Setting:
     accepts: str
 
 
-SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN"})
+SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN", "TASKRUN_SECRET_KEY"})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
@@ -132,6 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_API_TOKEN", "",
             "A bearer token with the admin role for automation, accepted besides the "
             "tokens created in the service.", str, "a string"),
+    Setting("TASKRUN_SECRET_KEY", "",
+            "Master key for task secrets and signed links (default: a random key generated "
+            "once into `secret.key` in the data dir, owner-only).", str, "a string"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -160,6 +163,7 @@ class Settings:
     auth: bool
     admin_password: str
     api_token: str
+    secret_key: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @property

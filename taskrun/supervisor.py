@@ -36,12 +36,13 @@ from sqlmodel import select as sql_select
 
 from . import logs, metadata, procs, retention, versions, watch
 from .db import Database
-from .errors import InvalidName, NotFound
+from .errors import InvalidName, NotFound, TaskRunError
 from .locks import LockFile, Locks
 from .models import Run, RunPublic, utcnow
 from .settings import Settings
 from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
+from .vault import Vault
 from .watch import Active
 
 log = logging.getLogger("taskrun.supervisor")
@@ -66,8 +67,9 @@ _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
 
 class Supervisor:
     def __init__(self, settings: Settings, db: Database, store: TaskStore, locks: Locks,
-                 claim_only: set[int] | None = None):
+                 claim_only: set[int] | None = None, vault: Vault | None = None):
         self.settings = settings
+        self.vault = vault
         self.db = db
         self.store = store
         self.locks = locks
@@ -90,6 +92,8 @@ class Supervisor:
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.started_at: float | None = None
+        # (when, what) of the last failure to write in the data dir; cleared by a success.
+        self.storage_problem: tuple[float, str] | None = None
         self.last_step_at: float | None = None
 
     # ---- lifecycle -------------------------------------------------------
@@ -270,21 +274,44 @@ class Supervisor:
             meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
             meta_env = meta.env if meta else {}
             limits = (meta.memory_mb, meta.cpu_seconds) if meta else (None, None)
+            wanted = meta.secrets if meta else ()
         except Exception:
-            meta_env, limits = {}, (None, None)
-        env = {**self._base_env, **meta_env, **extra}
-        log_fd = -1
+            meta_env, limits, wanted = {}, (None, None), ()
+        problem = None
+        try:
+            secret_env, missing = self.vault.resolve(run.task, wanted) if self.vault \
+                else ({}, list(wanted))
+            if missing:
+                problem = (f"secret(s) not set: {', '.join(missing)} "
+                           "(an admin sets them on the System page or with `taskrun secret set`)")
+        except TaskRunError as exc:
+            problem = str(exc)
+        if problem:
+            for fd in fds:
+                os.close(fd)
+            self._finish_unstarted(run.id, f"Could not start: {problem}.")
+            return
+        env = {**self._base_env, **meta_env, **secret_env, **extra}
         try:
             work.mkdir(parents=True, exist_ok=True)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            # Disk full, a read-only or broken data dir: this run fails, the service goes on.
+            for fd in fds:
+                os.close(fd)
+            self.storage_problem = (time.time(), f"cannot write in the data dir: {exc}")
+            self._finish_unstarted(run.id, f"Could not create the run's log ({exc.strerror}: "
+                                   f"{exc.filename}); check the data dir's disk space and "
+                                   "permissions.")
+            return
+        self.storage_problem = None
+        try:
             popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
             spawned_at = utcnow()
             procs.apply_limits(popen.pid, *limits)
         except OSError as exc:
-            for fd in fds:
+            for fd in (*fds, log_fd):
                 os.close(fd)
-            if log_fd >= 0:
-                os.close(log_fd)
             self._finish_unstarted(run.id, f"Could not start the process: {exc}.")
             return
         # The task process now holds the slot and the task lock; our copies go.

@@ -188,3 +188,24 @@ def test_run_detail_links_to_the_version_that_ran(env):
     at = goto(at, "editor", task="hello", version=run.code_sha)
     box = next(s for s in at.selectbox if s.label == "Version")
     assert run.code_sha[:12] in box.format_func(box.value)
+
+
+def test_admin_page_sets_a_secret_and_creates_a_token_without_showing_them_again(env):
+    at = goto(app(), "admin")
+    assert at.title[0].value == "Admin"
+    at.text_input(key="secret_name").input("DB_PASSWORD")
+    at.text_input(key="secret_value").input("admin-page-secret")
+    at.button[[b.label for b in at.button].index("Save secret")].click().run()
+    assert not at.exception, at.exception
+    assert "Secret DB_PASSWORD saved." in texts(at)
+    svc = service_mod.default_service()
+    assert [s.name for s in svc.list_secrets()] == ["DB_PASSWORD"]
+    assert "admin-page-secret" not in texts(at)
+    at.text_input(key="token_name").input("nightly")
+    at.button[[b.label for b in at.button].index("Create token")].click().run()
+    assert not at.exception, at.exception
+    token = at.code[0].value
+    assert svc.auth.check_token(token).name == "token:nightly"
+    at.run()
+    assert token not in texts(at)  # shown once
+    assert any(e["action"] == "secret.set" for e in svc.audit_events())
