@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import Path as ApiPath
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -80,6 +81,26 @@ class RunAccepted(RunPublic):
 
 class VersionDetail(VersionPublic):
     content: str
+
+
+MAX_INT = 2**63 - 1  # SQLite's integers: larger ids are refused as invalid, not a 500
+RunId = Annotated[int, ApiPath(ge=1, le=MAX_INT)]
+
+
+class ErrorOut(BaseModel):
+    """Every error: a message, or (request validation) a list of what was wrong where."""
+
+    detail: str | list[dict[str, Any]]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": why} for code, why in [
+        (400, "bad request (e.g. a body that is not JSON)"),
+        (401, "no or an invalid API token"), (403, "the token's role is too weak"),
+        (404, "no such task, run, log or version"),
+        (409, "conflict: already exists, active run, stale write"),
+        (413, "request body too large"), (422, "invalid input"), (429, "queue full"),
+        (503, "the service is not ready")]}
 
 
 class LogChunkOut(BaseModel):
@@ -168,7 +189,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
 
     api = FastAPI(title="Task Run Service API", version=__version__, docs_url="/docs",
                   openapi_url="/openapi.json", redoc_url=None,
-                  dependencies=[Depends(authorize)])
+                  dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
 
     @api.exception_handler(TaskRunError)
     async def _typed_error(_request: Request, exc: TaskRunError) -> JSONResponse:
@@ -201,8 +222,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                   status: str | None = None, trigger: str | None = None,
                   since: datetime | None = None, until: datetime | None = None,
                   limit: int | None = Query(None, ge=1, le=500),
-                  offset: int = Query(0, ge=0),
-                  before: int | None = Query(None, ge=1, description="keyset paging: "
+                  offset: int = Query(0, ge=0, le=MAX_INT),
+                  before: int | None = Query(None, ge=1, le=MAX_INT, description="keyset paging: "
                                              "runs older than this id")):
         """Active runs; with any filter or paging parameter, a page of the whole history."""
         if not any((task, status, trigger, since, until, limit, offset, before)):
@@ -211,15 +232,15 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.list_runs(flt, limit or 50, offset, before)
 
     @tasks.get("/runs/{run_id}", response_model=RunPublic)
-    def get_run(run_id: int, svc: Service = Depends(service)):
+    def get_run(run_id: RunId, svc: Service = Depends(service)):
         return svc.get_run(run_id)
 
     @tasks.post("/runs/{run_id}/cancel", response_model=RunPublic)
-    def cancel_run(run_id: int, request: Request, svc: Service = Depends(service)):
+    def cancel_run(run_id: RunId, request: Request, svc: Service = Depends(service)):
         return svc.cancel(run_id, by=who(request))
 
     @tasks.get("/runs/{run_id}/samples")
-    def run_samples(run_id: int, svc: Service = Depends(service)) -> list[dict]:
+    def run_samples(run_id: RunId, svc: Service = Depends(service)) -> list[dict]:
         svc.get_run(run_id)
         return svc.run_samples(run_id)
 
@@ -254,7 +275,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
 
     @tasks.get("/{task_id}/versions", response_model=list[VersionPublic])
     def versions(task_id: str, svc: Service = Depends(service),
-                 limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0)):
+                 limit: int = Query(100, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_INT)):
         return svc.task_versions(task_id, limit, offset)
 
     @tasks.get("/{task_id}/versions/{ref}", response_model=VersionDetail)
@@ -272,7 +293,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
 
     @logs_router.get("", response_model=list[LogFile])
     def list_logs(svc: Service = Depends(service), task: str | None = None,
-                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_INT)):
         return svc.list_logs(limit, offset, task)
 
     @logs_router.get("/app.log", response_model=LogChunkOut)
@@ -281,7 +302,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.app_log(lines, level).as_dict()
 
     @logs_router.get("/{name}", response_model=LogChunkOut)
-    def read_log(name: str, svc: Service = Depends(service), offset: int = Query(0, ge=0),
+    def read_log(name: str, svc: Service = Depends(service),
+                 offset: int = Query(0, ge=0, le=MAX_INT),
                  max_bytes: int = Query(logs.MAX_READ, ge=1, le=logs.MAX_READ),
                  tail: int | None = Query(None, ge=1, le=logs.MAX_READ),
                  lines: int | None = Query(None, ge=1, le=10000)):
@@ -337,7 +359,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return {"id": token_id, "name": body.name, "role": body.role, "token": token}
 
     @tokens.delete("/{token_id}", status_code=204)
-    def revoke_token(token_id: int, request: Request, svc: Service = Depends(service)):
+    def revoke_token(token_id: Annotated[int, ApiPath(ge=1, le=MAX_INT)], request: Request,
+                     svc: Service = Depends(service)):
         svc.auth.revoke_token(token_id, actor=who(request))
         return Response(status_code=204)
 
@@ -364,7 +387,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     @api.get("/audit", tags=["audit"])
     def audit_trail(svc: Service = Depends(service), actor: str | None = None,
                     action: str | None = None, limit: int = Query(100, ge=1, le=500),
-                    offset: int = Query(0, ge=0)) -> list[dict]:
+                    offset: int = Query(0, ge=0, le=MAX_INT)) -> list[dict]:
         """Who did what and when (admins only)."""
         return svc.audit_events(limit, offset, actor, action)
 

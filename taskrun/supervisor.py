@@ -423,6 +423,8 @@ _FIND_RUN = sa.select(Run.__table__).where(Run.__table__.c.id == sa.bindparam("r
 
 def find_run(db: Database, run_id: int) -> RunPublic:
     """One run by id (Core, cached statement: this is on every poll of every client)."""
+    if not 0 < run_id < 2**63:  # beyond SQLite's integers: cannot exist
+        raise NotFound(f"Run {run_id} does not exist.")
     with db.connect() as c:
         row = c.execute(_FIND_RUN, {"run_id": run_id}).first()
     if row is None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .server import Server
+from taskrun.store import NAME_RE
+
+from .server import API_TOKEN, Server
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +78,27 @@ def test_sigterm_shuts_down_cleanly_and_records_running_runs(tmp_path):
     done = svc.get_run(run["run_id"])
     assert done.status == "cancelled" and "shutdown" in done.error
     svc.stop()
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_path):
+    """Property-based requests from the OpenAPI schema against the live server.
+
+    Every response must be documented and match its schema; no 5xx. Stateful
+    sequences (create a task, run it, cancel, read its log) are included.
+    """
+    tool = Path(sys.executable).with_name("schemathesis")
+    result = subprocess.run(
+        [str(tool), "run", f"{server.url}/api/openapi.json",
+         "-H", f"Authorization: Bearer {API_TOKEN}",
+         "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance",
+         "--max-examples", os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "5"),
+         "--generation-deterministic", "--request-timeout", "30", "--no-color"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    # Whatever names were thrown at it, nothing was written outside the data and
+    # tasks dirs, and every task file has a valid name.
+    assert {p.name for p in server.root.iterdir()} == {"data", "tasks", "server.log"}
+    assert all(NAME_RE.fullmatch(p.stem) and p.suffix == ".py"
+               for p in (server.root / "tasks").iterdir() if not p.name.startswith("."))
+    status, health = server.json("GET", "/api/system/health")
+    assert status == 200 and health["ok"]
