@@ -95,6 +95,22 @@ with history_tab:
                         f"  \n**PID** {run.pid or '–'}")
             if run.error:
                 st.warning(run.error)
+            links = []
+            if run.scheduled_for:
+                links.append(f"scheduled for {run.scheduled_for:%Y-%m-%d %H:%M} UTC")
+            if run.upstream_run:
+                links.append(f"after run [#{run.upstream_run}](?run={run.upstream_run})")
+            if links:
+                st.markdown("**Why it ran** " + " · ".join(links))
+            attempts = svc.attempts(run.id)
+            if len(attempts) > 1:
+                st.markdown("**Attempts** " + " → ".join(
+                    f"[#{a.id}](?run={a.id}) {status_label(a.status)}" for a in attempts))
+            deliveries = svc.deliveries(run.id)
+            if deliveries:
+                st.markdown("**Notifications** " + " · ".join(
+                    f"{d['url']}: {d['status']} after {d['attempts']} attempt(s)"
+                    + (f" ({d['last_error']})" if d["last_error"] else "") for d in deliveries))
             if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}",
                                                   disabled=bool(needs("operator"))):
                 try:

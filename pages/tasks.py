@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from pages.common import PAGES, needs, run_summary, service, show_error, status_label, user
@@ -20,6 +21,33 @@ st.session_state.setdefault("tasks_dialog", None)
 
 def close_dialog() -> None:
     st.session_state.tasks_dialog = None
+
+
+def dependency_graph(edges: list[tuple[str, str, str]]) -> go.Figure:
+    """Tasks as nodes in layers (upstream left), an arrow per ``after`` link."""
+    nodes = sorted({n for up, down, _ in edges for n in (up, down)})
+    depth = dict.fromkeys(nodes, 0)
+    for _ in nodes:  # longest path from a root; the graph is acyclic (checked at save)
+        for up, down, _ in edges:
+            depth[down] = max(depth[down], depth[up] + 1)
+    rows: dict[int, int] = {}
+    pos = {}
+    for name in nodes:
+        rows[depth[name]] = rows.get(depth[name], -1) + 1
+        pos[name] = (depth[name], -rows[depth[name]])
+    fig = go.Figure()
+    for up, down, when in edges:
+        fig.add_annotation(x=pos[down][0], y=pos[down][1], ax=pos[up][0], ay=pos[up][1],
+                           xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=3, arrowsize=1.5, standoff=18, startstandoff=18,
+                           hovertext=f"{down} runs after {up} ({when})")
+    fig.add_scatter(x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes],
+                    mode="markers+text", text=nodes, textposition="top center",
+                    marker={"size": 22}, hoverinfo="text")
+    fig.update_layout(height=120 + 70 * max(rows.values(), default=0), showlegend=False,
+                      xaxis={"visible": False}, yaxis={"visible": False},
+                      margin={"t": 20, "b": 10, "l": 10, "r": 10})
+    return fig
 
 
 st.title("Tasks")
@@ -191,6 +219,30 @@ if st.session_state.tasks_dialog:
         run_dialog(by_name[name])
     else:
         delete_dialog(name)
+
+scheduled = [t for t in tasks if (t.get("metadata") or {}).get("schedule")]
+if scheduled:
+    st.subheader("Schedules")
+    for task in scheduled:
+        info = svc.schedule(task["name"])
+        c1, c2, c3 = st.columns([5, 4, 1.4], vertical_alignment="center")
+        words = "; ".join(f"{s['description']} (`{s['cron']}`)" for s in info["schedules"])
+        c1.markdown(f"`{task['name']}` · {words} · {info['timezone']}"
+                    + (f" · misfire: {info['misfire']}" if info["misfire"] != "skip" else ""))
+        if info["paused"]:
+            c2.markdown("⏸️ **paused**")
+        else:
+            c2.caption("Next: " + ", ".join(f"{t:%a %d %b %H:%M}" for t in info["next"][:3]))
+        label = "Resume" if info["paused"] else "Pause"
+        if c3.button(label, key=f"pause-{task['name']}", disabled=bool(needs("operator")),
+                     help=needs("operator") or f"{label} the schedule of {task['name']}"):
+            svc.pause_schedule(task["name"], not info["paused"], actor=user().name)
+            st.rerun()
+
+edges = svc.dependencies()
+if edges:
+    st.subheader("Chained tasks")
+    st.plotly_chart(dependency_graph(edges), key="dependency_graph")
 
 if tasks and any(t["last_run"] for t in tasks):
     latest = max((t["last_run"] for t in tasks if t["last_run"]), key=lambda r: r["id"])

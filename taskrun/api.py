@@ -133,7 +133,9 @@ class Health(BaseModel):
 # every other change needs an admin, so a route added later is closed by default.
 PUBLIC_ROUTES = frozenset({("GET", "/system/health")})
 OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
-                             ("POST", "/tasks/runs/{run_id}/cancel")})
+                             ("POST", "/tasks/runs/{run_id}/cancel"),
+                             ("POST", "/tasks/{task_id}/schedule/pause"),
+                             ("POST", "/tasks/{task_id}/schedule/resume")})
 
 
 def required_role(method: str, path: str) -> str | None:
@@ -244,6 +246,16 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         svc.get_run(run_id)
         return svc.run_samples(run_id)
 
+    @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
+    def run_attempts(run_id: RunId, svc: Service = Depends(service)):
+        """The run's retry chain, first attempt to last."""
+        return svc.attempts(run_id)
+
+    @tasks.get("/runs/{run_id}/deliveries")
+    def run_deliveries(run_id: RunId, svc: Service = Depends(service)) -> list[dict]:
+        """Webhook notifications of the run's end and how they went."""
+        return svc.deliveries(run_id)
+
     @tasks.get("", response_model=list[TaskSummary])
     def list_tasks(svc: Service = Depends(service)):
         return svc.list_tasks()
@@ -272,6 +284,20 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         run = svc.submit(task_id, (body.params if body else None) or {}, trigger="api",
                          user=who(request))
         return run.model_dump() | {"run_id": run.id}
+
+    @tasks.get("/{task_id}/schedule")
+    def get_schedule(task_id: str, svc: Service = Depends(service)) -> dict:
+        """The task's cron schedules in words, the next ticks, paused or not."""
+        return svc.schedule(task_id)
+
+    @tasks.post("/{task_id}/schedule/pause")
+    def pause_schedule(task_id: str, request: Request, svc: Service = Depends(service)) -> dict:
+        return svc.pause_schedule(task_id, True, actor=who(request))
+
+    @tasks.post("/{task_id}/schedule/resume")
+    def resume_schedule(task_id: str, request: Request,
+                        svc: Service = Depends(service)) -> dict:
+        return svc.pause_schedule(task_id, False, actor=who(request))
 
     @tasks.get("/{task_id}/versions", response_model=list[VersionPublic])
     def versions(task_id: str, svc: Service = Depends(service),
@@ -383,6 +409,11 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                       task: str | None = None):
         svc.delete_secret(name, task, actor=who(request))
         return Response(status_code=204)
+
+    @api.get("/dependencies", tags=["tasks"])
+    def dependencies(svc: Service = Depends(service)) -> list[dict]:
+        """Chained tasks: each ``after`` link as upstream -> downstream."""
+        return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
 
     @api.get("/audit", tags=["audit"])
     def audit_trail(svc: Service = Depends(service), actor: str | None = None,

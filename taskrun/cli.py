@@ -244,6 +244,24 @@ def cmd_secret(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    svc = _open(args)
+    if args.action in ("pause", "resume"):
+        svc.pause_schedule(args.task, args.action == "pause", actor="cli")
+        print(f"schedule of {args.task} {args.action}d")
+        return 0
+    rows = []
+    for task in svc.list_tasks():
+        info = svc.schedule(task["name"])
+        for sched in info["schedules"]:
+            nxt = "paused" if info["paused"] else (
+                f"{info['next'][0]:%Y-%m-%d %H:%M %Z}" if info["next"] else "")
+            rows.append([task["name"], sched["cron"], sched["description"], info["timezone"],
+                         nxt])
+    print(_table(rows, ["TASK", "CRON", "WHEN", "ZONE", "NEXT"]))
+    return 0
+
+
 def cmd_settings(args) -> int:
     current = load()
     rows = []
@@ -343,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("name")
     t.add_argument("--task", help="the task it belongs to (default: the shared one)")
     p.set_defaults(func=cmd_secret)
+
+    p = sub.add_parser("schedule", help="task schedules: list, pause, resume")
+    ssub = p.add_subparsers(dest="action", required=True)
+    ssub.add_parser("list", help="every schedule with its next run")
+    for verb in ("pause", "resume"):
+        t = ssub.add_parser(verb, help=f"{verb} a task's schedule")
+        t.add_argument("task")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("settings", help="every TASKRUN_* setting and its current value")
     p.set_defaults(func=cmd_settings)

@@ -23,7 +23,13 @@ BLOCK_RE = re.compile(
 )
 PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
-              "cpu_seconds", "secrets"}
+              "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
+              "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "notify", "after",
+              "after_on", "launch", "preload"}
+MISFIRE = ("skip", "once")
+NOTIFY = ("failure", "success", "always")
+AFTER_ON = ("success", "always")
+LAUNCH = ("cold", "warm")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -47,6 +53,19 @@ class TaskMeta:
     memory_mb: int | None = None  # address-space limit of the task process
     cpu_seconds: int | None = None  # CPU-time limit of the task process
     secrets: tuple[str, ...] = ()  # names of stored secrets put into its environment
+    schedules: tuple[str, ...] = ()  # cron expressions
+    timezone: str | None = None  # IANA zone of the schedules (default TASKRUN_TIMEZONE)
+    misfire: str = "skip"  # after downtime: skip missed ticks, or run once to catch up
+    retries: int = 0
+    retry_delay: float = 10.0  # seconds before the first retry, then times retry_backoff
+    retry_backoff: float = 2.0
+    retry_max_delay: float = 600.0
+    webhooks: tuple[str, ...] = ()
+    notify: str = "failure"  # which ends are posted to the webhooks
+    after: tuple[str, ...] = ()  # run when one of these tasks ends (see after_on)
+    after_on: str = "success"
+    launch: str = "cold"  # "warm": fork from a zygote with ``preload`` imported
+    preload: tuple[str, ...] = ()
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +80,19 @@ class TaskMeta:
             "memory_mb": self.memory_mb,
             "cpu_seconds": self.cpu_seconds,
             "secrets": list(self.secrets),
+            "schedule": list(self.schedules),
+            "timezone": self.timezone,
+            "misfire": self.misfire,
+            "retries": self.retries,
+            "retry_delay": self.retry_delay,
+            "retry_backoff": self.retry_backoff,
+            "retry_max_delay": self.retry_max_delay,
+            "webhook": list(self.webhooks),
+            "notify": self.notify,
+            "after": list(self.after),
+            "after_on": self.after_on,
+            "launch": self.launch,
+            "preload": list(self.preload),
         }
 
 
@@ -161,6 +193,7 @@ def parse(code: str) -> TaskMeta:
         raise InvalidMetadata("secrets must be a list of variable names, e.g. [\"DB_PASSWORD\"]")
     return TaskMeta(
         **limits,
+        **_automation(conf),
         secrets=tuple(dict.fromkeys(secrets)),
         description=description.strip(),
         timeout=float(timeout) if timeout is not None else None,
@@ -169,6 +202,80 @@ def parse(code: str) -> TaskMeta:
         env={k: str(v) for k, v in env.items()},
         has_block=True,
     )
+
+
+def _str_list(conf: dict, key: str) -> list:
+    value = conf.get(key, [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InvalidMetadata(f"{key} must be a string or a list of strings")
+    return [v.strip() for v in value]
+
+
+def _number(conf: dict, key: str, default: float, low: float, high: float) -> float:
+    value = conf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidMetadata(f"{key} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _choice(conf: dict, key: str, choices: tuple[str, ...]) -> str:
+    value = conf.get(key, choices[0])
+    if value not in choices:
+        raise InvalidMetadata(f"{key} must be one of {', '.join(choices)}")
+    return value
+
+
+def _automation(conf: dict) -> dict[str, Any]:
+    """Schedules, retries, webhooks, chaining and launch mode, each checked."""
+    from croniter import croniter
+
+    schedules = _str_list(conf, "schedule")
+    for expr in schedules:
+        if not croniter.is_valid(expr):
+            raise InvalidMetadata(f"schedule {expr!r} is not a valid cron expression "
+                                  "(e.g. \"0 6 * * *\": every day at 06:00)")
+    timezone = conf.get("timezone")
+    if timezone is not None:
+        check_timezone(timezone)
+    retries = conf.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise InvalidMetadata("retries must be a whole number from 0 to 100")
+    webhooks = _str_list(conf, "webhook")
+    for url in webhooks:
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise InvalidMetadata(f"webhook {url[:80]!r} must be an http:// or https:// URL")
+    after = _str_list(conf, "after")
+    for name in after:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+            raise InvalidMetadata(f"after: {name[:80]!r} is not a task name")
+    preload = _str_list(conf, "preload")
+    for module in preload:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+            raise InvalidMetadata(f"preload: {module[:80]!r} is not a module name")
+    return {
+        "schedules": tuple(schedules), "timezone": timezone,
+        "misfire": _choice(conf, "misfire", MISFIRE), "retries": retries,
+        "retry_delay": _number(conf, "retry_delay", 10, 0, 86400),
+        "retry_backoff": _number(conf, "retry_backoff", 2, 1, 10),
+        "retry_max_delay": _number(conf, "retry_max_delay", 600, 0, 86400),
+        "webhooks": tuple(webhooks), "notify": _choice(conf, "notify", NOTIFY),
+        "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
+        "launch": _choice(conf, "launch", LAUNCH), "preload": tuple(preload),
+    }
+
+
+def check_timezone(name: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        if not isinstance(name, str) or not name:
+            raise ValueError
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise InvalidMetadata(f"timezone {str(name)[:80]!r} is not an IANA time zone "
+                              "(e.g. \"Europe/Berlin\")") from None
+    return name
 
 
 def coerce(param: Param, value: Any) -> str:

@@ -62,6 +62,14 @@ class RunBase(SQLModel):
     cpu_seconds: float | None = None
     progress: float | None = None
     progress_message: str | None = None
+    attempt: int = 1  # 2, 3, ... for retries
+    retry_of: int | None = None  # the attempt this one retries
+    upstream_run: int | None = None  # the run whose end triggered this one (chaining)
+    scheduled_for: datetime | None = _time()  # the schedule tick it belongs to
+    not_before: datetime | None = _time()  # not claimed before this (retry backoff)
+    # False until its end has been acted on (retry, chained runs, webhooks): an
+    # outbox, so each follow-up happens once even with several supervisors.
+    followed_up: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
 
 
 class Run(RunBase, table=True):
@@ -70,6 +78,12 @@ class Run(RunBase, table=True):
         sa.Index("ix_run_status_id", "status", "id"),
         sa.Index("ix_run_status_task", "status", "task"),
         sa.Index("ix_run_queued_at", "queued_at"),
+        # Only the few finished-but-not-followed-up rows are in this index.
+        sa.Index("ix_run_follow_up", "id", sqlite_where=sa.text("followed_up = 0")),
+        sa.Index("ix_run_retry_of", "retry_of", sqlite_where=sa.text("retry_of IS NOT NULL")),
+        # One run per schedule tick, even if two supervisors raced for it.
+        sa.Index("ux_run_task_tick", "task", "scheduled_for", unique=True,
+                 sqlite_where=sa.text("scheduled_for IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
 
@@ -82,7 +96,8 @@ class RunPublic(RunBase):
     def from_row(cls, row: dict) -> RunPublic:
         """From a Core result row: the hot read path, no ORM object in between."""
         fields = {k: row[k] for k in RunBase.model_fields}
-        for key in ("queued_at", "started_at", "finished_at", "spawned_at", "exited_at"):
+        for key in ("queued_at", "started_at", "finished_at", "spawned_at", "exited_at",
+                    "scheduled_for", "not_before"):
             if fields[key] is not None and fields[key].tzinfo is None:
                 fields[key] = fields[key].replace(tzinfo=UTC)
         duration = None
@@ -183,3 +198,34 @@ class Secret(SQLModel, table=True):
     ciphertext: str
     updated_by: str | None = Field(default=None, max_length=80)
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class TaskSchedule(SQLModel, table=True):
+    """Per task: its schedule paused or not, and the last tick handled (the claim)."""
+
+    __tablename__ = "task_schedule"
+    task: str = Field(primary_key=True, max_length=64)
+    paused: bool = False
+    last_tick: datetime | None = _time()
+    updated_at: datetime | None = _time()
+    updated_by: str | None = Field(default=None, max_length=80)
+
+
+class Delivery(SQLModel, table=True):
+    """One webhook notification of a run's end, retried with backoff until delivered."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (sa.Index("ix_delivery_status_next", "status", "next_at"),
+                      sa.Index("ix_delivery_run", "run_id"))
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int
+    url: str
+    event: str = Field(max_length=32)
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    claimed_until: datetime | None = _time()
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    delivered_at: datetime | None = _time()

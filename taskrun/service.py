@@ -20,23 +20,33 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from . import audit, logs, metadata, monitor, storage, versions
+from . import (
+    audit,
+    followups,
+    logs,
+    metadata,
+    monitor,
+    notify,
+    queueing,
+    scheduler,
+    storage,
+    versions,
+)
 from .auth import Auth
+from .automation import Automation
 from .db import Database
 from .errors import (
-    AlreadyActive,
     Conflict,
     InvalidCode,
     InvalidMetadata,
     InvalidParams,
     NotFound,
-    QueueFull,
     TaskBusy,
 )
 from .locks import Locks
 from .models import Run, RunPublic, RunSample, TaskVersion, VersionPublic, utcnow
 from .settings import Settings, configure_logging, load
-from .status import ACTIVE, UNSUCCESSFUL, Concurrency, RunStatus
+from .status import ACTIVE, UNSUCCESSFUL, RunStatus
 from .store import TaskInfo, TaskStore, check_name
 from .supervisor import Supervisor, find_run
 from .vault import SecretInfo, Vault
@@ -52,11 +62,6 @@ _ACTIVE = [s.value for s in ACTIVE]
 _ACTIVE_TASKS = sa.select(_T.c.task, _T.c.status).where(_T.c.status.in_(_ACTIVE))
 _LAST_ID = sa.select(sa.func.max(_T.c.id)).where(_T.c.task == sa.bindparam("t"))
 _BY_IDS = sa.select(_T).where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
-_TASK_ACTIVE = (sa.select(_T.c.id, _T.c.status)
-                .where(_T.c.task == sa.bindparam("t"), _T.c.status.in_(_ACTIVE)).limit(1))
-_QUEUED_COUNT = sa.select(sa.func.count()).select_from(_T).where(
-    _T.c.status == RunStatus.QUEUED.value)
-_INSERT = sa.insert(_T)
 _RECENT = (sa.select(_T.c.status)
            .where(_T.c.task == sa.bindparam("t"), _T.c.status.not_in(_ACTIVE))
            .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
@@ -106,8 +111,10 @@ class Service:
         if self.started:
             return self
         self.open()
+        automation = None if claim_only is not None else Automation(
+            self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
-                                     vault=self.vault)
+                                     vault=self.vault, automation=automation)
         self.supervisor.start()
         if sample_system:
             self.sampler = monitor.Sampler(self.settings.home, self.settings.monitor_interval)
@@ -179,7 +186,21 @@ class Service:
         """Compile and parse metadata; InvalidCode/InvalidMetadata if wrong (nothing saved)."""
         return self.store.validate(code, name)
 
+    def _check_chain(self, name: str, code: str) -> None:
+        """Refuse code whose ``after`` would close a cycle of chained tasks."""
+        try:
+            after = metadata.parse(code).after
+        except Exception:
+            return  # the store's own validation reports it
+        graph = {i.name: i.meta.after for i in self.store.list() if i.meta}
+        graph[name] = after
+        cycle = followups.find_cycle(graph)
+        if cycle and name in cycle:
+            raise InvalidMetadata("after: this would chain tasks in a cycle: "
+                                  + " -> ".join(reversed(cycle)))
+
     def create_task(self, name: str, code: str, author: str | None = None) -> dict:
+        self._check_chain(name, code)
         sha = self.store.create(name, code)
         versions.record(self.db, name, sha, code, author, note="created")
         audit.record(self.db, author, "task.create", name, sha[:12])
@@ -190,6 +211,7 @@ class Service:
                     author: str | None = None, note: str | None = None) -> dict:
         if not self.store.exists(name):
             raise NotFound(f"Task '{name}' does not exist.")
+        self._check_chain(name, code)
         old_code, old_sha = self.store.read(name)
         # Keep the code as it was before this save, if it never went through us.
         versions.record(self.db, name, old_sha, old_code, note="found on disk", only_if_new=True)
@@ -236,6 +258,7 @@ class Service:
         note = f"restored version {version.id} ({version.sha[:12]})"
         if self.store.exists(name):
             return self.update_task(name, version.content, None, author, note=note)
+        self._check_chain(name, version.content)
         sha = self.store.create(name, version.content)
         versions.record(self.db, name, sha, version.content, author, note=note)
         audit.record(self.db, author, "task.restore", name, note)
@@ -254,23 +277,11 @@ class Service:
         if not isinstance(params, dict | None):
             raise InvalidParams("params must be an object of name: value")
         values = metadata.resolve_params(meta, params)
-        timeout = meta.timeout or self.settings.default_timeout
         # One IMMEDIATE transaction: the check and the insert cannot interleave with
         # another submit, in this process or any other on the same database.
         with self.db.begin() as c:
-            if meta.concurrency == Concurrency.FORBID:
-                active = c.execute(_TASK_ACTIVE, {"t": task}).first()
-                if active is not None:
-                    raise AlreadyActive(task, active[0], active[1])
-            queued = c.execute(_QUEUED_COUNT).scalar_one()
-            if queued >= self.settings.max_queue:
-                raise QueueFull(f"The queue is full ({queued} runs waiting, "
-                                f"TASKRUN_MAX_QUEUE={self.settings.max_queue}); try later.")
-            values = {"task": task, "status": RunStatus.QUEUED.value, "trigger": trigger,
-                      "requested_by": user, "params": values,
-                      "concurrency": meta.concurrency.value, "timeout": timeout,
-                      "queued_at": utcnow()}
-            run_id = c.execute(_INSERT, values).inserted_primary_key[0]
+            run_id, values = queueing.queue_run(c, self.settings, task, meta, values, trigger,
+                                                user)
             audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
         public = RunPublic(id=run_id, **values)
         log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
@@ -396,6 +407,52 @@ class Service:
                     time.sleep(wait_for)
                 else:
                     cond.wait(wait_for)
+
+    # ---- schedules, chains, notifications ---------------------------------
+
+    def schedule(self, task: str) -> dict:
+        """A task's schedules in words, the next ticks, and whether it is paused."""
+        meta = self.store.info(task).meta
+        if meta is None or not meta.schedules:
+            return {"task": task, "schedules": [], "paused": False, "next": [],
+                    "timezone": None, "misfire": None, "last_tick": None}
+        state = scheduler.Scheduler(self.settings, self.db, self.store).state(task)
+        return {"task": task, "timezone": meta.timezone or self.settings.timezone,
+                "misfire": meta.misfire,
+                "schedules": [{"cron": e, "description": scheduler.describe(e)}
+                              for e in meta.schedules],
+                "next": [] if state["paused"] else scheduler.next_ticks(meta, self.settings),
+                **state}
+
+    def pause_schedule(self, task: str, paused: bool = True, actor: str | None = None) -> dict:
+        meta = self.store.info(task).meta
+        if meta is None or not meta.schedules:
+            raise Conflict(f"Task '{task}' has no schedule to pause or resume.")
+        scheduler.Scheduler(self.settings, self.db, self.store).set_paused(task, paused, actor)
+        audit.record(self.db, actor, "schedule.pause" if paused else "schedule.resume", task)
+        return self.schedule(task)
+
+    def dependencies(self) -> list[tuple[str, str, str]]:
+        """Chained tasks as (upstream, downstream, when) edges."""
+        return [(up, i.name, i.meta.after_on) for i in self.store.list() if i.meta
+                for up in i.meta.after]
+
+    def attempts(self, run_id: int) -> list[RunPublic]:
+        """Every attempt of the run's retry chain, first to last."""
+        run = find_run(self.db, run_id)
+        while run.retry_of:
+            run = find_run(self.db, run.retry_of)
+        chain = [run]
+        with self.db.connect() as c:
+            while True:
+                row = c.execute(sa.select(_T).where(_T.c.retry_of == chain[-1].id)).first()
+                if row is None:
+                    return chain
+                chain.append(RunPublic.from_row(row._mapping))
+
+    def deliveries(self, run_id: int) -> list[dict]:
+        find_run(self.db, run_id)
+        return notify.Notifier(self.settings, self.db).deliveries(run_id)
 
     # ---- logs ------------------------------------------------------------
 

@@ -66,6 +66,32 @@ def _on_off(raw: str) -> bool:
     return value in ("on", "true", "1")
 
 
+def _timezone(raw: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(raw.strip())
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError from None
+    return raw.strip()
+
+
+def _url(raw: str) -> str:
+    if not raw.strip().startswith(("http://", "https://")):
+        raise ValueError
+    return raw.strip().rstrip("/")
+
+
+def _optional_url(raw: str) -> str:
+    return _url(raw) if raw.strip() else ""
+
+
+def _notify_on(raw: str) -> str:
+    if raw.strip() not in ("failure", "success", "always"):
+        raise ValueError
+    return raw.strip()
+
+
 def _name_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -135,6 +161,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_SECRET_KEY", "",
             "Master key for task secrets and signed links (default: a random key generated "
             "once into `secret.key` in the data dir, owner-only).", str, "a string"),
+    Setting("TASKRUN_TIMEZONE", "UTC",
+            "IANA time zone of task schedules that name none.", _timezone, "an IANA zone name"),
+    Setting("TASKRUN_BASE_URL", "http://localhost:8501",
+            "Where the dashboard is reached; links in notifications start with it.",
+            _url, "an http(s) URL"),
+    Setting("TASKRUN_WEBHOOK_URL", "",
+            "A webhook every task notifies (JSON POST), besides its own `webhook`.",
+            _optional_url, "an http(s) URL or empty"),
+    Setting("TASKRUN_WEBHOOK_ON", "failure",
+            "Which run ends go to `TASKRUN_WEBHOOK_URL`: failure, success or always.",
+            _notify_on, "failure, success or always"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -164,6 +201,10 @@ class Settings:
     admin_password: str
     api_token: str
     secret_key: str
+    timezone: str
+    base_url: str
+    webhook_url: str
+    webhook_on: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -11,6 +11,7 @@ class RunStatus(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     LOST = "lost"
+    SKIPPED = "skipped"  # a scheduled or chained run that could not start (reason recorded)
 
 
 ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
@@ -26,7 +27,11 @@ ICONS = {
     RunStatus.TIMED_OUT: "⏱️",
     RunStatus.CANCELLED: "🚫",
     RunStatus.LOST: "❓",
+    RunStatus.SKIPPED: "⏭️",
 }
+
+# What a run's end triggers: a retry for these, if its task declares retries.
+RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.LOST})
 
 
 class Concurrency(StrEnum):

@@ -24,7 +24,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NAME_RULE = ("1-64 characters: letters, digits, '_' or '-', "
              "starting with a letter or digit")
 # Path segments of the REST API and words that would confuse readers of URLs.
-RESERVED = frozenset({"runs", "logs", "system", "api", "new", "versions", "app", "health"})
+RESERVED = frozenset({"runs", "logs", "system", "api", "new", "versions", "app", "health",
+                      "dependencies"})
 MAX_CODE_BYTES = 1024 * 1024
 
 

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlmodel import select as sql_select
 
 from . import logs, metadata, procs, retention, versions, watch
+from .automation import Automation
 from .db import Database
 from .errors import InvalidName, NotFound, TaskRunError
 from .locks import LockFile, Locks
@@ -54,22 +55,29 @@ PRUNE_EVERY_S = 3600.0
 # per call cost more than executing them (see bench/, "launch overhead").
 _T = Run.__table__
 _CANDIDATES = (sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.timeout, _T.c.trigger)
-               .where(_T.c.status == RunStatus.QUEUED.value).order_by(_T.c.id).limit(50))
+               .where(_T.c.status == RunStatus.QUEUED.value,
+                      # a retry waits out its backoff
+                      sa.or_(_T.c.not_before.is_(None), _T.c.not_before <= sa.bindparam("b_now")))
+               .order_by(_T.c.id).limit(50))
 _CANDIDATES_AMONG = _CANDIDATES.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
 _CLAIM = (sa.update(_T)
           .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
           .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
                   owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
-          .returning(_T.c.params))  # decoded for the claimed run only
+          # decoded for the claimed run only
+          .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
 _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
     _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
 
 
 class Supervisor:
     def __init__(self, settings: Settings, db: Database, store: TaskStore, locks: Locks,
-                 claim_only: set[int] | None = None, vault: Vault | None = None):
+                 claim_only: set[int] | None = None, vault: Vault | None = None,
+                 automation: Automation | None = None):
         self.settings = settings
         self.vault = vault
+        # Schedules, retries, chaining, webhooks; not in the CLI's foreground supervisor.
+        self.automation = automation
         self.db = db
         self.store = store
         self.locks = locks
@@ -126,6 +134,8 @@ class Supervisor:
         for active in actives:
             if active.thread:
                 active.thread.join(timeout=self.settings.kill_grace + 10)
+        if self.automation is not None:
+            self.automation.close()
         if self._owner_fd is not None:
             os.close(self._owner_fd)
             (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
@@ -153,6 +163,9 @@ class Supervisor:
             self.active.pop(run_id, None)
 
     def notify_finished(self) -> None:
+        if self.automation is not None:
+            self.automation.ended = True
+            self._wake.set()  # follow up (retry, chain, notify) without waiting for a poll
         with self.finished:
             self.finished.notify_all()
 
@@ -183,6 +196,8 @@ class Supervisor:
             except Exception:  # pruning must never stop the runs
                 log.exception("pruning old runs failed")
         self._remote_cancels()
+        if self.automation is not None:
+            self.automation.step(now)
         started = 0
         while not self._stopping:
             slot_fd = self.locks.acquire_slot()
@@ -209,9 +224,10 @@ class Supervisor:
             return False
         with self.db.connect() as c:
             if self.claim_only is None:
-                candidates = c.execute(_CANDIDATES).all()
+                candidates = c.execute(_CANDIDATES, {"b_now": utcnow()}).all()
             else:
-                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only)}).all()
+                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
+                                                           "b_now": utcnow()}).all()
         busy: set[str] = set()
         for run in candidates:
             if run.task in busy:
@@ -230,13 +246,14 @@ class Supervisor:
                 if task_fd is not None:
                     os.close(task_fd)
                 continue
-            self._launch(run, claimed.params or {}, slot_fd, task_fd)
+            self._launch(run, claimed, slot_fd, task_fd)
             return True
         return False
 
     # ---- launching -------------------------------------------------------
 
-    def _launch(self, run, params: dict, slot_fd: int, task_fd: int | None) -> None:
+    def _launch(self, run, claimed, slot_fd: int, task_fd: int | None) -> None:
+        params = claimed.params or {}
         fds = [slot_fd] + ([task_fd] if task_fd is not None else [])
         try:
             path = self.store.path(run.task)
@@ -267,7 +284,13 @@ class Supervisor:
             "TASKRUN_PROGRESS_FILE": str(progress_path),
             "TASKRUN_PARAMS": json.dumps(params),
             "TASKRUN_TRIGGER": run.trigger,
+            "TASKRUN_ATTEMPT": str(claimed.attempt or 1),
         }
+        if claimed.upstream_run:
+            extra["TASKRUN_UPSTREAM_RUN_ID"] = str(claimed.upstream_run)
+        if claimed.scheduled_for:
+            tick = claimed.scheduled_for.replace(tzinfo=UTC)
+            extra["TASKRUN_SCHEDULED_FOR"] = tick.isoformat()
         extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()})
         try:
             info = self.store.info(run.task)  # parsed once per version of the file

@@ -209,3 +209,16 @@ def test_admin_page_sets_a_secret_and_creates_a_token_without_showing_them_again
     at.run()
     assert token not in texts(at)  # shown once
     assert any(e["action"] == "secret.set" for e in svc.audit_events())
+
+
+def test_tasks_page_shows_schedules_pauses_them_and_draws_the_chain(env):
+    (env / "nightly.py").write_text('# /// script\n# [tool.taskrun]\n# schedule = "15 2 * * *"\n'
+                                    '# after = ["hello"]\n# ///\nprint(1)\n')
+    at = app()
+    assert "At 02:15 AM" in texts(at) and "Next:" in texts(at)
+    [pause] = [b for b in at.button if b.key == "pause-nightly"]
+    pause.click().run()
+    assert not at.exception, at.exception
+    assert "paused" in texts(at)
+    assert service_mod.default_service().schedule("nightly")["paused"] is True
+    assert any(c.proto.spec and "nightly" in c.proto.spec for c in at.get("plotly_chart"))

@@ -1,0 +1,162 @@
+"""What a run's end sets off: a retry, the tasks chained after it, webhook deliveries.
+
+Finished runs carry ``followed_up = False`` until a supervisor has acted on
+them; acting on one is a compare-and-set on that flag in the same IMMEDIATE
+transaction that queues the retry, the chained runs and the deliveries. So
+each follow-up happens exactly once, even with several servers, and a crash
+in between loses nothing (the next pass does it).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from . import metadata, queueing
+from .db import Database
+from .errors import AlreadyActive, QueueFull
+from .metadata import TaskMeta
+from .models import Delivery, Run, utcnow
+from .settings import Settings
+from .status import ACTIVE, RETRYABLE, UNSUCCESSFUL, RunStatus
+from .store import TaskStore
+
+log = logging.getLogger("taskrun.followups")
+
+_T = Run.__table__
+_D = Delivery.__table__
+_PENDING = (sa.select(_T).where(_T.c.followed_up == sa.false(),
+                                _T.c.status.not_in([s.value for s in ACTIVE]))
+            .order_by(_T.c.id).limit(50))
+_CLAIM = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"),
+                             _T.c.followed_up == sa.false()).values(followed_up=True)
+
+
+def retry_delay(meta: TaskMeta, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``attempt`` (1 = first retry): exponential, capped, ±10%."""
+    base = min(meta.retry_delay * meta.retry_backoff ** (attempt - 1), meta.retry_max_delay)
+    return base * (rng or random).uniform(0.9, 1.1)
+
+
+def wants(on: str, status: str) -> bool:
+    if on == "always":
+        return True
+    if on == "success":
+        return status == RunStatus.SUCCEEDED
+    return status in UNSUCCESSFUL  # "failure"
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle in task -> upstream tasks, as a path, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for up in graph.get(node, ()):
+            if state.get(up) == 1:
+                return [*path[path.index(up):], up]
+            if up not in state and (found := visit(up)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+class FollowUps:
+    def __init__(self, settings: Settings, db: Database, store: TaskStore,
+                 rng: random.Random | None = None):
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.rng = rng or random.Random()
+
+    def process(self, now: datetime | None = None) -> int:
+        """Act on every finished run not yet followed up; returns how many."""
+        with self.db.connect() as c:
+            rows = c.execute(_PENDING).all()
+        if not rows:
+            return 0
+        infos = {i.name: i for i in self.store.list()}
+        done = 0
+        for row in rows:
+            try:
+                if self._one(row, infos, now or utcnow()):
+                    done += 1
+            except Exception:
+                log.exception("follow-up of run %d failed", row.id)
+        return done
+
+    def _one(self, run, infos: dict, now: datetime) -> bool:
+        info = infos.get(run.task)
+        meta = info.meta if info else None
+        with self.db.begin() as c:
+            if not c.execute(_CLAIM, {"b_id": run.id}).rowcount:
+                return False  # another supervisor did it
+            retry_id = None
+            if meta and run.status in RETRYABLE and run.attempt <= meta.retries:
+                retry_id = self._retry(c, run, meta, now)
+            final = retry_id is None  # the last word on this run: notify and chain on it
+            if final:
+                self._chain(c, run, infos)
+                self._deliveries(c, run, meta, now)
+        return True
+
+    def _retry(self, c: sa.Connection, run, meta: TaskMeta, now: datetime) -> int | None:
+        delay = retry_delay(meta, run.attempt, self.rng)
+        try:
+            run_id, _ = queueing.queue_run(
+                c, self.settings, run.task, meta, dict(run.params or {}), "retry",
+                run.requested_by, check_policy=False, attempt=run.attempt + 1,
+                retry_of=run.id, upstream_run=run.upstream_run,
+                not_before=now + timedelta(seconds=delay))
+        except QueueFull as exc:
+            log.warning("run %d not retried: %s", run.id, exc)
+            return None
+        log.info("run %d of %s (%s) retried as run %d in %.1f s (attempt %d of %d)", run.id,
+                 run.task, run.status, run_id, delay, run.attempt + 1, meta.retries + 1)
+        return run_id
+
+    def _chain(self, c: sa.Connection, run, infos: dict) -> None:
+        for name, info in infos.items():
+            meta = info.meta
+            if meta is None or run.task not in meta.after or not wants(
+                    "always" if meta.after_on == "always" else "success", run.status):
+                continue
+            extra = {"upstream_run": run.id}
+            try:
+                params = metadata.resolve_params(meta, {})
+                run_id, _ = queueing.queue_run(c, self.settings, name, meta, params, "chain",
+                                               f"after:{run.task}", **extra)
+                log.info("run %d of %s chained after run %d of %s", run_id, name, run.id,
+                         run.task)
+            except (AlreadyActive, QueueFull) as exc:
+                queueing.record_skipped(c, self.settings, name, meta, "chain",
+                                        f"Skipped: {exc}", **extra)
+            except Exception as exc:
+                queueing.record_skipped(c, self.settings, name, meta, "chain",
+                                        f"Skipped: could not be queued: {exc}", **extra)
+
+    def _deliveries(self, c: sa.Connection, run, meta: TaskMeta | None, now: datetime) -> None:
+        targets = []
+        if meta:
+            targets += [(url, meta.notify) for url in meta.webhooks]
+        if self.settings.webhook_url:
+            targets.append((self.settings.webhook_url, self.settings.webhook_on))
+        seen = set()
+        for url, on in targets:
+            if url in seen or not wants(on, run.status) or run.status == RunStatus.SKIPPED:
+                continue
+            seen.add(url)
+            c.execute(sa.insert(_D).values(run_id=run.id, url=url, event=f"run.{run.status}",
+                                           status="pending", attempts=0, next_at=now,
+                                           created_at=now))

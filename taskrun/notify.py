@@ -1,0 +1,141 @@
+"""Webhook deliveries: a JSON POST per run end, retried with backoff, never blocking.
+
+Pending deliveries live in the database (queued by ``followups``). The
+supervisor's step hands due ones to a small thread pool after claiming each
+(``claimed_until``), so a slow or dead endpoint never holds up runs, and two
+servers never send the same delivery at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from . import __version__
+from .db import Database
+from .models import Delivery, Run, RunPublic, utcnow
+from .settings import Settings
+
+log = logging.getLogger("taskrun.notify")
+
+MAX_ATTEMPTS = 6
+BACKOFF_S = 2.0  # 2, 4, 8, 16, 32 s between attempts
+TIMEOUT_S = 10.0
+_D = Delivery.__table__
+_T = Run.__table__
+
+
+def payload(run: RunPublic, settings: Settings) -> dict:
+    return {
+        "event": f"run.{run.status}",
+        "run": {
+            "id": run.id, "task": run.task, "status": run.status, "trigger": run.trigger,
+            "attempt": run.attempt, "retry_of": run.retry_of, "exit_code": run.exit_code,
+            "error": run.error, "queued_at": _iso(run.queued_at),
+            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "duration": run.duration, "scheduled_for": _iso(run.scheduled_for),
+            "upstream_run": run.upstream_run,
+        },
+        "url": f"{settings.base_url}/runs?run={run.id}",
+        "service": {"name": "taskrun", "version": __version__},
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class Notifier:
+    def __init__(self, settings: Settings, db: Database):
+        self.settings = settings
+        self.db = db
+        self._pool: ThreadPoolExecutor | None = None
+
+    def dispatch(self, now: datetime | None = None, wait: bool = False) -> int:
+        """Claim due deliveries and send them in the background; returns how many."""
+        now = now or utcnow()
+        with self.db.connect() as c:
+            due = c.execute(sa.select(_D.c.id).where(
+                _D.c.status == "pending", _D.c.next_at <= now,
+                sa.or_(_D.c.claimed_until.is_(None), _D.c.claimed_until < now))
+                .order_by(_D.c.id).limit(20)).scalars().all()
+        claimed = []
+        for delivery_id in due:
+            with self.db.begin() as c:
+                if c.execute(sa.update(_D).where(
+                        _D.c.id == delivery_id, _D.c.status == "pending",
+                        sa.or_(_D.c.claimed_until.is_(None), _D.c.claimed_until < now))
+                        .values(claimed_until=now + timedelta(seconds=TIMEOUT_S * 3))).rowcount:
+                    claimed.append(delivery_id)
+        if not claimed:
+            return 0
+        if wait:
+            for delivery_id in claimed:
+                self.send(delivery_id)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="taskrun-webhook")
+            for delivery_id in claimed:
+                self._pool.submit(self._send_logged, delivery_id)
+        return len(claimed)
+
+    def _send_logged(self, delivery_id: int) -> None:
+        try:
+            self.send(delivery_id)
+        except Exception:
+            log.exception("delivery %d failed unexpectedly", delivery_id)
+
+    def send(self, delivery_id: int) -> bool:
+        with self.db.connect() as c:
+            d = c.execute(sa.select(_D).where(_D.c.id == delivery_id)).first()
+            row = c.execute(sa.select(_T).where(_T.c.id == d.run_id)).first()
+        if row is None:  # pruned meanwhile
+            self._record(delivery_id, d.attempts + 1, None, "the run no longer exists", final=True)
+            return False
+        body = json.dumps(payload(RunPublic.from_row(row._mapping), self.settings)).encode()
+        request = urllib.request.Request(d.url, data=body, method="POST", headers={
+            "content-type": "application/json", "user-agent": f"taskrun/{__version__}",
+            "x-taskrun-event": d.event, "x-taskrun-delivery": str(d.id)})
+        status, error = None, None
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status, error = exc.code, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            error = str(getattr(exc, "reason", exc))
+        ok = status is not None and 200 <= status < 300
+        self._record(delivery_id, d.attempts + 1, status, None if ok else error, final=ok)
+        return ok
+
+    def _record(self, delivery_id: int, attempts: int, status: int | None, error: str | None,
+                final: bool) -> None:
+        now = utcnow()
+        values = {"attempts": attempts, "last_status": status, "last_error": error,
+                  "claimed_until": None}
+        if error is None and final:
+            values.update(status="delivered", delivered_at=now)
+        elif final or attempts >= MAX_ATTEMPTS:
+            values.update(status="failed")
+            log.warning("delivery %d given up after %d attempt(s): %s", delivery_id, attempts,
+                        error)
+        else:
+            values.update(next_at=now + timedelta(seconds=BACKOFF_S * 2 ** (attempts - 1)))
+        with self.db.begin() as c:
+            c.execute(sa.update(_D).where(_D.c.id == delivery_id).values(**values))
+
+    def deliveries(self, run_id: int) -> list[dict]:
+        with self.db.connect() as c:
+            rows = c.execute(sa.select(_D).where(_D.c.run_id == run_id).order_by(_D.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool = None

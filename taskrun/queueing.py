@@ -1,0 +1,58 @@
+"""Putting a run in the queue (or recording why it could not be), inside a transaction.
+
+Shared by every way a run comes to be: a person or client submitting, a
+schedule tick, a retry, a chained task. The caller owns the transaction (an
+IMMEDIATE one), so the policy check and the insert cannot interleave with
+another process doing the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import AlreadyActive, QueueFull
+from .metadata import TaskMeta
+from .models import Run, utcnow
+from .settings import Settings
+from .status import ACTIVE, Concurrency, RunStatus
+
+_T = Run.__table__
+_TASK_ACTIVE = (sa.select(_T.c.id, _T.c.status)
+                .where(_T.c.task == sa.bindparam("t"),
+                       _T.c.status.in_([s.value for s in ACTIVE])).limit(1))
+_QUEUED_COUNT = sa.select(sa.func.count()).select_from(_T).where(
+    _T.c.status == RunStatus.QUEUED.value)
+_INSERT = sa.insert(_T)
+
+
+def queue_run(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta,
+              params: dict[str, Any], trigger: str, user: str | None,
+              check_policy: bool = True, **extra: Any) -> tuple[int, dict[str, Any]]:
+    """Insert a queued run; AlreadyActive (forbid) or QueueFull refuse it."""
+    if check_policy and meta.concurrency == Concurrency.FORBID:
+        active = c.execute(_TASK_ACTIVE, {"t": task}).first()
+        if active is not None:
+            raise AlreadyActive(task, active[0], active[1])
+    queued = c.execute(_QUEUED_COUNT).scalar_one()
+    if queued >= settings.max_queue:
+        raise QueueFull(f"The queue is full ({queued} runs waiting, "
+                        f"TASKRUN_MAX_QUEUE={settings.max_queue}); try later.")
+    values = {"task": task, "status": RunStatus.QUEUED.value, "trigger": trigger,
+              "requested_by": user, "params": params, "concurrency": meta.concurrency.value,
+              "timeout": meta.timeout or settings.default_timeout, "queued_at": utcnow(),
+              **extra}
+    return c.execute(_INSERT, values).inserted_primary_key[0], values
+
+
+def record_skipped(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta | None,
+                   trigger: str, reason: str, **extra: Any) -> int:
+    """A run that was due but could not start, kept in the history with the reason."""
+    now = utcnow()
+    values = {"task": task, "status": RunStatus.SKIPPED.value, "trigger": trigger,
+              "params": {}, "concurrency": (meta.concurrency.value if meta else "forbid"),
+              "timeout": (meta.timeout if meta and meta.timeout else settings.default_timeout),
+              "queued_at": now, "finished_at": now, "error": reason,
+              "followed_up": True, **extra}
+    return c.execute(_INSERT, values).inserted_primary_key[0]
