@@ -40,11 +40,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
     parser.add_argument("--only", nargs="*", help="suites to run (launch, throughput, kill, "
-                        "history, logs, ui, memory)")
+                        "history, logs, ui, memory, warm)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     q = args.quick
-    from . import history, kill, launch, logfollow, memory, throughput, ui
+    from . import history, kill, launch, logfollow, memory, throughput, ui, warm
 
     suites = {
         "launch": lambda: launch.run(5 if q else 100),
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
         "logs": lambda: logfollow.run(0.5 if q else 3, 5 if q else 100),
         "ui": lambda: ui.run(5_000 if q else 1_000_000, 5 if q else 30, 10 if q else 300),
         "memory": memory.run,
+        "warm": lambda: warm.run(5 if q else 100),
     }
     chosen = args.only or list(suites)
     if "throughput" in chosen:

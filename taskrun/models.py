@@ -62,6 +62,7 @@ class RunBase(SQLModel):
     cpu_seconds: float | None = None
     progress: float | None = None
     progress_message: str | None = None
+    launch: str | None = Field(default=None, max_length=8)  # "cold" or "warm" (zygote)
     attempt: int = 1  # 2, 3, ... for retries
     retry_of: int | None = None  # the attempt this one retries
     upstream_run: int | None = None  # the run whose end triggered this one (chaining)

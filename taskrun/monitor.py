@@ -64,8 +64,12 @@ def process_info(pid: int | None = None) -> dict:
         }
 
 
-def python_processes() -> list[dict]:
-    """Python processes visible to us, each with the run id it belongs to, if any."""
+def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
+    """Python processes visible to us, each with the run id it belongs to, if any.
+
+    A run's processes carry its id in their environment; a warm run's own
+    process shows the zygote's there, so the known pids of runs are passed in.
+    """
     out = []
     for proc in psutil.process_iter(["pid", "name", "cmdline", "memory_info", "create_time",
                                      "cpu_times"]):
@@ -74,9 +78,9 @@ def python_processes() -> list[dict]:
         name = (info.get("name") or "").lower()
         if "python" not in name and not (cmd and "python" in Path(cmd[0]).name.lower()):
             continue
-        run_id = None
+        run_id = str((runs_by_pid or {}).get(info["pid"], "")) or None
         try:
-            run_id = proc.environ().get("TASKRUN_RUN_ID")
+            run_id = run_id or proc.environ().get("TASKRUN_RUN_ID")
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
             pass
         times = info.get("cpu_times")

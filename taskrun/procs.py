@@ -126,13 +126,20 @@ def descendants(pid: int) -> set[int]:
 
 
 def pids_with_marker(key: str) -> set[int]:
-    """Processes whose environment carries this run's key (found even if they left the group)."""
-    found, me = set(), os.getpid()
-    for proc in psutil.process_iter():
+    """Processes of this run, found even if they left its group.
+
+    Their environment carries the run's key; a warm run's process and whatever
+    it forks without exec also carry its marker name (a fork's environment in
+    /proc is the zygote's, set before the run's was).
+    """
+    from .zygote import marker_name
+
+    found, me, warm = set(), os.getpid(), marker_name(key)
+    for proc in psutil.process_iter(["name"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get("TASKRUN_RUN_KEY") == key:
+            if proc.info["name"] == warm or proc.environ().get("TASKRUN_RUN_KEY") == key:
                 found.add(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue

@@ -562,7 +562,7 @@ class Service:
         return monitor.process_info()
 
     def python_processes(self) -> list[dict]:
-        return monitor.python_processes()
+        return monitor.python_processes({r.pid: r.id for r in self.active_runs() if r.pid})
 
     def held_locks(self) -> list[dict]:
         return [lock.__dict__ for lock in self.locks.held()]

@@ -92,6 +92,12 @@ def _notify_on(raw: str) -> str:
     return raw.strip()
 
 
+def _launch_mode(raw: str) -> str:
+    if raw.strip() not in ("auto", "warm", "cold"):
+        raise ValueError
+    return raw.strip()
+
+
 def _name_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -172,6 +178,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_WEBHOOK_ON", "failure",
             "Which run ends go to `TASKRUN_WEBHOOK_URL`: failure, success or always.",
             _notify_on, "failure, success or always"),
+    Setting("TASKRUN_LAUNCH", "auto",
+            "How runs start: `auto` (warm for tasks with `launch = \"warm\"`, else a new "
+            "interpreter), `warm` (every task from a zygote) or `cold` (never warm).",
+            _launch_mode, "auto, warm or cold"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -205,6 +215,7 @@ class Settings:
     base_url: str
     webhook_url: str
     webhook_on: str
+    launch: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -45,6 +45,7 @@ from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
 from .vault import Vault
 from .watch import Active
+from .zygote import Zygotes
 
 log = logging.getLogger("taskrun.supervisor")
 
@@ -99,6 +100,8 @@ class Supervisor:
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
+        self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
+        self._last_reap = 0.0
         self.started_at: float | None = None
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
@@ -136,6 +139,7 @@ class Supervisor:
                 active.thread.join(timeout=self.settings.kill_grace + 10)
         if self.automation is not None:
             self.automation.close()
+        self.zygotes.stop()
         if self._owner_fd is not None:
             os.close(self._owner_fd)
             (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
@@ -196,6 +200,11 @@ class Supervisor:
             except Exception:  # pruning must never stop the runs
                 log.exception("pruning old runs failed")
         self._remote_cancels()
+        if self.zygotes.subreaper and now - self._last_reap >= 1.0:
+            self._last_reap = now
+            with self._lock:
+                tracked = {a.pid for a in self.active.values()}
+            self.zygotes.reap_strays(tracked)
         if self.automation is not None:
             self.automation.step(now)
         started = 0
@@ -298,8 +307,11 @@ class Supervisor:
             meta_env = meta.env if meta else {}
             limits = (meta.memory_mb, meta.cpu_seconds) if meta else (None, None)
             wanted = meta.secrets if meta else ()
+            mode = self.settings.launch
+            warm = mode == "warm" or (mode == "auto" and meta is not None and meta.launch == "warm")
+            preload = meta.preload if meta else ()
         except Exception:
-            meta_env, limits, wanted = {}, (None, None), ()
+            meta_env, limits, wanted, warm, preload = {}, (None, None), (), False, ()
         problem = None
         try:
             secret_env, missing = self.vault.resolve(run.task, wanted) if self.vault \
@@ -329,7 +341,12 @@ class Supervisor:
             return
         self.storage_problem = None
         try:
-            popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
+            popen = None
+            if warm:  # from a zygote; None means it could not, and the run starts cold
+                popen = self.zygotes.spawn(preload, path, work, env, log_fd, fds, key)
+            launch = "warm" if popen is not None else "cold"
+            if popen is None:
+                popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
             spawned_at = utcnow()
             procs.apply_limits(popen.pid, *limits)
         except OSError as exc:
@@ -348,7 +365,7 @@ class Supervisor:
                         progress_path=progress_path, key=key, popen=popen,
                         memory_mb=limits[0], cpu_limit=limits[1],
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
-                                 "b_spawned": spawned_at})
+                                 "b_spawned": spawned_at, "b_launch": launch})
         self._watch(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 

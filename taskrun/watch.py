@@ -32,7 +32,8 @@ log = logging.getLogger("taskrun.supervisor")
 _T = Run.__table__
 _SPAWNED = sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
     pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
-    spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"))
+    spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
+    launch=sa.bindparam("b_launch"))
 _FINISH = (sa.update(_T)
            .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
            .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 import time
@@ -27,6 +28,8 @@ def make_settings(tmp_path: Path, **overrides):
         "TASKRUN_POLL_INTERVAL": "0.1",
         "TASKRUN_MONITOR_INTERVAL": "0.5",
         "TASKRUN_AUTH": "off",  # tests/test_auth.py turns it on
+        # TASKRUN_TEST_LAUNCH=warm runs the suite with every task launched warm.
+        "TASKRUN_LAUNCH": os.environ.get("TASKRUN_TEST_LAUNCH", "auto"),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return settings_mod.load(env)

@@ -21,7 +21,7 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
     data = json.loads(out.read_text())
     assert data["machine"]["python"] and data["machine"]["git_sha"] is not None
     suites = {f["suite"] for f in data["figures"]}
-    assert suites == {"launch", "throughput", "kill", "history", "logs", "ui", "memory"}
+    assert suites == {"launch", "throughput", "kill", "history", "logs", "ui", "memory", "warm"}
     for figure in data["figures"]:
         assert figure["median"] >= 0 and figure["p95"] >= 0, figure
         if figure["baseline"]:

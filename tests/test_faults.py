@@ -14,7 +14,9 @@ import time
 import psutil
 import pytest
 
+from taskrun import procs
 from taskrun.service import Service
+from taskrun.zygote import marker_name
 
 from .conftest import PROJECT, make_settings, wait_for
 from .test_recovery import settings_env
@@ -64,11 +66,15 @@ def test_a_setsid_double_forked_daemon_is_still_killed_on_cancel(service, write_
     run = service.submit("daemon")
     key = wait_for(lambda: (r := service.get_run(run.id)).pid and r)
 
+    warm_name = marker_name(procs.run_key(service.settings.home, run.id))
+
     def marked() -> list[psutil.Process]:
+        """The run's processes: by the id in their environment (or, launched warm, by name)."""
         found = []
-        for proc in psutil.process_iter(["environ"]):
+        for proc in psutil.process_iter(["environ", "name"]):
             env = proc.info.get("environ") or {}
-            if env.get("TASKRUN_RUN_ID") == str(run.id) and proc.pid != os.getpid():
+            if proc.pid != os.getpid() and (env.get("TASKRUN_RUN_ID") == str(run.id)
+                                            or proc.info["name"] == warm_name):
                 found.append(proc)
         return found
 
@@ -85,7 +91,9 @@ def test_a_setsid_double_forked_daemon_is_still_killed_on_cancel(service, write_
 SUBMITTER = """
 import json, sys, time
 from taskrun.errors import AlreadyActive, QueueFull
+from taskrun import procs
 from taskrun.service import Service
+from taskrun.zygote import marker_name
 svc = Service().start(sample_system=False)
 print("ready", flush=True)
 end, ids, refused, n = time.monotonic() + float(sys.argv[1]), [], 0, 0

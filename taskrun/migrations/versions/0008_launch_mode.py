@@ -1,0 +1,23 @@
+"""which launch a run used (cold or warm)
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('run', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('launch', sa.String(length=8), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('run', schema=None) as batch_op:
+        batch_op.drop_column('launch')

@@ -1,0 +1,222 @@
+"""Warm starts: zygote processes with a task's ``preload`` imported, one per module set.
+
+``Zygotes.spawn`` asks the zygote for a run's process (see ``zygote_main``) and
+returns its pid, or None when the run must take the normal (cold) launch: no
+zygote could be started, it died, or the run needs something a fork of it
+cannot give identically (a different interpreter setting in its environment).
+The supervisor becomes a child subreaper, so the run's process is its child
+and is waited for, timed out and killed exactly like a cold one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import psutil
+
+from .zygote_main import recv_msg, send_msg
+
+log = logging.getLogger("taskrun.zygote")
+
+PR_SET_CHILD_SUBREAPER = 36
+READY_TIMEOUT_S = 60.0
+CHECK_FILES_EVERY_S = 1.0
+SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
+
+
+def marker_name(key: str) -> str:
+    """The process name of a warm run's process (its forks keep it): a kill marker."""
+    return f"trw-{key[:11]}"
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class WarmChild:
+    """What the watcher needs of a Popen, for a process the zygote forked."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+class Zygote:
+    def __init__(self, modules: tuple[str, ...], tasks_dir: Path, cwd: Path,
+                 env: Mapping[str, str]):
+        self.modules = modules
+        self.env = dict(env)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), _json(modules),
+             str(theirs.fileno())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, cwd=cwd,
+            env=self.env, pass_fds=(theirs.fileno(),), close_fds=True,
+            start_new_session=True)
+        theirs.close()
+        self.files: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def wait_ready(self) -> bool:
+        self.sock.settimeout(READY_TIMEOUT_S)
+        try:
+            ready, _ = recv_msg(self.sock)
+        except OSError:
+            return False
+        finally:
+            self.sock.settimeout(None)
+        if not ready:
+            return False
+        for name in ready.get("failed", []):
+            log.warning("zygote %s could not preload %s", ",".join(self.modules), name)
+        for path in ready.get("files", []):
+            try:
+                self.files[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+        self.checked = time.monotonic()
+        return True
+
+    def stale(self) -> bool:
+        """A preloaded module changed on disk since the zygote imported it."""
+        if time.monotonic() - self.checked < CHECK_FILES_EVERY_S:
+            return False
+        self.checked = time.monotonic()
+        for path, mtime in self.files.items():
+            try:
+                if os.stat(path).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def fork(self, request: dict, fds: Iterable[int]) -> int | None:
+        with self.lock:
+            try:
+                send_msg(self.sock, request, list(fds))
+                reply, _ = recv_msg(self.sock)
+            except OSError:
+                return None
+        return reply.get("pid") if reply else None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _json(modules: tuple[str, ...]) -> str:
+    import json
+
+    return json.dumps(list(modules))
+
+
+class Zygotes:
+    def __init__(self, tasks_dir: Path, cwd: Path, base_env: Mapping[str, str]):
+        self.tasks_dir = tasks_dir
+        self.cwd = cwd
+        self.base_env = dict(base_env)
+        self.pool: dict[tuple[str, ...], Zygote] = {}
+        self.subreaper = False
+        self.lock = threading.Lock()
+
+    def compatible(self, env: Mapping[str, str]) -> bool:
+        """A fork has the zygote's interpreter settings: the run must not ask for others."""
+        keys = {k for k in (*env, *self.base_env) if k.startswith("PYTHON")}
+        return all(env.get(k) == self.base_env.get(k) for k in keys)
+
+    def spawn(self, modules: tuple[str, ...], script: Path, cwd: Path, env: Mapping[str, str],
+              log_fd: int, keep_fds: Iterable[int], key: str) -> WarmChild | None:
+        if not self.compatible(env):
+            return None
+        if not self.subreaper:
+            self.subreaper = become_subreaper()
+            if not self.subreaper:
+                return None
+        zygote = self._get(tuple(sorted(set(modules))))
+        if zygote is None:
+            return None
+        request = {"script": str(script), "cwd": str(cwd), "env": dict(env),
+                   "comm": marker_name(key)}
+        pid = zygote.fork(request, [log_fd, *keep_fds])
+        if pid is None:
+            log.warning("zygote %s failed a launch; it is restarted on the next one",
+                        ",".join(zygote.modules) or "-")
+            self._drop(zygote)
+            return None
+        return WarmChild(pid)
+
+    def _get(self, modules: tuple[str, ...]) -> Zygote | None:
+        with self.lock:
+            zygote = self.pool.get(modules)
+            if zygote is not None and (not zygote.alive() or zygote.stale()):
+                log.info("zygote %s restarted (%s)", ",".join(modules) or "-",
+                         "it died" if not zygote.alive() else "a preloaded module changed")
+                self.pool.pop(modules)
+                zygote.stop()
+                zygote = None
+            if zygote is None:
+                started = time.monotonic()
+                zygote = Zygote(modules, self.tasks_dir, self.cwd, self.base_env)
+                if not zygote.wait_ready():
+                    log.warning("zygote %s did not start", ",".join(modules) or "-")
+                    zygote.stop()
+                    return None
+                log.info("zygote %s ready in %.2f s (pid %d)", ",".join(modules) or "-",
+                         time.monotonic() - started, zygote.proc.pid)
+                self.pool[modules] = zygote
+            return zygote
+
+    def _drop(self, zygote: Zygote) -> None:
+        with self.lock:
+            if self.pool.get(zygote.modules) is zygote:
+                self.pool.pop(zygote.modules)
+        zygote.stop()
+
+    def pids(self) -> set[int]:
+        return {z.proc.pid for z in self.pool.values()}
+
+    def reap_strays(self, tracked: set[int]) -> None:
+        """Wait for adopted orphans (a run's escaped daemons) so they leave no zombies."""
+        if not self.subreaper:
+            return
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid in tracked or child.pid in self.pids():
+                continue
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError, OSError):
+                continue
+
+    def stop(self) -> None:
+        with self.lock:
+            zygotes, self.pool = list(self.pool.values()), {}
+        for zygote in zygotes:
+            zygote.stop()

@@ -1,0 +1,156 @@
+"""Warm starts: a run forked from a zygote must be indistinguishable from a cold one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from taskrun.service import Service
+
+from .conftest import make_settings, wait_for
+
+WARM = '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# preload = {preload}\n# ///\n'
+
+PROBE = r'''
+import json, os, sys
+print(json.dumps({
+    "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "name": __name__,
+    "file": __file__, "env": dict(os.environ), "stdin": sys.stdin.read(),
+    "session_leader": os.getsid(0) == os.getpid(), "group_leader": os.getpgid(0) == os.getpid(),
+    "ppid_is_server": os.getppid() == int(os.environ.get("SERVER_PID", "0") or 0),
+    "stdout": [sys.stdout.encoding, sys.stdout.errors, sys.stdout.write_through],
+    "stderr": [sys.stderr.encoding, sys.stderr.errors],
+    "executable": sys.executable, "main_is_fresh": "PROBE_SEEN" not in globals(),
+}))
+PROBE_SEEN = True
+'''
+
+
+def warm(preload: list[str] | None = None) -> str:
+    return WARM.format(preload=json.dumps(preload or []))
+
+
+def run(svc: Service, task: str, **kw):
+    r = svc.submit(task, **kw)
+    return svc.wait(r.id, 30)
+
+
+@pytest.fixture
+def svc(tmp_path, tasks_dir):
+    service = Service(make_settings(tmp_path, TASKRUN_LAUNCH="auto")).start(sample_system=False)
+    yield service
+    service.stop()
+
+
+def probe(svc: Service, run_id: int) -> dict:
+    return json.loads(svc.read_log(run_id).content)
+
+
+def test_a_warm_run_sees_what_a_cold_run_sees(svc, tasks_dir):
+    (tasks_dir / "hot.py").write_text(warm(["json"]) + PROBE)
+    (tasks_dir / "cold.py").write_text(PROBE)
+    hot, cold = run(svc, "hot"), run(svc, "cold")
+    assert hot.launch == "warm" and cold.launch == "cold"
+    assert hot.status == cold.status == "succeeded"
+    a, b = probe(svc, hot.id), probe(svc, cold.id)
+    for key in ("TASKRUN_RUN_ID", "TASKRUN_TASK", "TASKRUN_RUN_KEY", "TASKRUN_PROGRESS_FILE"):
+        a["env"].pop(key), b["env"].pop(key)
+    assert a["argv"] == [str(tasks_dir / "hot.py")] and b["argv"] == [str(tasks_dir / "cold.py")]
+    assert a["file"] == a["argv"][0] and a["path0"] == b["path0"] == str(tasks_dir)
+    assert a["cwd"].endswith("/work/hot") and b["cwd"].endswith("/work/cold")
+    for key in ("env", "stdin", "name", "session_leader", "group_leader", "stdout", "stderr",
+                "executable", "main_is_fresh"):
+        assert a[key] == b[key], key
+    assert a["name"] == "__main__" and a["session_leader"] and a["stdin"] == ""
+
+
+def test_exit_codes_signals_and_tracebacks_match_the_cold_launch(svc, tasks_dir):
+    bodies = {"boom": "def f():\n    raise ValueError('bad input')\nf()\n",
+              "code7": "import sys; sys.exit(7)\n", "msg": "import sys; sys.exit('giving up')\n",
+              "killed": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n",
+              "atexit": "import atexit; atexit.register(lambda: print('bye'))\nprint('hi')\n"}
+    for name, body in bodies.items():
+        (tasks_dir / f"{name}_w.py").write_text(warm() + body)
+        # The same header, so line numbers in tracebacks agree.
+        (tasks_dir / f"{name}_c.py").write_text(warm().replace('"warm"', '"cold"') + body)
+    for name in bodies:
+        w, c = run(svc, f"{name}_w"), run(svc, f"{name}_c")
+        assert w.launch == "warm" and c.launch == "cold"
+        assert (w.status, w.exit_code, w.signal, w.error) == \
+            (c.status, c.exit_code, c.signal, c.error), name
+        w_log = svc.read_log(w.id).content.replace(f"{name}_w.py", "X")
+        c_log = svc.read_log(c.id).content.replace(f"{name}_c.py", "X")
+        assert w_log == c_log, (name, w_log, c_log)
+
+
+def test_a_run_cannot_leave_state_for_the_next(svc, tasks_dir):
+    (tasks_dir / "helper_mod.py").write_text("STATE = ['clean']\n")
+    (tasks_dir / "mutate.py").write_text(warm(["helper_mod", "json"]) + (
+        "import sys, json, helper_mod\n"
+        "print(helper_mod.STATE, hasattr(json, 'poisoned'), 'planted' in sys.modules)\n"
+        "helper_mod.STATE.append('dirty'); json.poisoned = True\n"
+        "sys.modules['planted'] = object()\n"))
+    first, second = run(svc, "mutate"), run(svc, "mutate")
+    assert first.launch == second.launch == "warm"
+    for r in (first, second):
+        assert svc.read_log(r.id).content.strip() == "['clean'] False False"
+
+
+def test_a_changed_preloaded_module_is_reloaded(svc, tasks_dir):
+    module = tasks_dir / "helper_mod.py"
+    module.write_text("VALUE = 1\n")
+    (tasks_dir / "reader.py").write_text(warm(["helper_mod"])
+                                         + "import helper_mod; print(helper_mod.VALUE)\n")
+    assert svc.read_log(run(svc, "reader").id).content.strip() == "1"
+    # (A different size: Python's bytecode cache compares whole seconds and size.)
+    module.write_text("VALUE = 22\n")
+    time.sleep(1.1)  # the zygote's files are checked at most once a second
+    again = run(svc, "reader")
+    assert again.launch == "warm" and svc.read_log(again.id).content.strip() == "22"
+
+
+def test_a_dead_zygote_is_replaced(svc, tasks_dir):
+    (tasks_dir / "w.py").write_text(warm(["json"]) + "print('ok')\n")
+    assert run(svc, "w").launch == "warm"
+    [zygote] = svc.supervisor.zygotes.pool.values()
+    os.kill(zygote.proc.pid, signal.SIGKILL)
+    zygote.proc.wait()
+    again = run(svc, "w")
+    assert again.status == "succeeded" and again.launch == "warm"
+    assert svc.read_log(again.id).content == "ok\n"
+
+
+def test_timeout_and_cancel_end_the_whole_warm_tree(svc, tasks_dir):
+    (tasks_dir / "sleepy.py").write_text(
+        '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# timeout = 1\n# ///\n'
+        "import os, time\n"
+        "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n    os._exit(0)\n"
+        "time.sleep(60)\n")
+    r = run(svc, "sleepy")
+    assert r.status == "timed_out" and r.launch == "warm"
+    wait_for(lambda: not [p for p in psutil.process_iter(["name", "status"])
+                          if p.info["name"].startswith("trw-")
+                          and p.info["status"] != psutil.STATUS_ZOMBIE])
+
+
+def test_an_incompatible_run_falls_back_to_cold_and_says_so(svc, tasks_dir):
+    (tasks_dir / "odd.py").write_text(
+        '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# [tool.taskrun.env]\n'
+        '# PYTHONHASHSEED = "3"\n# ///\nprint(hash("x") == hash("x"))\n')
+    r = run(svc, "odd")
+    assert r.status == "succeeded" and r.launch == "cold"
+
+
+def test_warm_can_be_forced_for_every_task(tmp_path, tasks_dir):
+    svc = Service(make_settings(tmp_path, TASKRUN_LAUNCH="warm")).start(sample_system=False)
+    try:
+        (tasks_dir / "plain.py").write_text("print('plain')\n")
+        r = run(svc, "plain")
+        assert r.launch == "warm" and svc.read_log(r.id).content == "plain\n"
+    finally:
+        svc.stop()
