@@ -1,13 +1,16 @@
 """The supervisor's second job: schedules, follow-ups of ended runs, webhook sending.
 
-Paced so the launch path pays almost nothing: the scheduler looks once a
-second, follow-ups run when a run ended here (or once a second, for runs that
-ended in other processes), deliveries go out on a thread pool.
+On a thread of its own, so the launch path pays nothing for it: the scheduler
+looks once a second, follow-ups run as soon as a run ended here (or once a
+second, for runs that ended in other processes), deliveries go out on a
+thread pool.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from .db import Database
 from .followups import FollowUps
@@ -26,26 +29,54 @@ class Automation:
         self.scheduler = Scheduler(settings, db, store)
         self.followups = FollowUps(settings, db, store)
         self.notifier = Notifier(settings, db)
-        self.ended = False  # a run ended in this process since the last follow-up pass
+        self._ended = threading.Event()  # a run ended in this process
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._last = float("-inf")
+        self.on_queued = lambda: None  # the supervisor's wake-up: runs were queued
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="taskrun-automation",
+                                        daemon=True)
+        self._thread.start()
+
+    def run_ended(self) -> None:
+        self._ended.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._ended.wait(EVERY_S)
+            if self._stop.is_set():
+                return
+            self.step(time.monotonic())
 
     def step(self, now: float) -> None:
         periodic = now - self._last >= EVERY_S
-        if not (periodic or self.ended):
+        ended = self._ended.is_set()
+        if not (periodic or ended):
             return
-        self.ended = False
-        for name, job in (("follow-ups", self.followups.process),
-                          ("webhooks", self.notifier.dispatch)):
-            try:
-                job()
-            except Exception:  # never let automation stop the runs
-                log.exception("%s failed", name)
+        self._ended.clear()
+        queued = False
+        try:
+            queued = self.followups.process() > 0
+        except Exception:  # never let automation stop the runs
+            log.exception("follow-ups failed")
+        try:
+            self.notifier.dispatch()
+        except Exception:
+            log.exception("webhooks failed")
         if periodic:
             self._last = now
             try:
-                self.scheduler.tick()
+                queued = bool(self.scheduler.tick()) or queued
             except Exception:
                 log.exception("scheduler failed")
+        if queued:
+            self.on_queued()
 
     def close(self) -> None:
+        self._stop.set()
+        self._ended.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         self.notifier.close()

@@ -81,35 +81,48 @@ class FollowUps:
         self.rng = rng or random.Random()
 
     def process(self, now: datetime | None = None) -> int:
-        """Act on every finished run not yet followed up; returns how many."""
+        """Act on every finished run not yet followed up; returns how many runs it queued."""
         with self.db.connect() as c:
             rows = c.execute(_PENDING).all()
         if not rows:
             return 0
         infos = {i.name: i for i in self.store.list()}
-        done = 0
+        upstreams = {up for i in infos.values() if i.meta for up in i.meta.after}
+        quiet, busy = [], []
         for row in rows:
+            (busy if self._has_work(row, infos.get(row.task), upstreams) else quiet).append(row)
+        if quiet:  # most runs: nothing to do but say so, in one statement
+            with self.db.begin() as c:
+                c.execute(sa.update(_T).where(_T.c.id.in_([r.id for r in quiet]))
+                          .values(followed_up=True))
+        queued = 0
+        for row in busy:
             try:
-                if self._one(row, infos, now or utcnow()):
-                    done += 1
+                queued += self._one(row, infos, now or utcnow())
             except Exception:
                 log.exception("follow-up of run %d failed", row.id)
-        return done
+        return queued
 
-    def _one(self, run, infos: dict, now: datetime) -> bool:
+    def _has_work(self, run, info, upstreams: set[str]) -> bool:
+        meta = info.meta if info else None
+        return bool(self.settings.webhook_url or run.task in upstreams or (meta and (
+            meta.webhooks or (run.status in RETRYABLE and run.attempt <= meta.retries))))
+
+    def _one(self, run, infos: dict, now: datetime) -> int:
+        """Retry, chain and notify for one run; how many runs that queued."""
         info = infos.get(run.task)
         meta = info.meta if info else None
         with self.db.begin() as c:
             if not c.execute(_CLAIM, {"b_id": run.id}).rowcount:
-                return False  # another supervisor did it
+                return 0  # another supervisor did it
             retry_id = None
             if meta and run.status in RETRYABLE and run.attempt <= meta.retries:
                 retry_id = self._retry(c, run, meta, now)
-            final = retry_id is None  # the last word on this run: notify and chain on it
-            if final:
-                self._chain(c, run, infos)
-                self._deliveries(c, run, meta, now)
-        return True
+            if retry_id is not None:
+                return 1
+            # The last word on this run: notify and chain on it.
+            self._deliveries(c, run, meta, now)
+            return self._chain(c, run, infos)
 
     def _retry(self, c: sa.Connection, run, meta: TaskMeta, now: datetime) -> int | None:
         delay = retry_delay(meta, run.attempt, self.rng)
@@ -126,7 +139,8 @@ class FollowUps:
                  run.task, run.status, run_id, delay, run.attempt + 1, meta.retries + 1)
         return run_id
 
-    def _chain(self, c: sa.Connection, run, infos: dict) -> None:
+    def _chain(self, c: sa.Connection, run, infos: dict) -> int:
+        queued = 0
         for name, info in infos.items():
             meta = info.meta
             if meta is None or run.task not in meta.after or not wants(
@@ -137,6 +151,7 @@ class FollowUps:
                 params = metadata.resolve_params(meta, {})
                 run_id, _ = queueing.queue_run(c, self.settings, name, meta, params, "chain",
                                                f"after:{run.task}", **extra)
+                queued += 1
                 log.info("run %d of %s chained after run %d of %s", run_id, name, run.id,
                          run.task)
             except (AlreadyActive, QueueFull) as exc:
@@ -145,6 +160,7 @@ class FollowUps:
             except Exception as exc:
                 queueing.record_skipped(c, self.settings, name, meta, "chain",
                                         f"Skipped: could not be queued: {exc}", **extra)
+        return queued
 
     def _deliveries(self, c: sa.Connection, run, meta: TaskMeta | None, now: datetime) -> None:
         targets = []

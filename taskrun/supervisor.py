@@ -118,6 +118,9 @@ class Supervisor:
             {"pid": os.getpid(), "since": time.time()})
         self.recover()
         self.started_at = time.time()
+        if self.automation is not None:
+            self.automation.on_queued = self.wake
+            self.automation.start()
         self._thread = threading.Thread(target=self._loop, name="taskrun-supervisor", daemon=True)
         self._thread.start()
         log.info("supervisor %s started (max concurrency %d)", self.owner,
@@ -168,8 +171,7 @@ class Supervisor:
 
     def notify_finished(self) -> None:
         if self.automation is not None:
-            self.automation.ended = True
-            self._wake.set()  # follow up (retry, chain, notify) without waiting for a poll
+            self.automation.run_ended()  # follow up (retry, chain, notify) at once
         with self.finished:
             self.finished.notify_all()
 
@@ -205,8 +207,6 @@ class Supervisor:
             with self._lock:
                 tracked = {a.pid for a in self.active.values()}
             self.zygotes.reap_strays(tracked)
-        if self.automation is not None:
-            self.automation.step(now)
         started = 0
         while not self._stopping:
             slot_fd = self.locks.acquire_slot()
