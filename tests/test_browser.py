@@ -252,6 +252,33 @@ def test_system_page_charts_render_and_update(page, server):
     shot(page, "system")
 
 
+def test_admin_stores_a_secret_that_a_run_gets_but_no_page_shows(page, server):
+    value = "br0wser-secret-value"
+    open_page(page, server, "admin")
+    page.get_by_role("tab", name="Secrets").click()
+    page.get_by_role("textbox", name="Name").last.fill("DB_PASSWORD")
+    page.get_by_role("textbox", name="Value").fill(value)
+    page.get_by_role("textbox", name="Value").blur()
+    idle(page)
+    page.get_by_role("button", name="Save secret").click()
+    expect(page.get_by_text("Secret DB_PASSWORD saved.")).to_be_visible()
+    expect(page.get_by_text(value)).to_have_count(0)
+    status, _ = server.json("PUT", "/api/tasks/leaks", {
+        "code": '# /// script\n# [tool.taskrun]\n# secrets = ["DB_PASSWORD"]\n# ///\n'
+                'import os\nprint("the secret is", os.environ["DB_PASSWORD"])\n'})
+    if status == 404:
+        status, _ = server.json("POST", "/api/tasks", {
+            "id": "leaks", "code": '# /// script\n# [tool.taskrun]\n'
+            '# secrets = ["DB_PASSWORD"]\n# ///\nimport os\n'
+            'print("the secret is", os.environ["DB_PASSWORD"])\n'})
+    assert status in (200, 201)
+    _, run = server.json("POST", "/api/tasks/leaks/execute", {})
+    open_page(page, server, f"runs?run={run['run_id']}")
+    expect(page.get_by_text("the secret is ***")).to_be_visible()
+    expect(page.get_by_text(value)).to_have_count(0)
+    shot(page, "admin-secret-masked")
+
+
 def test_no_console_errors_during_the_session(console_errors):
     assert console_errors == []
 

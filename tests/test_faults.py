@@ -105,8 +105,7 @@ while time.monotonic() < end:
         refused += 1
     time.sleep(0.06)
 print(json.dumps({"ids": ids, "refused": refused}), flush=True)
-for run_id in ids:
-    svc.wait(run_id, 120)
+sys.stdin.readline()  # told to stop once every run of every writer has ended
 svc.stop()
 """
 
@@ -131,8 +130,9 @@ def test_two_servers_and_the_cli_writing_at_once_lose_and_duplicate_nothing(
         write_task(f"soak_par{n}", MARK.format(marks=str(marks)), concurrency="parallel")
     env = settings_env(tmp_path, TASKRUN_MAX_CONCURRENCY=2, TASKRUN_MAX_QUEUE=50)
     servers = [subprocess.Popen([sys.executable, "-c", SUBMITTER, str(seconds)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=PROJECT) for _ in range(2)]
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=PROJECT)
+               for _ in range(2)]
     try:
         assert all(s.stdout.readline().strip() == "ready" for s in servers)
         cli_ids, cli_errors = [], []
@@ -146,7 +146,13 @@ def test_two_servers_and_the_cli_writing_at_once_lose_and_duplicate_nothing(
             elif "queue is full" not in done.stderr:  # a refusal is an answer, not a loss
                 cli_errors.append(done.stderr)
         reports = [json.loads(s.stdout.readline()) for s in servers]
-        errors = [s.communicate(timeout=180)[1] for s in servers]
+        watcher = Service(make_settings(tmp_path)).open()
+        try:
+            for run_id in cli_ids + [i for r in reports for i in r["ids"]]:
+                watcher.wait(run_id, 180)
+        finally:
+            watcher.stop()
+        errors = [s.communicate("stop\n", timeout=60)[1] for s in servers]
     finally:
         for s in servers:
             s.kill()
