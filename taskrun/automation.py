@@ -22,6 +22,7 @@ from .store import TaskStore
 log = logging.getLogger("taskrun.automation")
 
 EVERY_S = 1.0
+BATCH_S = 0.2  # after a run ends, wait this long for others: one pass acts on them all
 
 
 class Automation:
@@ -45,7 +46,10 @@ class Automation:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._ended.wait(EVERY_S)
+            if self._ended.wait(EVERY_S):
+                # Runs often end in bursts; one pass for the burst keeps this thread
+                # (and its share of the GIL) off the launch path.
+                self._stop.wait(BATCH_S)
             if self._stop.is_set():
                 return
             self.step(time.monotonic())

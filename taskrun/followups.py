@@ -131,7 +131,8 @@ class FollowUps:
                 c, self.settings, run.task, meta, dict(run.params or {}), "retry",
                 run.requested_by, check_policy=False, attempt=run.attempt + 1,
                 retry_of=run.id, upstream_run=run.upstream_run,
-                not_before=now + timedelta(seconds=delay))
+                # counted from the end of the failed attempt, not from this pass
+                not_before=(run.finished_at or now) + timedelta(seconds=delay))
         except QueueFull as exc:
             log.warning("run %d not retried: %s", run.id, exc)
             return None

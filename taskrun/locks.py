@@ -36,8 +36,11 @@ class LockFile:
         self.path = path
 
     def try_acquire(self, info: dict | None = None) -> int | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # first use of this lock dir (not checked on every launch)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -80,8 +83,8 @@ class Locks:
         return LockFile(self.dir / "slots" / f"slot-{index}.lock")
 
     def acquire_task(self, task: str, run_id: int) -> int | None:
-        info = {"task": task, "run_id": run_id, "pid": None, "since": time.time()}
-        return self.task_lock(task).try_acquire(info)
+        """The task's lock fd; who holds it is written by ``record_pid`` once it started."""
+        return self.task_lock(task).try_acquire()
 
     def acquire_slot(self) -> int | None:
         """A free slot's locked fd, or None when every slot is taken (by any process)."""
@@ -92,14 +95,13 @@ class Locks:
         return None
 
     @staticmethod
-    def record_pid(fd: int, pid: int) -> None:
-        """Note the task's pid in its lock file so operators can see who holds it."""
+    def record_pid(fd: int, task: str, run_id: int, pid: int) -> None:
+        """Note who holds the task's lock, so operators (and the System page) can see it."""
+        info = {"task": task, "run_id": run_id, "pid": pid, "since": time.time()}
         try:
-            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            info["pid"] = pid
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
-        except (OSError, ValueError):
+        except OSError:
             pass
 
     def slots_in_use(self) -> int:

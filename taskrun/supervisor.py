@@ -102,6 +102,7 @@ class Supervisor:
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
         self._last_reap = 0.0
+        self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
         self.started_at: float | None = None
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
@@ -328,7 +329,9 @@ class Supervisor:
             return
         env = {**self._base_env, **meta_env, **secret_env, **extra}
         try:
-            work.mkdir(parents=True, exist_ok=True)
+            if work not in self._work_dirs:
+                work.mkdir(parents=True, exist_ok=True)
+                self._work_dirs.add(work)
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             # Disk full, a read-only or broken data dir: this run fails, the service goes on.
@@ -356,7 +359,7 @@ class Supervisor:
             return
         # The task process now holds the slot and the task lock; our copies go.
         if task_fd is not None:
-            self.locks.record_pid(task_fd, popen.pid)
+            self.locks.record_pid(task_fd, run.task, run.id, popen.pid)
         for fd in (*fds, log_fd):
             os.close(fd)
         active = Active(run_id=run.id, task=run.task, pid=popen.pid,

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,12 +78,14 @@ class Active:
     spawned: dict | None = None  # what to record about the new process
     memory_mb: int | None = None  # rlimits the task declared
     cpu_limit: int | None = None
+    exited_at: datetime | None = None  # when the watcher saw the process end
 
 
 def run(sup: Supervisor, a: Active) -> None:
     """The body of a run's watcher thread."""
     try:
         watch_until_exit(sup, a)
+        a.exited_at = utcnow()  # stamped before the next run may claim the freed slot
         # Its slot was freed when the process exited: let the next run claim it
         # while this one is being recorded.
         sup.wake()
@@ -219,7 +222,7 @@ def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
     return code, usage.ru_utime + usage.ru_stime
 
 def finalize(sup: Supervisor, a: Active) -> None:
-    exited_at = utcnow()
+    exited_at = a.exited_at or utcnow()
     code, cpu = reap(sup, a)
     if a.kill_reason is not None:
         # Leftovers that ignore SIGTERM get the rest of the grace, then SIGKILL.
