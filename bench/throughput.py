@@ -19,8 +19,8 @@ QUEUED_NOOP = "# /// script\n# [tool.taskrun]\n# concurrency = 'queue'\n# ///\np
 TASKS = {f"t{i}": QUEUED_NOOP for i in range(10)}
 
 
-def _ours(n: int) -> float:
-    with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=2) as (svc, _home):
+def _ours(n: int, launch: str = "auto") -> float:
+    with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=2, TASKRUN_LAUNCH=launch) as (svc, _home):
         for warm in range(4):
             svc.wait(svc.submit(f"t{warm}").id, 30)
         t = time.perf_counter()
@@ -142,7 +142,7 @@ def run(n: int) -> list[Figure]:
         path.write_text(NOOP)
         scripts.append(str(path))
     rates: dict[str, list[float]] = {k: [] for k in (
-        "pool", "ours", "huey", "rq", "huey_noop", "rq_noop")}
+        "pool", "ours", "huey", "rq", "huey_noop", "rq_noop", "ours_warm")}
     rounds = 2
     for _ in range(rounds):  # interleaved rounds
         rates["pool"].append(n / _pool(n, scripts))
@@ -151,6 +151,7 @@ def run(n: int) -> list[Figure]:
         rq = _rq(n, scripts, True)
         if rq:
             rates["rq"].append(n / rq)
+    rates["ours_warm"].append(n / _ours(n, launch="warm"))
     rates["huey_noop"].append(n / _huey(n, scripts, False))
     rq = _rq(n, scripts, False)
     if rq:
@@ -167,6 +168,8 @@ def run(n: int) -> list[Figure]:
     if rates["rq"]:
         out.append(Figure("throughput", "RQ + Redis, 2 workers, subprocess.run", "runs/s",
                           rates["rq"], baseline=base))
+    out.append(Figure("throughput", "taskrun, every run launched warm (TASKRUN_LAUNCH=warm)",
+                      "runs/s", rates["ours_warm"], baseline=base))
     out.append(Figure("throughput", "Huey, no-op body (no process per job)", "runs/s",
                       rates["huey_noop"], baseline=base))
     if rates["rq_noop"]:

@@ -110,3 +110,12 @@ def test_requirements_cover_every_import():
 def test_gitignore_keeps_state_out():
     ignored = (PROJECT / ".gitignore").read_text().splitlines()
     assert "/data/" in ignored and ".venv/" in ignored
+
+
+def test_streamlit_keeps_xsrf_protection_and_cors_on():
+    import tomllib
+
+    config = tomllib.loads((PROJECT / ".streamlit" / "config.toml").read_text())["server"]
+    assert config.get("enableXsrfProtection", True) is True
+    assert config.get("enableCORS", True) is True
+    assert "*" not in config.get("corsAllowedOrigins", [])
