@@ -285,7 +285,8 @@ class Service:
             audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
         public = RunPublic(id=run_id, **values)
         log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
-        self._wake()
+        if self.supervisor:
+            self.supervisor.start_now()
         return public
 
     def cancel(self, run_id: int, by: str = "user") -> RunPublic:

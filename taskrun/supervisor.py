@@ -89,6 +89,7 @@ class Supervisor:
         self.active: dict[int, Active] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        self._launching = threading.Lock()  # one thread claims and launches at a time
         # Waiters in this process (CLI, service.wait) are told at once when a run ends.
         self.finished = threading.Condition()
         self._stop = threading.Event()
@@ -208,6 +209,10 @@ class Supervisor:
             with self._lock:
                 tracked = {a.pid for a in self.active.values()}
             self.zygotes.reap_strays(tracked)
+        with self._launching:
+            return self._start_what_fits()
+
+    def _start_what_fits(self) -> int:
         started = 0
         while not self._stopping:
             slot_fd = self.locks.acquire_slot()
@@ -218,6 +223,23 @@ class Supervisor:
                 break
             started += 1
         return started
+
+    def start_now(self) -> None:
+        """Launch what fits from the calling thread (a local submit), else wake the loop.
+
+        Saves the hand-over to the supervisor thread on the launch path; if that
+        thread is launching already, it is simply woken to look again.
+        """
+        if self._stopping or not self._launching.acquire(blocking=False):
+            self.wake()
+            return
+        try:
+            self._start_what_fits()
+        except Exception:
+            log.exception("launch from a submit failed; the supervisor retries")
+            self.wake()
+        finally:
+            self._launching.release()
 
     def _remote_cancels(self) -> None:
         with self._lock:
