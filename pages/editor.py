@@ -171,14 +171,18 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
         params = {}
         for row in edited:
             if row.get("name"):
-                spec = {"type": row.get("type") or "str", "help": row.get("help") or ""}
+                # Keep what the table does not show (choices, required) for a known param.
+                known = dict((meta.get("params") or {}).get(row["name"], {}))
+                known.pop("default", None)
+                spec = {**known, "type": row.get("type") or "str", "help": row.get("help") or ""}
                 default = row.get("default")
                 if default not in (None, ""):
                     spec["default"] = (int(default) if spec["type"] == "int" and
                                        str(default).lstrip("-").isdigit() else default)
                 params[row["name"]] = spec
-        new_meta = {"description": description, "timeout": timeout or None,
-                    "concurrency": concurrency, "params": params, "env": meta.get("env", {})}
+        # Everything the form does not edit (limits, secrets, schedules, ...) stays as is.
+        new_meta = {**meta, "description": description, "timeout": timeout or None,
+                    "concurrency": concurrency, "params": params}
         try:
             saved = svc.update_task_settings(name, new_meta, ss.editor_base[name],
                                              author=user().name)

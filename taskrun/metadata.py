@@ -335,29 +335,45 @@ def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, st
     return out
 
 
-def render_block(meta: dict[str, Any]) -> str:
-    """A ``# /// script`` block for the given settings (used by the editor's settings form)."""
-    lines = ["[tool.taskrun]"]
+# Written by the settings form when they differ from these defaults (order kept).
+RENDERED_DEFAULTS: dict[str, Any] = {
+    "description": "", "timeout": None, "concurrency": None, "memory_mb": None,
+    "cpu_seconds": None, "secrets": [], "schedule": [], "timezone": None, "misfire": "skip",
+    "retries": 0, "retry_delay": 10.0, "retry_backoff": 2.0, "retry_max_delay": 600.0,
+    "webhook": [], "notify": "failure", "after": [], "after_on": "success", "launch": "cold",
+    "preload": [],
+}
 
-    def toml_value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(toml_value(x) for x in v) + "]"
-        return json.dumps(str(v), ensure_ascii=False)
 
-    for key in ("description", "timeout", "concurrency", "memory_mb", "cpu_seconds", "secrets"):
-        if meta.get(key) not in (None, "", []):
-            lines.append(f"{key} = {toml_value(meta[key])}")
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def render_block(meta: dict[str, Any], top: dict[str, Any] | None = None) -> str:
+    """A ``# /// script`` block for the given settings (used by the editor's settings form).
+
+    ``top`` holds the block's other top-level keys (``dependencies``,
+    ``requires-python``), which are kept as they were.
+    """
+    lines = [f"{k} = {_toml_value(v)}" for k, v in (top or {}).items()]
+    lines.append("[tool.taskrun]")
+    for key, default in RENDERED_DEFAULTS.items():
+        value = meta.get(key)
+        if value not in (None, "", [], ()) and value != default:
+            lines.append(f"{key} = {_toml_value(value)}")
     if meta.get("env"):
         lines.append("[tool.taskrun.env]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in meta["env"].items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in meta["env"].items()]
     if meta.get("params"):
         lines.append("[tool.taskrun.params]")
         for name, spec in meta["params"].items():
-            parts = [f"{k} = {toml_value(v)}" for k, v in spec.items()
+            parts = [f"{k} = {_toml_value(v)}" for k, v in spec.items()
                      if v not in (None, "", [], ()) and not (k == "required" and v is False)]
             lines.append(f"{name} = {{ {', '.join(parts)} }}")
     body = "\n".join(f"# {line}" for line in lines)
@@ -366,8 +382,15 @@ def render_block(meta: dict[str, Any]) -> str:
 
 def replace_block(code: str, meta: dict[str, Any]) -> str:
     """The code with its metadata block replaced (or added after a shebang/docstring-free top)."""
-    block = render_block(meta)
     match = find_block(code)
+    top: dict[str, Any] = {}
+    if match:
+        try:
+            data = tomllib.loads(_block_toml(match))
+            top = {k: v for k, v in data.items() if k != "tool" and not isinstance(v, dict)}
+        except tomllib.TOMLDecodeError:
+            pass
+    block = render_block(meta, top)
     if match:
         return code[: match.start()] + block.rstrip("\n") + code[match.end():]
     return block + ("\n" if code and not code.startswith("\n") else "") + code

@@ -73,3 +73,23 @@ def test_replace_block_round_trips():
     assert new.endswith('print("hi")\n')
     added = metadata.replace_block("print(1)\n", {"description": "d", "concurrency": "parallel"})
     assert metadata.parse(added).concurrency is Concurrency.PARALLEL
+
+
+def test_the_settings_form_keeps_what_it_does_not_edit():
+    code = ('# /// script\n# requires-python = ">=3.11"\n# dependencies = ["requests"]\n'
+            '# [tool.taskrun]\n# concurrency = "queue"\n# memory_mb = 512\n'
+            '# secrets = ["DB_PASSWORD"]\n# schedule = ["0 6 * * *", "30 18 * * 1-5"]\n'
+            '# timezone = "Europe/Berlin"\n# misfire = "once"\n# retries = 3\n'
+            '# webhook = "https://hooks.example.org/x"\n# after = ["extract"]\n'
+            '# launch = "warm"\n# preload = ["json"]\n'
+            '# [tool.taskrun.params]\n'
+            '# mode = { type = "choice", choices = ["a", "b"], default = "a", required = true }\n'
+            '# ///\nprint(1)\n')
+    before = metadata.parse(code)
+    edited = {**before.as_dict(), "description": "now described"}
+    after_code = metadata.replace_block(code, edited)
+    after = metadata.parse(after_code)
+    assert after.description == "now described"
+    assert {**after.as_dict(), "description": ""} == {**before.as_dict(), "description": ""}
+    assert '# dependencies = ["requests"]' in after_code
+    assert '# requires-python = ">=3.11"' in after_code

@@ -201,6 +201,8 @@ def test_server_secrets_do_not_reach_the_task(tmp_path, write_task, monkeypatch)
     monkeypatch.setenv("DB_PASSWORD", "hunter2")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
     monkeypatch.setenv("TASKRUN_API_TOKEN", "api-secret")
+    monkeypatch.setenv("TASKRUN_ADMIN_PASSWORD", "admin-secret")
+    monkeypatch.setenv("TASKRUN_SECRET_KEY", "master-secret")
     monkeypatch.setenv("SHARED_REGION", "eu")
     svc = Service(make_settings(tmp_path, TASKRUN_TASK_ENV_PASSTHROUGH="SHARED_REGION"))
     svc.start(sample_system=False)
@@ -209,6 +211,7 @@ def test_server_secrets_do_not_reach_the_task(tmp_path, write_task, monkeypatch)
         done = finished(svc, [svc.submit("env").id])[0]
         log = svc.read_log(done.id).content
         assert "hunter2" not in log and "ghp_secret" not in log and "api-secret" not in log
+        assert "admin-secret" not in log and "master-secret" not in log
         assert '"SHARED_REGION": "eu"' in log
         assert f'"TASKRUN_RUN_ID": "{done.id}"' in log and '"TASKRUN_TASK": "env"' in log
     finally:
