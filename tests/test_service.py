@@ -115,6 +115,7 @@ def test_python_processes_name_their_run(service, write_task):
     write_task("sleepy", "print('up', flush=True)\nimport time; time.sleep(30)")
     run = service.submit("sleepy")
     wait_for(lambda: "up" in service.read_log(run.id).content)
+    wait_for(lambda: service.get_run(run.id).pid)  # recorded by its watcher, just after
     procs = {p["run_id"]: p for p in service.python_processes() if p["run_id"]}
     assert procs[run.id]["pid"] == service.get_run(run.id).pid
     service.cancel(run.id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import psutil
 import pytest
@@ -64,10 +63,28 @@ def _intervals(service, run_ids):
     return sorted((r.started_at, r.exited_at) for r in runs)
 
 
-def test_queue_policy_runs_one_after_another(service, write_task):
-    write_task("serial", "import time; time.sleep(0.3)", concurrency="queue")
+MARKED = """
+import os, time
+from pathlib import Path
+mark = Path({marks!r}, os.environ["TASKRUN_RUN_ID"])
+mark.write_text(repr(time.time()))
+time.sleep({sleep})
+mark.write_text(mark.read_text() + " " + repr(time.time()))
+"""
+
+
+def process_spans(marks, run_ids):
+    """(start, end) of each run's process, as the process itself saw the clock."""
+    return sorted(tuple(map(float, (marks / str(i)).read_text().split())) for i in run_ids)
+
+
+def test_queue_policy_runs_one_after_another(service, write_task, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    write_task("serial", MARKED.format(marks=str(marks), sleep=0.3), concurrency="queue")
     ids = [service.submit("serial").id for _ in range(3)]
-    spans = _intervals(service, ids)
+    _intervals(service, ids)  # all succeeded
+    spans = process_spans(marks, ids)
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
 
 
@@ -82,14 +99,18 @@ def test_parallel_policy_runs_together(service, write_task):
 def test_global_limit_holds_and_everything_finishes(tmp_path, write_task):
     svc = Service(make_settings(tmp_path, TASKRUN_MAX_CONCURRENCY=2)).start(sample_system=False)
     try:
-        write_task("work", "import time; time.sleep(0.5)", concurrency="parallel")
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        write_task("work", MARKED.format(marks=str(marks), sleep=0.5), concurrency="parallel")
         ids = [svc.submit("work").id for _ in range(6)]
-        peak = 0
-        while any(svc.get_run(i).status in ("queued", "running") for i in ids):
-            peak = max(peak, svc.status_counts().get("running", 0))
-            time.sleep(0.02)
-        assert peak == 2
+        for i in ids:
+            svc.wait(i, 30)
         assert all(svc.get_run(i).status == RunStatus.SUCCEEDED for i in ids)
+        # The slot is free once a process exits (its record is finished a moment
+        # later), so count processes, not rows marked running.
+        spans = process_spans(marks, ids)
+        peak = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+        assert peak == 2
     finally:
         svc.stop()
 
@@ -246,6 +267,7 @@ def test_held_locks_are_listed_while_a_task_runs(service, write_task):
     write_task("holder", "print('up', flush=True)\nimport time; time.sleep(30)")
     run = service.submit("holder")
     wait_for(lambda: "up" in service.read_log(run.id).content)
+    wait_for(lambda: service.get_run(run.id).pid)  # recorded by its watcher, just after
     held = service.held_locks()
     assert [(h["task"], h["run_id"]) for h in held] == [("holder", run.id)]
     assert held[0]["pid"] == service.get_run(run.id).pid
@@ -259,7 +281,7 @@ def test_shutdown_cancels_running_runs(settings, write_task):
     write_task("long", "print('up', flush=True)\nimport time; time.sleep(60)")
     run = svc.submit("long")
     wait_for(lambda: "up" in svc.read_log(run.id).content)
-    pid = svc.get_run(run.id).pid
+    pid = wait_for(lambda: svc.get_run(run.id).pid)
     svc.stop()
     other = Service(settings).open()
     done = other.get_run(run.id)
