@@ -40,6 +40,21 @@ def _pool(n: int, scripts: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def _stop(proc: subprocess.Popen, group: bool = True, grace: float = 10,
+          sig: int = signal.SIGTERM) -> None:
+    """``sig``, then SIGKILL if it has not ended within ``grace`` (an RQ worker's warm
+    shutdown can wait much longer on its own)."""
+    kill = (lambda s: os.killpg(proc.pid, s)) if group else proc.send_signal
+    try:
+        kill(sig)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        kill(signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,8 +90,7 @@ def _huey(n: int, scripts: list[str], like_for_like: bool) -> float:
             r.get(blocking=True, timeout=600, backoff=1.0, max_delay=0.005)
         return time.perf_counter() - t
     finally:
-        os.killpg(consumer.pid, signal.SIGINT)
-        consumer.wait(timeout=30)
+        _stop(consumer, sig=signal.SIGINT)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -128,10 +142,8 @@ def _rq(n: int, scripts: list[str], like_for_like: bool) -> float | None:
         return time.perf_counter() - t
     finally:
         for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
-            w.wait(timeout=30)
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+            _stop(w)
+        _stop(redis_proc, group=False)
 
 
 def run(n: int) -> list[Figure]:
