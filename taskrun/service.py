@@ -277,16 +277,32 @@ class Service:
         if not isinstance(params, dict | None):
             raise InvalidParams("params must be an object of name: value")
         values = metadata.resolve_params(meta, params)
-        # One IMMEDIATE transaction: the check and the insert cannot interleave with
-        # another submit, in this process or any other on the same database.
-        with self.db.begin() as c:
-            run_id, values = queueing.queue_run(c, self.settings, task, meta, values, trigger,
-                                                user)
-            audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
+        sup = self.supervisor
+        # With a slot and the task's lock in hand, the run is inserted claimed and
+        # started right here (when nothing else waits); otherwise it is queued.
+        reservation = sup.reserve(task, meta.concurrency) if sup else None
+        try:
+            # One IMMEDIATE transaction: the check and the insert cannot interleave
+            # with another submit, in this process or any other on the same database.
+            with self.db.begin() as c:
+                run_id, values = queueing.queue_run(
+                    c, self.settings, task, meta, values, trigger, user,
+                    claim=sup.claim_values if reservation else None)
+                audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
+        except BaseException:
+            if reservation:
+                sup.release(reservation)
+            raise
         public = RunPublic(id=run_id, **values)
-        log.debug("run %d of %s queued (%s by %s)", public.id, task, trigger, user or "-")
-        if self.supervisor:
-            self.supervisor.start_now()
+        log.debug("run %d of %s %s (%s by %s)", public.id, task, public.status, trigger,
+                  user or "-")
+        if reservation and public.status == RunStatus.RUNNING:
+            sup.launch_reserved(run_id, values, reservation)
+        elif reservation:
+            sup.release(reservation)
+            sup.start_now()
+        elif sup:
+            sup.start_now()
         return public
 
     def cancel(self, run_id: int, by: str = "user") -> RunPublic:

@@ -30,6 +30,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 from sqlmodel import select as sql_select
@@ -240,6 +241,51 @@ class Supervisor:
             self.wake()
         finally:
             self._launching.release()
+
+    def reserve(self, task: str, concurrency: Concurrency) -> tuple[int, int | None] | None:
+        """A slot (and the task's lock unless it runs in parallel) for a local submit.
+
+        The submit then inserts its run already claimed if nothing else waits
+        (see ``queueing.queue_run``). Holds the launch lock until
+        ``launch_reserved`` or ``release``; None when anything is not free.
+        """
+        if self._stopping or self.claim_only is not None or \
+                not self._launching.acquire(blocking=False):
+            return None
+        slot_fd = self.locks.acquire_slot()
+        task_fd = None
+        if slot_fd is not None and concurrency != Concurrency.PARALLEL:
+            task_fd = self.locks.acquire_task(task, 0)
+            if task_fd is None:
+                os.close(slot_fd)
+                slot_fd = None
+        if slot_fd is None:
+            self._launching.release()
+            return None
+        return slot_fd, task_fd
+
+    @property
+    def claim_values(self) -> dict[str, str]:
+        return {"owner": self.owner, "host": self.host}
+
+    def launch_reserved(self, run_id: int, values: dict, reservation: tuple[int, int | None]
+                        ) -> None:
+        """Start a run that its submit inserted already claimed, with the reserved fds."""
+        slot_fd, task_fd = reservation
+        try:
+            run = SimpleNamespace(id=run_id, task=values["task"], trigger=values["trigger"],
+                                  concurrency=values["concurrency"], timeout=values["timeout"])
+            claimed = SimpleNamespace(params=values["params"], attempt=1, upstream_run=None,
+                                      scheduled_for=None)
+            self._launch(run, claimed, slot_fd, task_fd)
+        finally:
+            self._launching.release()
+
+    def release(self, reservation: tuple[int, int | None]) -> None:
+        for fd in reservation:
+            if fd is not None:
+                os.close(fd)
+        self._launching.release()
 
     def _remote_cancels(self) -> None:
         with self._lock:
