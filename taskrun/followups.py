@@ -106,7 +106,8 @@ class FollowUps:
     def _has_work(self, run, info, upstreams: set[str]) -> bool:
         meta = info.meta if info else None
         return bool(self.settings.webhook_url or run.task in upstreams or (meta and (
-            meta.webhooks or (run.status in RETRYABLE and run.attempt <= meta.retries))))
+            meta.webhooks or meta.emails
+            or (run.status in RETRYABLE and run.attempt <= meta.retries))))
 
     def _one(self, run, infos: dict, now: datetime) -> int:
         """Retry, chain and notify for one run; how many runs that queued."""
@@ -167,6 +168,7 @@ class FollowUps:
         targets = []
         if meta:
             targets += [(url, meta.notify) for url in meta.webhooks]
+            targets += [(f"mailto:{address}", meta.notify) for address in meta.emails]
         if self.settings.webhook_url:
             targets.append((self.settings.webhook_url, self.settings.webhook_on))
         seen = set()

@@ -24,7 +24,8 @@ BLOCK_RE = re.compile(
 PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
-              "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "notify", "after",
+              "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
+              "after",
               "after_on", "launch", "preload"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
@@ -61,6 +62,7 @@ class TaskMeta:
     retry_backoff: float = 2.0
     retry_max_delay: float = 600.0
     webhooks: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()  # addresses mailed on the same ends (needs TASKRUN_SMTP_URL)
     notify: str = "failure"  # which ends are posted to the webhooks
     after: tuple[str, ...] = ()  # run when one of these tasks ends (see after_on)
     after_on: str = "success"
@@ -88,6 +90,7 @@ class TaskMeta:
             "retry_backoff": self.retry_backoff,
             "retry_max_delay": self.retry_max_delay,
             "webhook": list(self.webhooks),
+            "email": list(self.emails),
             "notify": self.notify,
             "after": list(self.after),
             "after_on": self.after_on,
@@ -245,6 +248,10 @@ def _automation(conf: dict) -> dict[str, Any]:
     for url in webhooks:
         if not re.match(r"^https?://[^\s/]+", url):
             raise InvalidMetadata(f"webhook {url[:80]!r} must be an http:// or https:// URL")
+    emails = _str_list(conf, "email")
+    for address in emails:
+        if not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", address):
+            raise InvalidMetadata(f"email {address[:80]!r} is not an e-mail address")
     after = _str_list(conf, "after")
     for name in after:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
@@ -259,7 +266,8 @@ def _automation(conf: dict) -> dict[str, Any]:
         "retry_delay": _number(conf, "retry_delay", 10, 0, 86400),
         "retry_backoff": _number(conf, "retry_backoff", 2, 1, 10),
         "retry_max_delay": _number(conf, "retry_max_delay", 600, 0, 86400),
-        "webhooks": tuple(webhooks), "notify": _choice(conf, "notify", NOTIFY),
+        "webhooks": tuple(webhooks), "emails": tuple(emails),
+        "notify": _choice(conf, "notify", NOTIFY),
         "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
         "launch": _choice(conf, "launch", LAUNCH), "preload": tuple(preload),
     }
@@ -340,8 +348,8 @@ RENDERED_DEFAULTS: dict[str, Any] = {
     "description": "", "timeout": None, "concurrency": None, "memory_mb": None,
     "cpu_seconds": None, "secrets": [], "schedule": [], "timezone": None, "misfire": "skip",
     "retries": 0, "retry_delay": 10.0, "retry_backoff": 2.0, "retry_max_delay": 600.0,
-    "webhook": [], "notify": "failure", "after": [], "after_on": "success", "launch": "cold",
-    "preload": [],
+    "webhook": [], "email": [], "notify": "failure", "after": [], "after_on": "success",
+    "launch": "cold", "preload": [],
 }
 
 

@@ -1,4 +1,4 @@
-"""Webhook deliveries: a JSON POST per run end, retried with backoff, never blocking.
+"""Notifications: a webhook JSON POST (or an e-mail) per run end, retried, never blocking.
 
 Pending deliveries live in the database (queued by ``followups``). The
 supervisor's step hands due ones to a small thread pool after claiming each
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import smtplib
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 
 import sqlalchemy as sa
 
@@ -98,7 +101,16 @@ class Notifier:
         if row is None:  # pruned meanwhile
             self._record(delivery_id, d.attempts + 1, None, "the run no longer exists", final=True)
             return False
-        body = json.dumps(payload(RunPublic.from_row(row._mapping), self.settings)).encode()
+        run = RunPublic.from_row(row._mapping)
+        if d.url.startswith("mailto:"):
+            if not self.settings.smtp_url:  # retrying cannot help: give up at once, saying why
+                self._record(delivery_id, d.attempts + 1, None, "TASKRUN_SMTP_URL is not set",
+                             final=True)
+                return False
+            error = self._mail(d.url.removeprefix("mailto:"), run)
+            self._record(delivery_id, d.attempts + 1, None, error, final=error is None)
+            return error is None
+        body = json.dumps(payload(run, self.settings)).encode()
         request = urllib.request.Request(d.url, data=body, method="POST", headers={
             "content-type": "application/json", "user-agent": f"taskrun/{__version__}",
             "x-taskrun-event": d.event, "x-taskrun-delivery": str(d.id)})
@@ -113,6 +125,33 @@ class Notifier:
         ok = status is not None and 200 <= status < 300
         self._record(delivery_id, d.attempts + 1, status, None if ok else error, final=ok)
         return ok
+
+    def _mail(self, address: str, run: RunPublic) -> str | None:
+        """Send the run's summary by e-mail; the error, or None when the server took it."""
+        url = urllib.parse.urlsplit(self.settings.smtp_url)
+        data = payload(run, self.settings)
+        message = EmailMessage()
+        message["From"] = self.settings.smtp_from
+        message["To"] = address
+        message["Subject"] = f"[taskrun] {run.task} run #{run.id} {run.status}"
+        lines = [f"Run #{run.id} of {run.task}: {run.status}"
+                 + (f" ({run.error})" if run.error else ""),
+                 f"Trigger: {run.trigger}, attempt {run.attempt}",
+                 f"Duration: {run.duration if run.duration is not None else '-'} s",
+                 f"Details: {data['url']}", "", json.dumps(data, indent=2)]
+        message.set_content("\n".join(lines))
+        try:
+            client = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP
+            with client(url.hostname or "localhost", url.port or 0, timeout=TIMEOUT_S) as smtp:
+                if "starttls=1" in (url.query or ""):
+                    smtp.starttls()
+                if url.username:
+                    smtp.login(urllib.parse.unquote(url.username),
+                               urllib.parse.unquote(url.password or ""))
+                smtp.send_message(message)
+        except (smtplib.SMTPException, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _record(self, delivery_id: int, attempts: int, status: int | None, error: str | None,
                 final: bool) -> None:

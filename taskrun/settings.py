@@ -86,6 +86,13 @@ def _optional_url(raw: str) -> str:
     return _url(raw) if raw.strip() else ""
 
 
+def _optional_smtp_url(raw: str) -> str:
+    raw = raw.strip()
+    if raw and not raw.startswith(("smtp://", "smtps://")):
+        raise ValueError
+    return raw
+
+
 def _notify_on(raw: str) -> str:
     if raw.strip() not in ("failure", "success", "always"):
         raise ValueError
@@ -111,7 +118,8 @@ class Setting:
     accepts: str
 
 
-SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN", "TASKRUN_SECRET_KEY"})
+SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN", "TASKRUN_SECRET_KEY",
+                             "TASKRUN_SMTP_URL"})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
@@ -178,6 +186,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_WEBHOOK_ON", "failure",
             "Which run ends go to `TASKRUN_WEBHOOK_URL`: failure, success or always.",
             _notify_on, "failure, success or always"),
+    Setting("TASKRUN_SMTP_URL", "",
+            "Mail server for tasks' `email` notifications: "
+            "`smtp://[user:password@]host[:port]` (`?starttls=1`) or `smtps://…`.",
+            _optional_smtp_url, "an smtp:// or smtps:// URL or empty"),
+    Setting("TASKRUN_SMTP_FROM", "taskrun@localhost",
+            "Sender address of notification e-mails.", str, "an e-mail address"),
     Setting("TASKRUN_LAUNCH", "auto",
             "How runs start: `auto` (warm for tasks with `launch = \"warm\"`, else a new "
             "interpreter), `warm` (every task from a zygote) or `cold` (never warm).",
@@ -215,6 +229,8 @@ class Settings:
     base_url: str
     webhook_url: str
     webhook_on: str
+    smtp_url: str
+    smtp_from: str
     launch: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 

@@ -6,6 +6,7 @@ import http.server
 import itertools
 import json
 import os
+import socketserver
 import subprocess
 import sys
 import threading
@@ -309,3 +310,78 @@ def test_schedules_over_the_api_and_the_cli(tmp_path, tasks_dir):
                    for e in svc.audit_events())
     finally:
         svc.stop()
+
+
+class Mailbox(socketserver.StreamRequestHandler):
+    """Just enough of SMTP for smtplib to deliver one message."""
+
+    messages: ClassVar[list[dict]] = []
+
+    def reply(self, line: str) -> None:
+        self.wfile.write(line.encode() + b"\r\n")
+
+    def handle(self):
+        self.reply("220 test mailbox")
+        envelope: dict = {"to": []}
+        while line := self.rfile.readline().decode().rstrip("\r\n"):
+            verb = line.split(" ", 1)[0].upper()
+            if verb in ("EHLO", "HELO"):
+                self.reply("250 ok")
+            elif verb == "MAIL":
+                envelope["from"] = line
+                self.reply("250 ok")
+            elif verb == "RCPT":
+                envelope["to"].append(line)
+                self.reply("250 ok")
+            elif verb == "DATA":
+                self.reply("354 go on")
+                body = []
+                while (data := self.rfile.readline().decode()) not in (".\r\n", ""):
+                    body.append(data)
+                envelope["data"] = "".join(body)
+                type(self).messages.append(envelope)
+                self.reply("250 queued")
+            elif verb == "QUIT":
+                self.reply("221 bye")
+                return
+            else:
+                self.reply("250 ok")
+
+
+def test_a_failure_is_mailed_when_smtp_is_configured(tmp_path, tasks_dir):
+    Mailbox.messages = []
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Mailbox)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = make_settings(tmp_path, TASKRUN_SMTP_URL=(
+            f"smtp://127.0.0.1:{server.server_address[1]}"), TASKRUN_SMTP_FROM="runs@example.org")
+        svc = Service(settings).open()
+        (tasks_dir / "mailed.py").write_text(meta_block(email="ops@example.org")
+                                             + "raise SystemExit(5)\n")
+        run = svc.submit("mailed")
+        svc.start(claim_only={run.id}, sample_system=False)
+        svc.wait(run.id, 30)
+        FollowUps(settings, svc.db, svc.store).process()
+        assert Notifier(settings, svc.db).dispatch(wait=True) == 1
+        [delivery] = svc.deliveries(run.id)
+        assert delivery["status"] == "delivered" and delivery["url"] == "mailto:ops@example.org"
+        [mail] = Mailbox.messages
+        assert "ops@example.org" in mail["to"][0] and "runs@example.org" in mail["from"]
+        assert f"Subject: [taskrun] mailed run #{run.id} failed" in mail["data"]
+        assert "Exited with code 5." in mail["data"]
+        svc.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_without_smtp_an_email_delivery_fails_saying_why(opened, settings, tasks_dir):
+    (tasks_dir / "unmailed.py").write_text(meta_block(email="ops@example.org", notify="always")
+                                           + "print(1)\n")
+    run = opened.submit("unmailed")
+    opened.start(claim_only={run.id}, sample_system=False)
+    opened.wait(run.id, 30)
+    FollowUps(settings, opened.db, opened.store).process()
+    Notifier(settings, opened.db).dispatch(wait=True)
+    [delivery] = opened.deliveries(run.id)
+    assert delivery["status"] == "failed" and "TASKRUN_SMTP_URL" in delivery["last_error"]
