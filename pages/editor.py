@@ -60,6 +60,13 @@ if code is None:
 ss[f"buffer-{name}"] = code
 dirty = code != task["code"]
 st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'][:12]}")
+wanted = (task["metadata"] or {}).get("secrets") or []
+if wanted:
+    stored = {s.name for s in svc.list_secrets(name)}
+    missing = [n for n in wanted if n not in stored]
+    if missing:
+        st.warning(f"Secret(s) not set: {', '.join(missing)} — runs fail until an admin "
+                   "sets them on the Admin page.", icon="🔑")
 
 
 def save(overwrite: bool = False) -> bool:

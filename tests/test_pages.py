@@ -222,3 +222,13 @@ def test_tasks_page_shows_schedules_pauses_them_and_draws_the_chain(env):
     assert "paused" in texts(at)
     assert service_mod.default_service().schedule("nightly")["paused"] is True
     assert any(c.proto.spec and "nightly" in c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_editor_warns_about_secrets_the_task_needs_but_nobody_set(env):
+    (env / "needy.py").write_text('# /// script\n# [tool.taskrun]\n'
+                                  '# secrets = ["DB_PASSWORD", "API_KEY"]\n# ///\nprint(1)\n')
+    at = goto(app(), "editor", task="needy")
+    assert "Secret(s) not set: DB_PASSWORD, API_KEY" in texts(at)
+    service_mod.default_service().set_secret("DB_PASSWORD", "long-enough")
+    at.run()
+    assert "Secret(s) not set: API_KEY" in texts(at)
