@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from . import logs
 from .db import Database
-from .models import Run, RunSample, utcnow
+from .models import Delivery, Run, RunSample, utcnow
 from .settings import Settings
 from .status import ACTIVE
 
@@ -61,6 +61,8 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
         with db.begin() as c:
             c.execute(sa.delete(RunSample.__table__).where(
                 RunSample.__table__.c.run_id.in_(batch)))
+            c.execute(sa.delete(Delivery.__table__).where(
+                Delivery.__table__.c.run_id.in_(batch)))
             c.execute(sa.delete(_T).where(_T.c.id.in_(batch), _T.c.status.not_in(_ACTIVE)))
         for run_id, task in rows:  # logs after the rows: a crash leaves orphan files only
             path = settings.run_logs_dir / logs.log_name(task, run_id)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from taskrun import retention
-from taskrun.models import Run, RunSample, utcnow
+from taskrun.models import Delivery, Run, RunSample, utcnow
 from taskrun.service import Service
 
 from .conftest import make_settings
@@ -20,6 +20,8 @@ def add_run(svc, task: str, status: str, age_days: float) -> int:
             task=task, status=status, trigger="api", params={}, concurrency="forbid",
             timeout=60, queued_at=when, finished_at=when)).inserted_primary_key[0]
         c.execute(sa.insert(RunSample).values(run_id=run_id, t=when, rss=1, cpu_percent=0))
+        c.execute(sa.insert(Delivery).values(run_id=run_id, url="http://hook", event="run.x",
+                                             next_at=when, created_at=when))
     (svc.settings.run_logs_dir / f"{task}_{run_id}.log").write_text("output\n")
     return run_id
 
@@ -37,6 +39,7 @@ def test_old_runs_go_with_their_logs_and_samples(tmp_path, tasks_dir):
     assert (svc.settings.run_logs_dir / f"etl_{recent}.log").exists()
     with svc.db.connect() as c:
         assert c.execute(sa.select(RunSample.run_id)).scalars().all() == [old_active, recent]
+        assert c.execute(sa.select(Delivery.run_id)).scalars().all() == [old_active, recent]
     svc.stop()
 
 
