@@ -205,12 +205,14 @@ class Supervisor:
             except Exception:  # pruning must never stop the runs
                 log.exception("pruning old runs failed")
         self._remote_cancels()
-        if self.zygotes.subreaper and now - self._last_reap >= 1.0:
-            self._last_reap = now
-            with self._lock:
-                tracked = {a.pid for a in self.active.values()}
-            self.zygotes.reap_strays(tracked)
         with self._launching:
+            if self.zygotes.subreaper and now - self._last_reap >= 1.0:
+                # Under the launch lock: a run being launched by another thread is
+                # our child before it is in self.active, and must not be reaped here.
+                self._last_reap = now
+                with self._lock:
+                    tracked = {a.pid for a in self.active.values()}
+                self.zygotes.reap_strays(tracked)
             return self._start_what_fits()
 
     def _start_what_fits(self) -> int:
