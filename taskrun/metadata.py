@@ -32,6 +32,11 @@ NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
 LAUNCH = ("cold", "warm")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Letters, digits, '_' and '-', 1-64 characters, starting with a letter or digit.
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+WEBHOOK_RE = re.compile(r"https?://[^\s/]+\S*")
+EMAIL_RE = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
+MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(frozen=True)
@@ -207,12 +212,18 @@ def parse(code: str) -> TaskMeta:
     )
 
 
-def _str_list(conf: dict, key: str) -> list:
+def _str_list(conf: dict, key: str, pattern: re.Pattern | None = None,
+              what: str = "") -> list:
+    """A string or list of strings; each must match ``pattern`` (else: "is not <what>")."""
     value = conf.get(key, [])
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise InvalidMetadata(f"{key} must be a string or a list of strings")
-    return [v.strip() for v in value]
+    items = [v.strip() for v in value]
+    for item in items:
+        if pattern is not None and not pattern.fullmatch(item):
+            raise InvalidMetadata(f"{key}: {item[:80]!r} is not {what}")
+    return items
 
 
 def _number(conf: dict, key: str, default: float, low: float, high: float) -> float:
@@ -244,22 +255,10 @@ def _automation(conf: dict) -> dict[str, Any]:
     retries = conf.get("retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise InvalidMetadata("retries must be a whole number from 0 to 100")
-    webhooks = _str_list(conf, "webhook")
-    for url in webhooks:
-        if not re.match(r"^https?://[^\s/]+", url):
-            raise InvalidMetadata(f"webhook {url[:80]!r} must be an http:// or https:// URL")
-    emails = _str_list(conf, "email")
-    for address in emails:
-        if not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", address):
-            raise InvalidMetadata(f"email {address[:80]!r} is not an e-mail address")
-    after = _str_list(conf, "after")
-    for name in after:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
-            raise InvalidMetadata(f"after: {name[:80]!r} is not a task name")
-    preload = _str_list(conf, "preload")
-    for module in preload:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
-            raise InvalidMetadata(f"preload: {module[:80]!r} is not a module name")
+    webhooks = _str_list(conf, "webhook", WEBHOOK_RE, "an http:// or https:// URL")
+    emails = _str_list(conf, "email", EMAIL_RE, "an e-mail address")
+    after = _str_list(conf, "after", TASK_NAME_RE, "a task name")
+    preload = _str_list(conf, "preload", MODULE_RE, "a module name")
     return {
         "schedules": tuple(schedules), "timezone": timezone,
         "misfire": _choice(conf, "misfire", MISFIRE), "retries": retries,

@@ -169,12 +169,14 @@ class Notifier:
         with self.db.begin() as c:
             c.execute(sa.update(_D).where(_D.c.id == delivery_id).values(**values))
 
-    def deliveries(self, run_id: int) -> list[dict]:
-        with self.db.connect() as c:
-            rows = c.execute(sa.select(_D).where(_D.c.run_id == run_id).order_by(_D.c.id))
-            return [dict(r._mapping) for r in rows]
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=False)
             self._pool = None
+
+
+def deliveries(db: Database, run_id: int) -> list[dict]:
+    """A run's notifications and how they went, oldest first."""
+    with db.connect() as c:
+        rows = c.execute(sa.select(_D).where(_D.c.run_id == run_id).order_by(_D.c.id))
+        return [dict(r._mapping) for r in rows]

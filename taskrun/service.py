@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from sqlmodel import func, select
 from . import (
     audit,
     followups,
+    history,
     logs,
     metadata,
     monitor,
@@ -43,17 +43,17 @@ from .errors import (
     NotFound,
     TaskBusy,
 )
+from .history import MAX_PAGE, RunFilter
 from .locks import Locks
-from .models import Run, RunPublic, RunSample, TaskVersion, VersionPublic, utcnow
+from .models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
 from .settings import Settings, configure_logging, load
-from .status import ACTIVE, UNSUCCESSFUL, RunStatus
+from .status import ACTIVE, RunStatus
 from .store import TaskInfo, TaskStore, check_name
 from .supervisor import Supervisor, find_run
 from .vault import SecretInfo, Vault
 
 log = logging.getLogger("taskrun.service")
 
-MAX_PAGE = 500
 HISTORY_WINDOW = 20  # runs used for a task's success rate
 
 # Statements of the task list (every Tasks page rerun) and of submit, built once.
@@ -67,15 +67,6 @@ _RECENT = (sa.select(_T.c.status)
            .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
 
 
-@dataclass(frozen=True)
-class RunFilter:
-    task: str | None = None
-    status: str | None = None
-    trigger: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-
 class Service:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load()
@@ -85,6 +76,7 @@ class Service:
         self.locks = Locks(s.locks_dir, s.max_concurrency)
         self.auth = Auth(self.db, s)
         self.vault = Vault(self.db, s)
+        self.schedules = scheduler.Scheduler(s, self.db, self.store)  # state, pause/resume
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
         self.started = False
@@ -129,10 +121,6 @@ class Service:
             self.supervisor.stop()
         self.started = False
         self.db.dispose()
-
-    def _wake(self) -> None:
-        if self.supervisor:
-            self.supervisor.wake()
 
     # ---- tasks -----------------------------------------------------------
 
@@ -298,10 +286,9 @@ class Service:
                   user or "-")
         if reservation and public.status == RunStatus.RUNNING:
             sup.launch_reserved(run_id, values, reservation)
-        elif reservation:
-            sup.release(reservation)
-            sup.start_now()
         elif sup:
+            if reservation:
+                sup.release(reservation)
             sup.start_now()
         return public
 
@@ -335,73 +322,25 @@ class Service:
     def get_run(self, run_id: int) -> RunPublic:
         return find_run(self.db, run_id)
 
-    def _filtered(self, query, f: RunFilter):
-        if f.task:
-            query = query.where(Run.task == f.task)
-        if f.status:
-            statuses = [x.strip() for x in f.status.split(",") if x.strip()]
-            bad = [x for x in statuses if x not in RunStatus._value2member_map_]
-            if bad:
-                raise InvalidParams(f"unknown status {bad[0]!r}; one of "
-                                    f"{', '.join(s.value for s in RunStatus)}")
-            query = query.where(Run.status.in_(statuses))
-        if f.trigger:
-            query = query.where(Run.trigger == f.trigger)
-        if f.since:
-            query = query.where(Run.queued_at >= f.since)
-        if f.until:
-            query = query.where(Run.queued_at < f.until)
-        return query
-
     def list_runs(self, f: RunFilter | None = None, limit: int = 50, offset: int = 0,
                   before_id: int | None = None) -> list[RunPublic]:
-        """A page of the history, newest first, paged in SQL.
-
-        ``before_id`` (keyset paging: the last id of the previous page) costs the
-        same at any depth; ``offset`` grows with it.
-        """
-        limit = max(1, min(int(limit), MAX_PAGE))
-        f = f or RunFilter()
-        query = self._filtered(select(Run), f)
-        # With a time range, walk the queued_at index; otherwise the primary key.
-        # (Both orders agree: ids are handed out in queue order.)
-        query = query.order_by(Run.queued_at.desc(), Run.id.desc()) if (
-            f.since or f.until) else query.order_by(Run.id.desc())
-        if before_id is not None:
-            query = query.where(Run.id < before_id)
-        with self.db.read() as s:
-            rows = s.exec(query.limit(limit).offset(max(0, int(offset)))).all()
-        return [RunPublic.of(r) for r in rows]
+        return history.list_runs(self.db, f, limit, offset, before_id)
 
     def count_runs(self, f: RunFilter | None = None) -> int:
-        query = self._filtered(select(func.count()).select_from(Run), f or RunFilter())
-        with self.db.read() as s:
-            return s.exec(query).one()
+        return history.count_runs(self.db, f)
 
     def status_counts(self) -> dict[str, int]:
-        with self.db.read() as s:
-            rows = s.exec(select(Run.status, func.count()).group_by(Run.status)).all()
-        return {status: count for status, count in rows}
+        return history.status_counts(self.db)
 
     def active_runs(self) -> list[RunPublic]:
-        with self.db.read() as s:
-            rows = s.exec(select(Run).where(Run.status.in_(list(ACTIVE)))
-                          .order_by(Run.id)).all()
-        return [RunPublic.of(r) for r in rows]
+        return history.active_runs(self.db)
 
     def run_samples(self, run_id: int) -> list[dict]:
-        with self.db.read() as s:
-            rows = s.exec(select(RunSample).where(RunSample.run_id == run_id)
-                          .order_by(RunSample.t).limit(10_000)).all()
-        return [{"t": r.t, "rss": r.rss, "cpu_percent": r.cpu_percent} for r in rows]
+        return history.run_samples(self.db, run_id)
 
     def task_history(self, task: str, limit: int = 200) -> list[RunPublic]:
-        """The latest finished runs of a task, oldest first, for charts."""
         check_name(task)
-        with self.db.read() as s:
-            rows = s.exec(select(Run).where(Run.task == task, Run.status.not_in(list(ACTIVE)))
-                          .order_by(Run.id.desc()).limit(limit)).all()
-        return [RunPublic.of(r) for r in reversed(rows)]
+        return history.task_history(self.db, task, limit)
 
     def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.25) -> RunPublic:
         """Block until a run has ended (or the timeout passes); returns its latest state.
@@ -433,7 +372,7 @@ class Service:
         if meta is None or not meta.schedules:
             return {"task": task, "schedules": [], "paused": False, "next": [],
                     "timezone": None, "misfire": None, "last_tick": None}
-        state = scheduler.Scheduler(self.settings, self.db, self.store).state(task)
+        state = self.schedules.state(task)
         return {"task": task, "timezone": meta.timezone or self.settings.timezone,
                 "misfire": meta.misfire,
                 "schedules": [{"cron": e, "description": scheduler.describe(e)}
@@ -445,7 +384,7 @@ class Service:
         meta = self.store.info(task).meta
         if meta is None or not meta.schedules:
             raise Conflict(f"Task '{task}' has no schedule to pause or resume.")
-        scheduler.Scheduler(self.settings, self.db, self.store).set_paused(task, paused, actor)
+        self.schedules.set_paused(task, paused, actor)
         audit.record(self.db, actor, "schedule.pause" if paused else "schedule.resume", task)
         return self.schedule(task)
 
@@ -455,21 +394,11 @@ class Service:
                 for up in i.meta.after]
 
     def attempts(self, run_id: int) -> list[RunPublic]:
-        """Every attempt of the run's retry chain, first to last."""
-        run = find_run(self.db, run_id)
-        while run.retry_of:
-            run = find_run(self.db, run.retry_of)
-        chain = [run]
-        with self.db.connect() as c:
-            while True:
-                row = c.execute(sa.select(_T).where(_T.c.retry_of == chain[-1].id)).first()
-                if row is None:
-                    return chain
-                chain.append(RunPublic.from_row(row._mapping))
+        return history.attempts(self.db, run_id)
 
     def deliveries(self, run_id: int) -> list[dict]:
         find_run(self.db, run_id)
-        return notify.Notifier(self.settings, self.db).deliveries(run_id)
+        return notify.deliveries(self.db, run_id)
 
     # ---- logs ------------------------------------------------------------
 
@@ -506,18 +435,6 @@ class Service:
             return None
         return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.vault.masker())
 
-    # ---- secrets (values go in, never come out) ---------------------------
-
-    def list_secrets(self, task: str | None = None) -> list[SecretInfo]:
-        return self.vault.list(task)
-
-    def set_secret(self, name: str, value: str, task: str | None = None,
-                   actor: str | None = None) -> None:
-        self.vault.set(name, value, task, actor)
-
-    def delete_secret(self, name: str, task: str | None = None, actor: str | None = None) -> None:
-        self.vault.delete(name, task, actor)
-
     def list_logs(self, limit: int = 50, offset: int = 0, task: str | None = None) -> list[dict]:
         """Run log files, newest first, paged through the run table (not a dir scan)."""
         query = select(Run.id, Run.task, Run.status).where(Run.log_path.is_not(None))
@@ -553,6 +470,18 @@ class Service:
         kept = [ln for ln in chunk.content.splitlines(keepends=True)
                 if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
         return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
+
+    # ---- secrets (values go in, never come out) ---------------------------
+
+    def list_secrets(self, task: str | None = None) -> list[SecretInfo]:
+        return self.vault.list(task)
+
+    def set_secret(self, name: str, value: str, task: str | None = None,
+                   actor: str | None = None) -> None:
+        self.vault.set(name, value, task, actor)
+
+    def delete_secret(self, name: str, task: str | None = None, actor: str | None = None) -> None:
+        self.vault.delete(name, task, actor)
 
     def prune(self, dry_run: bool = False):
         """Remove finished runs and logs past the retention settings (see ``retention``)."""
@@ -628,10 +557,7 @@ class Service:
         return {"status": status, "ok": ok, "checks": checks}
 
     def run_stats(self) -> dict:
-        counts = self.status_counts()
-        finished = sum(v for k, v in counts.items() if k not in ACTIVE)
-        bad = sum(v for k, v in counts.items() if k in UNSUCCESSFUL)
-        return {"counts": counts, "finished": finished, "unsuccessful": bad}
+        return history.run_stats(self.db)
 
 
 _default: Service | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,7 @@ from . import metadata
 from .errors import AlreadyExists, InvalidCode, InvalidMetadata, InvalidName, NotFound, StaleWrite
 from .metadata import TaskMeta
 
-# Letters, digits, '_' and '-', 1-64 characters, starting with a letter or digit.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RE = metadata.TASK_NAME_RE
 NAME_RULE = ("1-64 characters: letters, digits, '_' or '-', "
              "starting with a letter or digit")
 # Path segments of the REST API and words that would confuse readers of URLs.

@@ -11,6 +11,7 @@ and is waited for, timed out and killed exactly like a cold one.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import socket
@@ -62,7 +63,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), _json(modules),
+            [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), json.dumps(list(modules)),
              str(theirs.fileno())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, cwd=cwd,
             env=self.env, pass_fds=(theirs.fileno(),), close_fds=True,
@@ -125,12 +126,6 @@ class Zygote:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _json(modules: tuple[str, ...]) -> str:
-    import json
-
-    return json.dumps(list(modules))
 
 
 class Zygotes:

@@ -1,0 +1,121 @@
+"""Reading the run history: filtered, keyset-paged lists, counts, retry chains, samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import func, select
+
+from .db import Database
+from .errors import InvalidParams
+from .models import Run, RunPublic, RunSample
+from .status import ACTIVE, UNSUCCESSFUL, RunStatus
+from .supervisor import find_run
+
+MAX_PAGE = 500
+_T = Run.__table__
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    task: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _filtered(query, f: RunFilter):
+    if f.task:
+        query = query.where(Run.task == f.task)
+    if f.status:
+        statuses = [x.strip() for x in f.status.split(",") if x.strip()]
+        bad = [x for x in statuses if x not in RunStatus._value2member_map_]
+        if bad:
+            raise InvalidParams(f"unknown status {bad[0]!r}; one of "
+                                f"{', '.join(s.value for s in RunStatus)}")
+        query = query.where(Run.status.in_(statuses))
+    if f.trigger:
+        query = query.where(Run.trigger == f.trigger)
+    if f.since:
+        query = query.where(Run.queued_at >= f.since)
+    if f.until:
+        query = query.where(Run.queued_at < f.until)
+    return query
+
+
+def list_runs(db: Database, f: RunFilter | None = None, limit: int = 50, offset: int = 0,
+              before_id: int | None = None) -> list[RunPublic]:
+    """A page of the history, newest first, paged in SQL.
+
+    ``before_id`` (keyset paging: the last id of the previous page) costs the
+    same at any depth; ``offset`` grows with it.
+    """
+    limit = max(1, min(int(limit), MAX_PAGE))
+    f = f or RunFilter()
+    query = _filtered(select(Run), f)
+    # With a time range, walk the queued_at index; otherwise the primary key.
+    # (Both orders agree: ids are handed out in queue order.)
+    query = query.order_by(Run.queued_at.desc(), Run.id.desc()) if (
+        f.since or f.until) else query.order_by(Run.id.desc())
+    if before_id is not None:
+        query = query.where(Run.id < before_id)
+    with db.read() as s:
+        rows = s.exec(query.limit(limit).offset(max(0, int(offset)))).all()
+    return [RunPublic.of(r) for r in rows]
+
+
+def count_runs(db: Database, f: RunFilter | None = None) -> int:
+    query = _filtered(select(func.count()).select_from(Run), f or RunFilter())
+    with db.read() as s:
+        return s.exec(query).one()
+
+
+def status_counts(db: Database) -> dict[str, int]:
+    with db.read() as s:
+        rows = s.exec(select(Run.status, func.count()).group_by(Run.status)).all()
+    return {status: count for status, count in rows}
+
+
+def run_stats(db: Database) -> dict:
+    counts = status_counts(db)
+    finished = sum(v for k, v in counts.items() if k not in ACTIVE)
+    bad = sum(v for k, v in counts.items() if k in UNSUCCESSFUL)
+    return {"counts": counts, "finished": finished, "unsuccessful": bad}
+
+
+def active_runs(db: Database) -> list[RunPublic]:
+    with db.read() as s:
+        rows = s.exec(select(Run).where(Run.status.in_(list(ACTIVE))).order_by(Run.id)).all()
+    return [RunPublic.of(r) for r in rows]
+
+
+def run_samples(db: Database, run_id: int) -> list[dict]:
+    with db.read() as s:
+        rows = s.exec(select(RunSample).where(RunSample.run_id == run_id)
+                      .order_by(RunSample.t).limit(10_000)).all()
+    return [{"t": r.t, "rss": r.rss, "cpu_percent": r.cpu_percent} for r in rows]
+
+
+def task_history(db: Database, task: str, limit: int = 200) -> list[RunPublic]:
+    """The latest finished runs of a task, oldest first, for charts."""
+    with db.read() as s:
+        rows = s.exec(select(Run).where(Run.task == task, Run.status.not_in(list(ACTIVE)))
+                      .order_by(Run.id.desc()).limit(limit)).all()
+    return [RunPublic.of(r) for r in reversed(rows)]
+
+
+def attempts(db: Database, run_id: int) -> list[RunPublic]:
+    """Every attempt of the run's retry chain, first to last."""
+    run = find_run(db, run_id)
+    while run.retry_of:
+        run = find_run(db, run.retry_of)
+    chain = [run]
+    with db.connect() as c:
+        while True:
+            row = c.execute(sa.select(_T).where(_T.c.retry_of == chain[-1].id)).first()
+            if row is None:
+                return chain
+            chain.append(RunPublic.from_row(row._mapping))
