@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,77 @@ def marker(cap: int) -> bytes:
 
 def log_name(task: str, run_id: int) -> str:
     return f"{task}_{run_id}.log"
+
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_NEXT_PREFIX = ".next-"  # never a valid log name, so never listed or served
+
+
+class LogCreator:
+    """Creates each run's log file, the next one ahead of its run.
+
+    Creating a file (an inode and a journal entry) takes ~0.3 ms here, renaming
+    one ~0.02 ms: a created-ahead empty file is renamed into place at launch, and
+    the next one is made by the run's watcher while that run runs.
+    """
+
+    def __init__(self, folder: Path, tag: str):
+        self.folder = folder
+        self.tag = tag  # unique to this supervisor (several may share the folder)
+        self._ready: tuple[Path, int] | None = None
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def open(self, path: Path) -> int:
+        """An fd appending to a new (or existing) log at ``path``; OSError as os.open."""
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            ahead, fd = ready
+            try:
+                os.rename(ahead, path)
+                return fd
+            except OSError:
+                os.close(fd)
+                ahead.unlink(missing_ok=True)
+        return os.open(path, _OPEN_FLAGS, 0o640)
+
+    def prepare(self) -> None:
+        """Create the next log ahead (a failure is left to ``open`` to report)."""
+        with self._lock:
+            if self._ready is not None:
+                return
+            self._count += 1
+            ahead = self.folder / f"{_NEXT_PREFIX}{self.tag}-{self._count}.log"
+        try:
+            fd = os.open(ahead, _OPEN_FLAGS | os.O_EXCL, 0o640)
+        except OSError:
+            return
+        with self._lock:
+            if self._ready is None:
+                self._ready = (ahead, fd)
+                return
+        os.close(fd)
+        ahead.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            os.close(ready[1])
+            ready[0].unlink(missing_ok=True)
+
+    @staticmethod
+    def remove_left_over(folder: Path, alive) -> None:
+        """Delete files made ahead by supervisors that are gone (``alive(tag)`` is False)."""
+        try:
+            paths = list(folder.glob(f"{_NEXT_PREFIX}*.log"))
+        except OSError:
+            return
+        for path in paths:
+            tag = path.name[len(_NEXT_PREFIX):].rsplit("-", 1)[0]
+            if not alive(tag):
+                path.unlink(missing_ok=True)
 
 
 def parse_log_name(name: str) -> tuple[str, int]:

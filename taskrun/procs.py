@@ -73,11 +73,22 @@ def apply_limits(pid: int, memory_mb: int | None, cpu_seconds: int | None) -> No
         pass
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_boot_time: float | None = None
+
+
 def create_time(pid: int) -> float | None:
+    """psutil's ``Process.create_time()``, read straight from /proc (it is on the launch path)."""
+    global _boot_time
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
         return None
+    if _boot_time is None:
+        _boot_time = psutil.boot_time()
+    # Fields after the command name (which may hold spaces and parentheses); 22nd is starttime.
+    return int(stat[stat.rindex(b")") + 2:].split()[19]) / _CLOCK_TICKS + _boot_time
 
 
 def is_same_process(pid: int | None, created: float | None) -> bool:

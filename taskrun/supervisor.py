@@ -105,6 +105,7 @@ class Supervisor:
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
         self._last_reap = 0.0
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
+        self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
         self.started_at: float | None = None
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
@@ -120,6 +121,10 @@ class Supervisor:
         self._owner_fd = LockFile(self.owners_dir / f"{self.owner}.lock").try_acquire(
             {"pid": os.getpid(), "since": time.time()})
         self.recover()
+        logs.LogCreator.remove_left_over(
+            self.settings.run_logs_dir,
+            lambda owner: LockFile(self.owners_dir / f"{owner}.lock").is_held())
+        self.log_files.prepare()
         self.started_at = time.time()
         if self.automation is not None:
             self.automation.on_queued = self.wake
@@ -146,6 +151,7 @@ class Supervisor:
         if self.automation is not None:
             self.automation.close()
         self.zygotes.stop()
+        self.log_files.close()
         if self._owner_fd is not None:
             os.close(self._owner_fd)
             (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
@@ -402,7 +408,7 @@ class Supervisor:
             if work not in self._work_dirs:
                 work.mkdir(parents=True, exist_ok=True)
                 self._work_dirs.add(work)
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            log_fd = self.log_files.open(log_path)
         except OSError as exc:
             # Disk full, a read-only or broken data dir: this run fails, the service goes on.
             for fd in fds:

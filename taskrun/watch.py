@@ -111,6 +111,7 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
         a.spawned["b_created"] = procs.create_time(a.pid)
         with sup.db.begin() as c:
             c.execute(_SPAWNED, {"b_id": a.run_id, **a.spawned})
+        sup.log_files.prepare()  # the next run's log, made while this one runs
     poller = select.poll()
     poller.register(a.pidfd, select.POLLIN)
     poller.register(a.wake_fd, select.POLLIN)

@@ -1,11 +1,14 @@
 """Warm starts: zygote processes with a task's ``preload`` imported, one per module set.
 
-``Zygotes.spawn`` asks the zygote for a run's process (see ``zygote_main``) and
-returns its pid, or None when the run must take the normal (cold) launch: no
-zygote could be started, it died, or the run needs something a fork of it
+``Zygotes.spawn`` hands a run to a zygote's ready spare (see ``zygote_main``)
+and returns its pid, or None when the run must take the normal (cold) launch:
+no zygote could be started, it died, or the run needs something a fork of it
 cannot give identically (a different interpreter setting in its environment).
 The supervisor becomes a child subreaper, so the run's process is its child
 and is waited for, timed out and killed exactly like a cold one.
+
+Each zygote keeps one spare ready: a run takes it, and the next one is asked
+for at once and forked while that run runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +51,18 @@ def become_subreaper() -> bool:
         return False
 
 
+def end_spare(pid: int) -> None:
+    """End and wait for a spare no run will use (our child, as the subreaper).
+
+    Safe to signal by pid: an unwaited child's pid cannot be reused.
+    """
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass  # waited for already (by the stray reaper)
+
+
 class WarmChild:
     """What the watcher needs of a Popen, for a process the zygote forked."""
 
@@ -71,6 +87,8 @@ class Zygote:
         theirs.close()
         self.files: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.spare: tuple[int, socket.socket] | None = None  # (pid, channel) ready for a run
+        self.asked = False  # a spare was asked for and its reply is not read yet
 
     def wait_ready(self) -> bool:
         self.sock.settimeout(READY_TIMEOUT_S)
@@ -106,18 +124,62 @@ class Zygote:
         return False
 
     def fork(self, request: dict, fds: Iterable[int]) -> int | None:
+        """Hand the run to the spare; its pid, or None if the zygote failed."""
+        fds = list(fds)
         with self.lock:
+            for _ in range(2):  # a spare killed while it waited is replaced once
+                spare = self._take_spare()
+                if spare is None:
+                    return None
+                pid, channel = spare
+                try:
+                    send_msg(channel, request, fds)
+                except OSError:
+                    end_spare(pid)  # its channel is closed: it died while it waited
+                    continue
+                finally:
+                    channel.close()
+                self._ask()  # forked while this run runs
+                return pid
+        return None
+
+    def _ask(self) -> None:
+        try:
+            send_msg(self.sock, {"op": "spare"})
+            self.asked = True
+        except OSError:
+            pass  # the zygote is gone; the next launch restarts it
+
+    def _take_spare(self) -> tuple[int, socket.socket] | None:
+        if self.spare is None:
+            if not self.asked:
+                self._ask()
             try:
-                send_msg(self.sock, request, list(fds))
-                reply, _ = recv_msg(self.sock)
+                reply, fds = recv_msg(self.sock)
             except OSError:
                 return None
-        return reply.get("pid") if reply else None
+            self.asked = False
+            if not reply or "pid" not in reply or not fds:
+                for fd in fds:
+                    os.close(fd)
+                return None
+            self.spare = (reply["pid"], socket.socket(fileno=fds[0]))
+        spare, self.spare = self.spare, None
+        return spare
+
+    def spare_pid(self) -> int | None:
+        return self.spare[0] if self.spare else None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> None:
+        """Close the channels: the zygote and its spare see them close and exit."""
+        if self.spare is not None:
+            pid, channel = self.spare
+            self.spare = None
+            channel.close()
+            end_spare(pid)
         try:
             self.sock.close()
         finally:
@@ -191,7 +253,9 @@ class Zygotes:
         zygote.stop()
 
     def pids(self) -> set[int]:
-        return {z.proc.pid for z in self.pool.values()}
+        """The zygotes and their waiting spares: not strays."""
+        zygotes = list(self.pool.values())
+        return {z.proc.pid for z in zygotes} | {z.spare_pid() for z in zygotes} - {None}
 
     def reap_strays(self, tracked: set[int]) -> None:
         """Wait for adopted orphans (a run's escaped daemons) so they leave no zombies."""

@@ -2,35 +2,41 @@
 
 Run as ``python -u -c <this file's source> <tasks dir> <modules as JSON> <fd>`` with
 the curated task environment (never the server's secrets), and never imports
-the service, so it holds no database connection across forks. It reads launch
-requests from the socket on fd 3 (JSON + file descriptors), and for each forks
-a child that forks the run's process and exits at once: the run's process is
-then re-parented to the supervisor (a child subreaper), which waits on it like
-any other run. Standalone on purpose: the standard library only.
+the service, so it holds no database connection across forks.
+
+On each request from the supervisor (the socket on ``fd``) it forks a *spare*:
+a child that forks the spare and exits at once, so the spare is re-parented to
+the supervisor (a child subreaper), which waits on it like any other run. The
+spare does everything that does not depend on the run ahead of time (its own
+session, stdin, closing inherited descriptors, the first-use costs of the
+parser and of ``os.environ``), then blocks on its own socket, whose other end
+goes to the supervisor. The supervisor hands a run to a ready spare directly
+(JSON + the log and lock descriptors) and asks for the next spare while the run
+runs: the fork and its copy-on-write page faults stay off the launch path.
+Standalone on purpose: the standard library only.
 """
 
 import atexit
+import builtins
 import ctypes
 import io
 import json
 import os
-import pkgutil  # noqa: F401  (runpy.run_path imports it lazily: once here, not per run)
-import runpy
 import signal
 import socket
 import sys
 import threading
 import traceback
+import types
+from importlib.machinery import SourceFileLoader
 
 PR_SET_NAME = 15
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def set_comm(name: str) -> None:
     """The process name other tools see (and the supervisor's marker for forked children)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except OSError:
-        pass
+    _LIBC.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -44,21 +50,50 @@ def exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def run_task(request: dict, fds: list[int]) -> None:
-    """In the run's process: become what ``python -u script`` would have been, and run it."""
+def spare(channel: socket.socket) -> None:
+    """In a spare: get ready for any run, wait for one, run it (or exit if none comes)."""
     os.setsid()
-    log_fd, keep = fds[0], set(fds[1:])
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
     null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    for name in os.listdir("/proc/self/fd"):  # close_fds, except the run's lock fds
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    for name in os.listdir("/proc/self/fd"):  # close_fds: only the channel stays
         fd = int(name)
-        if fd > 2 and fd not in keep:
+        if fd > 2 and fd != channel.fileno():
             try:
                 os.close(fd)
             except OSError:
                 pass
+    # -u: unbuffered binary layer, text written through at once, as at interpreter start.
+    # The wrappers name fds 1 and 2, which become the run's log when it comes.
+    stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                              write_through=True)
+    stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                              errors="backslashreplace", write_through=True)
+    # First uses that cost ~1 ms in a fresh fork, paid now rather than by the run:
+    # the parser's one-time set-up, and the C environment's allocations.
+    compile(b"pass\n", "<warm-up>", "exec")
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(saved)
+    request, fds = recv_msg(channel)
+    if request is None:
+        os._exit(0)  # dropped by the supervisor (or it is gone) before any run came
+    channel.close()
+    sys.stdin = sys.__stdin__ = stdin
+    sys.stdout = sys.__stdout__ = stdout
+    sys.stderr = sys.__stderr__ = stderr
+    run_task(request, fds)
+
+
+def run_task(request: dict, fds: list[int]) -> None:
+    """Become what ``python -u script`` would have been, and run it."""
+    log_fd = fds[0]
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    if log_fd > 2:
+        os.close(log_fd)  # the lock descriptors stay open, as pass_fds keeps them
     set_comm(request["comm"])
     os.chdir(request["cwd"])
     os.environ.clear()
@@ -66,14 +101,6 @@ def run_task(request: dict, fds: list[int]) -> None:
     script = request["script"]
     sys.argv = [script]
     sys.path[0] = os.path.dirname(script)
-    # -u: unbuffered binary layer, text written through at once, as at interpreter start.
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False),
-                                                 encoding="utf-8")
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False),
-                                                   encoding="utf-8", write_through=True)
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False),
-                                                   encoding="utf-8", errors="backslashreplace",
-                                                   write_through=True)
     if "numpy" in sys.modules:  # a cold run seeds numpy from the OS; so does this one
         try:
             sys.modules["numpy"].random.seed()
@@ -81,7 +108,7 @@ def run_task(request: dict, fds: list[int]) -> None:
             pass
     code = 0
     try:
-        runpy.run_path(script, run_name="__main__")
+        run_main(script)
     except SystemExit as exc:
         code = exit_code(exc)
     except KeyboardInterrupt:
@@ -101,13 +128,30 @@ def run_task(request: dict, fds: list[int]) -> None:
     os._exit(code)
 
 
+def run_main(script: str) -> None:
+    """Run the script as ``python script`` does: in a fresh ``__main__`` set up the same way.
+
+    (Not ``runpy.run_path``: its ``__main__`` differs from the interpreter's in
+    ``__loader__``, ``__package__`` and ``__builtins__``, and it opens the file
+    three times.)
+    """
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__annotations__={}, __builtins__=builtins,
+                         __loader__=SourceFileLoader("__main__", script),
+                         __file__=script, __cached__=None)
+    sys.modules["__main__"] = main
+    with io.open_code(script) as f:
+        source = f.read()
+    exec(compile(source, script, "exec", dont_inherit=True), main.__dict__)
+
+
 def print_exception(script: str) -> None:
     """The traceback as a cold run prints it: from the task's own frames (no runpy)."""
     kind, value, tb = sys.exc_info()
-    first = tb
     while tb is not None and tb.tb_frame.f_code.co_filename != script:
         tb = tb.tb_next
-    traceback.print_exception(kind, value, tb or first)
+    # None for a syntax error: the interpreter prints it without a traceback header.
+    traceback.print_exception(kind, value, tb)
 
 
 def flush() -> None:
@@ -147,36 +191,59 @@ def recv_msg(sock: socket.socket):
 
 
 def serve(sock: socket.socket) -> None:
+    """Fork a spare for each request; the reply carries its pid and its channel."""
     while True:
         try:
-            request, fds = recv_msg(sock)
+            request, _ = recv_msg(sock)
         except OSError:
             return
         if request is None:
             return  # the supervisor is gone: so are we
-        read_end, write_end = os.pipe()
+        reply, channel = fork_spare(sock)
+        try:
+            send_msg(sock, reply, [channel.fileno()] if channel else [])
+        except OSError:
+            return  # the supervisor is gone; the spare sees its channel close and exits
+        finally:
+            if channel is not None:
+                channel.close()
+
+
+def fork_spare(sock: socket.socket) -> tuple[dict, socket.socket | None]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    read_end, write_end = os.pipe()
+    try:
         middle = os.fork()
-        if middle == 0:  # the short-lived middle process
-            try:
-                os.close(read_end)
-                pid = os.fork()
-                if pid == 0:
-                    os.close(write_end)
-                    sock.close()
-                    try:
-                        run_task(request, fds)
-                    finally:
-                        os._exit(70)
-                os.write(write_end, str(pid).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            raw = pipe.read()
-        os.waitpid(middle, 0)  # after this the run's process belongs to the subreaper
-        for fd in fds:
+    except OSError as exc:
+        for end in (ours, theirs):
+            end.close()
+        for fd in (read_end, write_end):
             os.close(fd)
-        send_msg(sock, {"pid": int(raw)} if raw else {"error": "fork failed"})
+        return {"error": f"fork failed: {exc}"}, None
+    if middle == 0:  # the short-lived middle process
+        try:
+            os.close(read_end)
+            pid = os.fork()
+            if pid == 0:
+                os.close(write_end)
+                sock.close()
+                ours.close()
+                try:
+                    spare(theirs)
+                finally:
+                    os._exit(70)
+            os.write(write_end, str(pid).encode())
+        finally:
+            os._exit(0)
+    theirs.close()
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    os.waitpid(middle, 0)  # after this the spare belongs to the subreaper
+    if not raw:
+        ours.close()
+        return {"error": "fork failed"}, None
+    return {"pid": int(raw)}, ours
 
 
 def main() -> None:
@@ -192,6 +259,7 @@ def main() -> None:
             failed.append(f"{name}: {exc!r}")
     files = sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
                    - {""})
+    compile(b"pass\n", "<warm-up>", "exec")  # the parser's one-time set-up, inherited
     send_msg(sock, {"ready": True, "failed": failed, "files": files})
     serve(sock)
 
