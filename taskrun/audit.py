@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .db import Database
+from .fastsql import Connection, insert_all
 from .models import AuditEvent, utcnow
 
 _T = AuditEvent.__table__
-_INSERT = sa.insert(_T)
+_INSERT = insert_all(_T)
 
 
 def values(actor: str | None, action: str, target: str | None = None,
@@ -18,14 +19,14 @@ def values(actor: str | None, action: str, target: str | None = None,
 
 
 def record(db: Database, actor: str | None, action: str, target: str | None = None,
-           detail: str | None = None, conn: sa.Connection | None = None) -> None:
+           detail: str | None = None, conn: Connection | None = None) -> None:
     """Add an event; inside ``conn``'s transaction when given (one commit with the change)."""
     row = values(actor, action, target, detail)
     if conn is not None:
-        conn.execute(_INSERT, row)
+        _INSERT.insert(conn, row)
         return
-    with db.begin() as c:
-        c.execute(_INSERT, row)
+    with db.begin_fast() as c:
+        _INSERT.insert(c, row)
 
 
 def events(db: Database, limit: int = 100, offset: int = 0, actor: str | None = None,

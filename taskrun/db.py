@@ -8,6 +8,7 @@ locked" when another process writes at the same moment.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,10 +56,12 @@ class Database:
     def __init__(self, url: str, lock_dir: Path):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._file: str | None = None  # a SQLite file: the fast paths (fastsql) apply
         if self.is_sqlite:
             path = sa.engine.make_url(url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._file = path
             self.read_engine = _sqlite_engine(url, None)
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
         else:
@@ -71,6 +74,7 @@ class Database:
         # lock): a pool checkout, a Connection and a close per transaction were a
         # third of the server's CPU per run.
         self._writer: sa.Connection | None = None
+        self._local = threading.local()  # each thread's driver connection for fast reads
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (safe with several processes starting)."""
@@ -113,6 +117,54 @@ class Database:
                 self._writer = None
                 conn.close()
                 raise
+
+    @contextmanager
+    def begin_fast(self) -> Iterator[sqlite3.Connection | sa.Connection]:
+        """``begin()`` on the driver's own connection, for ``fastsql`` statements.
+
+        Same writer, same lock, same ``BEGIN IMMEDIATE``; a Core transaction when
+        the database is not a SQLite file.
+        """
+        if self._file is None:
+            with self.begin() as conn:
+                yield conn
+            return
+        with self._write_lock:
+            conn = self._writer
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._writer = self.write_engine.connect()
+            raw = conn.connection.dbapi_connection
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    yield raw
+                except BaseException:
+                    raw.execute("ROLLBACK")
+                    raise
+                raw.execute("COMMIT")
+            except sqlite3.Error:
+                # Whatever the database said, start the next write on a fresh connection.
+                self._writer = None
+                conn.invalidate()
+                raise
+
+    @contextmanager
+    def read_fast(self) -> Iterator[sqlite3.Connection | sa.Connection]:
+        """A connection for ``fastsql`` reads: the calling thread's own driver connection.
+
+        Autocommit: each statement reads its own snapshot, as ``connect()`` does.
+        """
+        if self._file is None:
+            with self.connect() as conn:
+                yield conn
+            return
+        raw = getattr(self._local, "conn", None)
+        if raw is None:
+            raw = sqlite3.connect(self._file, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                  check_same_thread=False)
+            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+            self._local.conn = raw
+        yield raw
 
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:

@@ -13,21 +13,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from .errors import AlreadyActive, QueueFull
+from .fastsql import Connection, Fast, insert_all
 from .metadata import TaskMeta
-from .models import Run, utcnow
+from .models import Run, RunBase, utcnow
 from .settings import Settings
 from .status import ACTIVE, Concurrency, RunStatus
 
 _T = Run.__table__
-_TASK_ACTIVE = (sa.select(_T.c.id, _T.c.status)
-                .where(_T.c.task == sa.bindparam("t"),
-                       _T.c.status.in_([s.value for s in ACTIVE])).limit(1))
-_QUEUED_COUNT = sa.select(sa.func.count()).select_from(_T).where(
-    _T.c.status == RunStatus.QUEUED.value)
-_INSERT = sa.insert(_T)
+_TASK_ACTIVE = Fast(sa.select(_T.c.id, _T.c.status)
+                    .where(_T.c.task == sa.bindparam("t"),
+                           sa.or_(*(_T.c.status == s.value for s in sorted(ACTIVE))))
+                    .limit(1))
+_QUEUED_COUNT = Fast(sa.select(sa.func.count()).select_from(_T).where(
+    _T.c.status == RunStatus.QUEUED.value))
+# Every column is given: the model's defaults for what a caller leaves out.
+_INSERT = insert_all(_T, {name: field.get_default(call_default_factory=True)
+                          for name, field in RunBase.model_fields.items()
+                          if not field.is_required()})
 
 
-def queue_run(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta,
+def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
               params: dict[str, Any], trigger: str, user: str | None,
               check_policy: bool = True, claim: dict[str, str] | None = None,
               **extra: Any) -> tuple[int, dict[str, Any]]:
@@ -38,10 +43,10 @@ def queue_run(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta,
     the launch path, and no run is overtaken.
     """
     if check_policy and meta.concurrency == Concurrency.FORBID:
-        active = c.execute(_TASK_ACTIVE, {"t": task}).first()
+        active = _TASK_ACTIVE.first(c, {"t": task})
         if active is not None:
-            raise AlreadyActive(task, active[0], active[1])
-    queued = c.execute(_QUEUED_COUNT).scalar_one()
+            raise AlreadyActive(task, active["id"], active["status"])
+    queued = _QUEUED_COUNT.scalar(c)
     if queued >= settings.max_queue:
         raise QueueFull(f"The queue is full ({queued} runs waiting, "
                         f"TASKRUN_MAX_QUEUE={settings.max_queue}); try later.")
@@ -52,10 +57,10 @@ def queue_run(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta,
               **extra}
     if claim is not None and queued == 0:
         values.update(status=RunStatus.RUNNING.value, started_at=now, **claim)
-    return c.execute(_INSERT, values).inserted_primary_key[0], values
+    return _INSERT.insert(c, values), values
 
 
-def record_skipped(c: sa.Connection, settings: Settings, task: str, meta: TaskMeta | None,
+def record_skipped(c: Connection, settings: Settings, task: str, meta: TaskMeta | None,
                    trigger: str, reason: str, **extra: Any) -> int:
     """A run that was due but could not start, kept in the history with the reason."""
     now = utcnow()
@@ -64,4 +69,4 @@ def record_skipped(c: sa.Connection, settings: Settings, task: str, meta: TaskMe
               "timeout": (meta.timeout if meta and meta.timeout else settings.default_timeout),
               "queued_at": now, "finished_at": now, "error": reason,
               "followed_up": True, **extra}
-    return c.execute(_INSERT, values).inserted_primary_key[0]
+    return _INSERT.insert(c, values)

@@ -272,7 +272,7 @@ class Service:
         try:
             # One IMMEDIATE transaction: the check and the insert cannot interleave
             # with another submit, in this process or any other on the same database.
-            with self.db.begin() as c:
+            with self.db.begin_fast() as c:
                 run_id, values = queueing.queue_run(
                     c, self.settings, task, meta, values, trigger, user,
                     claim=sup.claim_values if reservation else None)
@@ -349,15 +349,19 @@ class Service:
         processes are re-read every ``poll`` seconds.
         """
         end = None if timeout is None else time.monotonic() + timeout
-        cond = self.supervisor.finished if self.supervisor else None
+        sup = self.supervisor
+        cond = sup.finished if sup else None
         while True:
-            # Read under the condition's lock: an end recorded after this read is
+            # Under the condition's lock: an end notified after this check is
             # notified only once we wait, so no wake-up is lost.
             with cond or nullcontext():
-                run = self.get_run(run_id)
                 left = None if end is None else end - time.monotonic()
-                if run.status not in ACTIVE or (left is not None and left <= 0):
-                    return run
+                # A run watched here is still active (its watcher records the end,
+                # then stops watching, then notifies): no need to read it.
+                if sup is None or not sup.is_watching(run_id) or (left is not None and left <= 0):
+                    run = self.get_run(run_id)
+                    if run.status not in ACTIVE or (left is not None and left <= 0):
+                        return run
                 wait_for = poll if left is None else min(poll, left)
                 if cond is None:
                     time.sleep(wait_for)

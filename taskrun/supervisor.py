@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,7 @@ from . import logs, metadata, procs, retention, versions, watch
 from .automation import Automation
 from .db import Database
 from .errors import InvalidName, NotFound, TaskRunError
+from .fastsql import Fast
 from .locks import LockFile, Locks
 from .models import Run, RunPublic, utcnow
 from .settings import Settings
@@ -46,6 +48,7 @@ from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
 from .vault import Vault
 from .watch import Active
+from .watchers import Watchers
 from .zygote import Zygotes
 
 log = logging.getLogger("taskrun.supervisor")
@@ -106,6 +109,11 @@ class Supervisor:
         self._last_reap = 0.0
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
         self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
+        self.watchers = Watchers()
+        # Runs may wait here for a slot or a task's lock: wake the loop the moment a
+        # run ends. Otherwise its wake-up would only compete with the run's own
+        # bookkeeping (and runs queued by other processes are found by the poll).
+        self.backlog = True
         self.started_at: float | None = None
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
@@ -146,8 +154,7 @@ class Supervisor:
         for active in actives:
             watch.request_cancel(self, active, "system", reason)
         for active in actives:
-            if active.thread:
-                active.thread.join(timeout=self.settings.kill_grace + 10)
+            active.done.wait(timeout=self.settings.kill_grace + 10)
         if self.automation is not None:
             self.automation.close()
         self.zygotes.stop()
@@ -177,6 +184,10 @@ class Supervisor:
         """A run's watcher is done with it."""
         with self._lock:
             self.active.pop(run_id, None)
+
+    def is_watching(self, run_id: int) -> bool:
+        with self._lock:
+            return run_id in self.active
 
     def notify_finished(self) -> None:
         if self.automation is not None:
@@ -226,6 +237,7 @@ class Supervisor:
         while not self._stopping:
             slot_fd = self.locks.acquire_slot()
             if slot_fd is None:
+                self.backlog = True  # (whether anything is queued was not asked)
                 break
             if not self._start_next(slot_fd):
                 os.close(slot_fd)
@@ -315,6 +327,8 @@ class Supervisor:
                 candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
                                                            "b_now": utcnow()}).all()
         busy: set[str] = set()
+        # Left behind: runs waiting for their task's lock (or a retry of the claim).
+        self.backlog = bool(candidates)
         for run in candidates:
             if run.task in busy:
                 continue  # keep FIFO order within a task
@@ -465,9 +479,7 @@ class Supervisor:
             active.pidfd = -1
         with self._lock:
             self.active[active.run_id] = active
-        active.thread = threading.Thread(target=watch.run, args=(self, active),
-                                         name=f"taskrun-run-{active.run_id}", daemon=True)
-        active.thread.start()
+        self.watchers.submit(partial(watch.run, self, active))
 
     # ---- ending runs (the watching itself is in watch.py) ----------------
 
@@ -537,15 +549,15 @@ class Supervisor:
                 "python": sys.executable}
 
 
-_FIND_RUN = sa.select(Run.__table__).where(Run.__table__.c.id == sa.bindparam("run_id"))
+_FIND_RUN = Fast(sa.select(Run.__table__).where(Run.__table__.c.id == sa.bindparam("run_id")))
 
 
 def find_run(db: Database, run_id: int) -> RunPublic:
-    """One run by id (Core, cached statement: this is on every poll of every client)."""
+    """One run by id (on every poll of every client, and every wait)."""
     if not 0 < run_id < 2**63:  # beyond SQLite's integers: cannot exist
         raise NotFound(f"Run {run_id} does not exist.")
-    with db.connect() as c:
-        row = c.execute(_FIND_RUN, {"run_id": run_id}).first()
+    with db.read_fast() as c:
+        row = _FIND_RUN.first(c, {"run_id": run_id})
     if row is None:
         raise NotFound(f"Run {run_id} does not exist.")
-    return RunPublic.from_row(row._mapping)
+    return RunPublic.from_row(row)

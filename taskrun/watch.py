@@ -1,6 +1,6 @@
 """Watching one run's process to its end: sampling, limits, termination, the outcome.
 
-Each run supervised here gets a thread running ``run(sup, active)``. It waits on
+Each run supervised here gets a watcher thread running ``run(sup, active)``. It waits on
 the process (a pidfd) and on a wake-up fd (cancel requests), samples the process
 tree, enforces the deadline and the log cap, ends the whole tree when asked
 (SIGTERM, grace, SIGKILL), reaps the child and records how the run ended.
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from . import logs, procs
+from .fastsql import Fast
 from .models import Run, RunSample, utcnow
 from .status import RunStatus
 
@@ -31,11 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrun.supervisor")
 
 _T = Run.__table__
-_SPAWNED = sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
+_SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
     pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
     spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
-    launch=sa.bindparam("b_launch"))
-_FINISH = (sa.update(_T)
+    launch=sa.bindparam("b_launch")))
+_FINISH = Fast(sa.update(_T)
            .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
            .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
                    cancelled_by=sa.bindparam("b_cancelled_by"),
@@ -73,7 +74,7 @@ class Active:
     peak_rss: int = 0
     cpu_seconds: float = 0.0
     progress_mtime: float = 0.0
-    thread: threading.Thread | None = None
+    done: threading.Event = field(default_factory=threading.Event)  # its watcher is done
     pending_cancel: tuple[str, str] | None = None  # (by, reason), read by the watcher
     spawned: dict | None = None  # what to record about the new process
     memory_mb: int | None = None  # rlimits the task declared
@@ -82,13 +83,14 @@ class Active:
 
 
 def run(sup: Supervisor, a: Active) -> None:
-    """The body of a run's watcher thread."""
+    """The body of a run's watcher (a thread of ``sup.watchers``)."""
     try:
         watch_until_exit(sup, a)
         a.exited_at = utcnow()  # stamped before the next run may claim the freed slot
-        # Its slot was freed when the process exited: let the next run claim it
-        # while this one is being recorded.
-        sup.wake()
+        if sup.backlog:
+            # Its slot was freed when the process exited: let the next run claim
+            # it while this one is being recorded.
+            sup.wake()
         finalize(sup, a)
     except Exception:
         log.exception("watcher of run %d failed", a.run_id)
@@ -99,7 +101,9 @@ def run(sup: Supervisor, a: Active) -> None:
             if fd >= 0:
                 os.close(fd)
         a.progress_path.unlink(missing_ok=True)
-        sup.wake()  # a slot may be free now
+        a.done.set()
+        # After forget: a waiter that sees the run no longer watched reads its end.
+        sup.notify_finished()
 
 
 def watch_until_exit(sup: Supervisor, a: Active) -> None:
@@ -109,8 +113,8 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
         # Recorded by the run's own thread, off the launch path. Until then a crash
         # would mark the run lost, but its process keeps its lock: no duplicate.
         a.spawned["b_created"] = procs.create_time(a.pid)
-        with sup.db.begin() as c:
-            c.execute(_SPAWNED, {"b_id": a.run_id, **a.spawned})
+        with sup.db.begin_fast() as c:
+            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
         sup.log_files.prepare()  # the next run's log, made while this one runs
     poller = select.poll()
     poller.register(a.pidfd, select.POLLIN)
@@ -253,15 +257,14 @@ def finalize(sup: Supervisor, a: Active) -> None:
         status = RunStatus.FAILED
         error = limit_reason(sup, a, signame, cpu) or (
             f"Killed by {signame}." if signame else f"Exited with code {code}.")
-    with sup.db.begin() as c:
-        c.execute(_FINISH, {
+    with sup.db.begin_fast() as c:
+        _FINISH.run(c, {
             "b_id": a.run_id, "b_status": status.value, "b_error": error,
             "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
             "b_exited_at": exited_at, "b_finished_at": utcnow(),
             "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
             "b_rss": a.peak_rss or None})
     log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
-    sup.notify_finished()
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
     """Why a run failed, when it was one of the limits its task declared."""

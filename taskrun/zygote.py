@@ -7,8 +7,8 @@ cannot give identically (a different interpreter setting in its environment).
 The supervisor becomes a child subreaper, so the run's process is its child
 and is waited for, timed out and killed exactly like a cold one.
 
-Each zygote keeps one spare ready: a run takes it, and the next one is asked
-for at once and forked while that run runs.
+Each zygote keeps two spares coming: a run takes the oldest, and the next one
+is asked for at once and forked while that run runs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -35,6 +36,7 @@ log = logging.getLogger("taskrun.zygote")
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT_S = 60.0
 CHECK_FILES_EVERY_S = 1.0
+SPARES = 2
 SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
 
 
@@ -52,15 +54,14 @@ def become_subreaper() -> bool:
 
 
 def end_spare(pid: int) -> None:
-    """End and wait for a spare no run will use (our child, as the subreaper).
-
-    Safe to signal by pid: an unwaited child's pid cannot be reused.
-    """
+    """End and wait for a spare no run will use (our child, as the subreaper)."""
     try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return  # not our child: waited for already (by the stray reaper)
+    if done == 0:  # alive; signalling an unwaited child's pid is safe (it cannot be reused)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass  # waited for already (by the stray reaper)
 
 
 class WarmChild:
@@ -87,8 +88,8 @@ class Zygote:
         theirs.close()
         self.files: dict[str, int] = {}
         self.lock = threading.Lock()
-        self.spare: tuple[int, socket.socket] | None = None  # (pid, channel) ready for a run
-        self.asked = False  # a spare was asked for and its reply is not read yet
+        self.ready: deque[tuple[int, socket.socket]] = deque()  # spares: (pid, channel)
+        self.asked = 0  # spares asked for whose replies are not read yet
 
     def wait_ready(self) -> bool:
         self.sock.settimeout(READY_TIMEOUT_S)
@@ -124,14 +125,16 @@ class Zygote:
         return False
 
     def fork(self, request: dict, fds: Iterable[int]) -> int | None:
-        """Hand the run to the spare; its pid, or None if the zygote failed."""
+        """Hand the run to a spare; its pid, or None if the zygote failed."""
         fds = list(fds)
         with self.lock:
             for _ in range(2):  # a spare killed while it waited is replaced once
-                spare = self._take_spare()
-                if spare is None:
+                if not self.ready:
+                    self._ask()
+                    self._receive(block=True)
+                if not self.ready:
                     return None
-                pid, channel = spare
+                pid, channel = self.ready.popleft()
                 try:
                     send_msg(channel, request, fds)
                 except OSError:
@@ -139,45 +142,52 @@ class Zygote:
                     continue
                 finally:
                     channel.close()
-                self._ask()  # forked while this run runs
+                self._ask()  # the next ones are forked while this run runs
                 return pid
         return None
 
     def _ask(self) -> None:
+        """Keep SPARES coming: two, so that back-to-back runs never wait for a fork."""
         try:
-            send_msg(self.sock, {"op": "spare"})
-            self.asked = True
+            while len(self.ready) + self.asked < SPARES:
+                send_msg(self.sock, {"op": "spare"})
+                self.asked += 1
         except OSError:
             pass  # the zygote is gone; the next launch restarts it
 
-    def _take_spare(self) -> tuple[int, socket.socket] | None:
-        if self.spare is None:
-            if not self.asked:
-                self._ask()
+    def _receive(self, block: bool) -> None:
+        """Read the replies that came (at least one if ``block``) into ``ready``."""
+        while self.asked:
             try:
-                reply, fds = recv_msg(self.sock)
+                reply, fds = recv_msg(self.sock, 0 if block else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
             except OSError:
-                return None
-            self.asked = False
-            if not reply or "pid" not in reply or not fds:
+                self.asked = 0
+                return
+            self.asked -= 1
+            block = False
+            if reply and "pid" in reply and fds:
+                self.ready.append((reply["pid"], socket.socket(fileno=fds[0])))
+            else:
                 for fd in fds:
                     os.close(fd)
-                return None
-            self.spare = (reply["pid"], socket.socket(fileno=fds[0]))
-        spare, self.spare = self.spare, None
-        return spare
+                if reply is None:  # the zygote is gone
+                    self.asked = 0
 
-    def spare_pid(self) -> int | None:
-        return self.spare[0] if self.spare else None
+    def spare_pids(self) -> set[int]:
+        """Spares waiting here (replies in flight are read first, so none is missed)."""
+        with self.lock:
+            self._receive(block=False)
+            return {pid for pid, _ in self.ready}
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> None:
         """Close the channels: the zygote and its spare see them close and exit."""
-        if self.spare is not None:
-            pid, channel = self.spare
-            self.spare = None
+        while self.ready:
+            pid, channel = self.ready.popleft()
             channel.close()
             end_spare(pid)
         try:
@@ -254,8 +264,10 @@ class Zygotes:
 
     def pids(self) -> set[int]:
         """The zygotes and their waiting spares: not strays."""
-        zygotes = list(self.pool.values())
-        return {z.proc.pid for z in zygotes} | {z.spare_pid() for z in zygotes} - {None}
+        pids = set()
+        for zygote in list(self.pool.values()):
+            pids |= {zygote.proc.pid, *zygote.spare_pids()}
+        return pids
 
     def reap_strays(self, tracked: set[int]) -> None:
         """Wait for adopted orphans (a run's escaped daemons) so they leave no zombies."""
@@ -265,8 +277,10 @@ class Zygotes:
             children = psutil.Process().children()
         except psutil.Error:
             return
+        # Read after listing: a spare's reply is sent once it is our child.
+        known = tracked | self.pids()
         for child in children:
-            if child.pid in tracked or child.pid in self.pids():
+            if child.pid in known:
                 continue
             try:
                 if child.status() == psutil.STATUS_ZOMBIE:

@@ -171,9 +171,9 @@ def send_msg(sock: socket.socket, obj, fds=()) -> None:
         sock.sendall(data[sent:])
 
 
-def recv_msg(sock: socket.socket):
-    """(message, fds); (None, []) at end of stream."""
-    head, fds, _, _ = socket.recv_fds(sock, 4, 16)
+def recv_msg(sock: socket.socket, flags: int = 0):
+    """(message, fds); (None, []) at end of stream. ``flags`` apply to the first read."""
+    head, fds, _, _ = socket.recv_fds(sock, 4, 16, flags)
     while head and len(head) < 4:
         more = sock.recv(4 - len(head))
         if not more:
