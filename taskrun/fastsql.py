@@ -69,6 +69,21 @@ class Fast:
             return None if row is None else dict(row._mapping)
         return self._row(conn.execute(self.sql, self._args(values or {})).fetchone())
 
+    def all(self, conn: Connection, values: Mapping[str, Any] | None = None) -> list[dict]:
+        if isinstance(conn, sa.Connection):
+            return [dict(r._mapping) for r in conn.execute(self.statement, dict(values or {}))]
+        return [self._row(raw) for raw in conn.execute(self.sql, self._args(values or {}))]
+
+    def rows(self, conn: Connection, values: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Every row as a tuple in the selected columns' order (cheapest for many rows)."""
+        if isinstance(conn, sa.Connection):
+            return [tuple(r) for r in conn.execute(self.statement, dict(values or {}))]
+        raw = conn.execute(self.sql, self._args(values or {})).fetchall()
+        if not any(self.results):
+            return raw
+        return [tuple(v if p is None else p(v) for v, p in zip(r, self.results, strict=True))
+                for r in raw]
+
     def scalar(self, conn: Connection, values: Mapping[str, Any] | None = None) -> Any:
         row = self.first(conn, values)
         return None if row is None else next(iter(row.values()))

@@ -89,12 +89,15 @@ class Locks:
     def __init__(self, locks_dir: Path, slots: int):
         self.dir = Path(locks_dir)
         self.slots = slots
+        # Built once: paths are most of the cost of a failed try on the launch path.
+        self._slot_locks = [LockFile(self.dir / "slots" / f"slot-{i}.lock")
+                            for i in range(slots)]
 
     def task_lock(self, task: str) -> LockFile:
         return LockFile(self.dir / "tasks" / f"{task}.lock")
 
     def slot_lock(self, index: int) -> LockFile:
-        return LockFile(self.dir / "slots" / f"slot-{index}.lock")
+        return self._slot_locks[index]
 
     def acquire_task(self, task: str, run_id: int) -> int | None:
         """The task's lock fd; who holds it is written by ``record_pid`` once it started."""
@@ -102,8 +105,8 @@ class Locks:
 
     def acquire_slot(self) -> int | None:
         """A free slot's locked fd, or None when every slot is taken (by any process)."""
-        for index in range(self.slots):
-            fd = self.slot_lock(index).try_acquire()
+        for lock in self._slot_locks:
+            fd = lock.try_acquire()
             if fd is not None:
                 return fd
         return None

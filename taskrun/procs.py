@@ -5,6 +5,7 @@ Everything that touches pids lives here so the supervisor reads as policy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import resource
@@ -25,7 +26,12 @@ SAFE_PREFIXES = ("LC_",)
 
 def run_key(home: Path, run_id: int) -> str:
     """A marker put in every run's environment, to find its processes even after setsid()."""
-    return hashlib.sha256(f"{Path(home).resolve()}\0{run_id}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{_resolved(home)}\0{run_id}".encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(home: Path) -> Path:
+    return Path(home).resolve()  # a syscall per path component: once, not per launch
 
 
 def task_environment(server_env: Mapping[str, str], passthrough: Iterable[str],

@@ -59,18 +59,21 @@ PRUNE_EVERY_S = 3600.0
 # Statements on every run's path, built once: constructing SQLAlchemy expressions
 # per call cost more than executing them (see bench/, "launch overhead").
 _T = Run.__table__
-_CANDIDATES = (sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.timeout, _T.c.trigger)
-               .where(_T.c.status == RunStatus.QUEUED.value,
-                      # a retry waits out its backoff
-                      sa.or_(_T.c.not_before.is_(None), _T.c.not_before <= sa.bindparam("b_now")))
-               .order_by(_T.c.id).limit(50))
-_CANDIDATES_AMONG = _CANDIDATES.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
-_CLAIM = (sa.update(_T)
-          .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
-          .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
-                  owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
-          # decoded for the claimed run only
-          .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
+_CANDIDATE_SELECT = (
+    sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.timeout, _T.c.trigger)
+    .where(_T.c.status == RunStatus.QUEUED.value,
+           # a retry waits out its backoff
+           sa.or_(_T.c.not_before.is_(None), _T.c.not_before <= sa.bindparam("b_now")))
+    .order_by(_T.c.id).limit(50))
+_CANDIDATES = Fast(_CANDIDATE_SELECT)
+_CANDIDATES_AMONG = _CANDIDATE_SELECT.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
+_CLAIM = Fast(
+    sa.update(_T)
+    .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
+    .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
+            owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
+    # decoded for the claimed run only
+    .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
 _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
     _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
 
@@ -101,6 +104,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
         self._last_recover = 0.0
+        self._last_cancels = float("-inf")
         self._last_prune = float("-inf")
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
         # What tasks see of the server's environment, filtered once.
@@ -221,7 +225,11 @@ class Supervisor:
                 retention.prune(self.db, self.settings)
             except Exception:  # pruning must never stop the runs
                 log.exception("pruning old runs failed")
-        self._remote_cancels()
+        if now - self._last_cancels >= self.settings.poll_interval:
+            # Asked through another process: seen within a poll, not on every wake-up
+            # (which, at a run's end, is on the next run's launch path).
+            self._last_cancels = now
+            self._remote_cancels()
         with self._launching:
             if self.zygotes.subreaper and now - self._last_reap >= 1.0:
                 # Under the launch lock: a run being launched by another thread is
@@ -320,33 +328,38 @@ class Supervisor:
     def _start_next(self, slot_fd: int) -> bool:
         if self.claim_only is not None and not self.claim_only:
             return False
-        with self.db.connect() as c:
-            if self.claim_only is None:
-                candidates = c.execute(_CANDIDATES, {"b_now": utcnow()}).all()
-            else:
+        # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
+        if self.claim_only is None:
+            with self.db.read_fast() as c:
+                candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
+        else:
+            with self.db.connect() as c:
                 candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
                                                            "b_now": utcnow()}).all()
         busy: set[str] = set()
         # Left behind: runs waiting for their task's lock (or a retry of the claim).
         self.backlog = bool(candidates)
-        for run in candidates:
-            if run.task in busy:
+        for row in candidates:
+            run_id, task, concurrency = row[0], row[1], row[2]
+            if task in busy:
                 continue  # keep FIFO order within a task
             task_fd = None
-            if run.concurrency != Concurrency.PARALLEL:
-                task_fd = self.locks.acquire_task(run.task, run.id)
+            if concurrency != Concurrency.PARALLEL:
+                task_fd = self.locks.acquire_task(task, run_id)
                 if task_fd is None:
-                    busy.add(run.task)
+                    busy.add(task)
                     continue
             # queued -> running: the compare-and-set that makes a claim exclusive.
-            with self.db.begin() as c:
-                claimed = c.execute(_CLAIM, {"b_id": run.id, "b_now": utcnow(),
-                                              "b_owner": self.owner, "b_host": self.host}).first()
+            with self.db.begin_fast() as c:
+                claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+                                           "b_owner": self.owner, "b_host": self.host})
             if claimed is None:
                 if task_fd is not None:
                     os.close(task_fd)
                 continue
-            self._launch(run, claimed, slot_fd, task_fd)
+            run = SimpleNamespace(id=run_id, task=task, concurrency=concurrency,
+                                  timeout=row[3], trigger=row[4])
+            self._launch(run, SimpleNamespace(**claimed), slot_fd, task_fd)
             return True
         return False
 

@@ -36,17 +36,17 @@ _SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
     pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
     spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
     launch=sa.bindparam("b_launch")))
-_FINISH = Fast(sa.update(_T)
-           .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
-           .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
-                   cancelled_by=sa.bindparam("b_cancelled_by"),
-                   exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
-                   exited_at=sa.bindparam("b_exited_at"),
-                   finished_at=sa.bindparam("b_finished_at"),
-                   cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
-                                                _T.c.cpu_seconds),
-                   peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
-                                             _T.c.peak_rss)))
+_FINISH = Fast(
+    sa.update(_T)
+    .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
+    .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
+            cancelled_by=sa.bindparam("b_cancelled_by"),
+            exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
+            exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
+            cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
+                                         _T.c.cpu_seconds),
+            peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
+                                      _T.c.peak_rss)))
 _BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
 
 
