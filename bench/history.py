@@ -6,9 +6,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
-import sqlalchemy as sa
-
-from taskrun.models import Run, utcnow
+from taskrun.models import utcnow
 from taskrun.service import RunFilter
 
 from .common import Figure, service_home
@@ -52,21 +50,28 @@ def timed(fn, repeat: int) -> list[float]:
 
 
 def lifecycle_db_cost(svc, repeat: int) -> list[float]:
-    """The statements one run costs the database, without any process."""
+    """What one run costs the database, without any process: the statements the service
+    itself runs, through the same code (submit, claim, spawned, finished, the waiter's read).
+    """
+    from taskrun import supervisor, watch
+
     out = []
     for _ in range(repeat):
         t = time.perf_counter()
-        run = svc.submit("task0", trigger="api")
-        with svc.db.write() as s:  # claim (compare-and-set)
-            s.exec(sa.update(Run).where(Run.id == run.id, Run.status == "queued")
-                   .values(status="running", started_at=utcnow(), owner="bench"))
-        with svc.db.write() as s:  # spawned
-            s.exec(sa.update(Run).where(Run.id == run.id)
-                   .values(pid=1, spawned_at=utcnow(), code_sha="x" * 64))
-        with svc.db.write() as s:  # finalised
-            s.exec(sa.update(Run).where(Run.id == run.id, Run.status == "running")
-                   .values(status="succeeded", exited_at=utcnow(), finished_at=utcnow(),
-                           exit_code=0))
+        run = svc.submit("task0", trigger="api")  # policy check, queue bound, insert, audit
+        with svc.db.begin_fast() as c:  # queued -> running (compare-and-set)
+            supervisor._CLAIM.first(c, {"b_id": run.id, "b_now": utcnow(),
+                                        "b_owner": "bench", "b_host": "bench"})
+        with svc.db.begin_fast() as c:  # its process exists
+            watch._SPAWNED.run(c, {"b_id": run.id, "b_pid": 1, "b_sha": "x" * 64,
+                                   "b_log": "bench.log", "b_spawned": utcnow(),
+                                   "b_created": 0.0, "b_launch": "cold"})
+        with svc.db.begin_fast() as c:  # the outcome
+            watch._FINISH.run(c, {"b_id": run.id, "b_status": "succeeded", "b_error": None,
+                                  "b_cancelled_by": None, "b_exit_code": 0, "b_signal": None,
+                                  "b_exited_at": utcnow(), "b_finished_at": utcnow(),
+                                  "b_cpu": 0.01, "b_rss": None})
+        assert svc.get_run(run.id).status == "succeeded"  # the waiter's read
         out.append((time.perf_counter() - t) * 1000)
     return out
 
@@ -106,8 +111,7 @@ def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
         raw.close()
         if last:
             figures.append(Figure("history", f"run lifecycle DB cost, {label}", "ms",
-                                  lifecycle_db_cost(svc, repeat),
-                                  target="< 10% of launch overhead"))
+                                  lifecycle_db_cost(svc, repeat)))
     return figures
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +42,8 @@ def run(n: int) -> list[Figure]:
         Figure("launch", "taskrun submit -> finished", "ms", [x * 1000 for x in ours],
                baseline="subprocess.run (baseline)", target="<= 1.3x"),
     ]
+    figures.append(Figure("launch", "launch overhead (taskrun - baseline)", "ms",
+                          value=(statistics.median(ours) - statistics.median(base)) * 1000))
     for part, values in parts.items():
         figures.append(Figure("launch", f"  of which {part}", "ms", [v * 1000 for v in values],
                               baseline="subprocess.run (baseline)"))

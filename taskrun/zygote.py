@@ -128,7 +128,7 @@ class Zygote:
         """Hand the run to a spare; its pid, or None if the zygote failed."""
         fds = list(fds)
         with self.lock:
-            for _ in range(2):  # a spare killed while it waited is replaced once
+            for _ in range(SPARES + 1):  # spares killed while they waited are replaced
                 if not self.ready:
                     self._ask()
                     self._receive(block=True)

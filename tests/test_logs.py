@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from taskrun import logs
@@ -65,3 +67,43 @@ def test_log_name_round_trip():
 def test_missing_file(tmp_path):
     with pytest.raises(NotFound):
         logs.read(tmp_path / "nope_1.log")
+
+
+def test_a_log_made_ahead_is_renamed_into_place_and_never_served(tmp_path):
+    creator = logs.LogCreator(tmp_path, "host:1:abc")
+    creator.prepare()
+    [ahead] = tmp_path.iterdir()
+    with pytest.raises(InvalidName):
+        logs.parse_log_name(ahead.name)  # no API or page will serve it
+    fd = creator.open(tmp_path / "job_7.log")
+    os.write(fd, b"out\n")
+    os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == ["job_7.log"]
+    assert (tmp_path / "job_7.log").read_bytes() == b"out\n"
+    fd = creator.open(tmp_path / "job_8.log")  # nothing made ahead: created at once
+    os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job_7.log", "job_8.log"]
+
+
+def test_logs_made_ahead_by_dead_supervisors_are_removed(tmp_path):
+    logs.LogCreator(tmp_path, "host:1:dead").prepare()
+    alive = logs.LogCreator(tmp_path, "host:2:alive")
+    alive.prepare()
+    logs.LogCreator.remove_left_over(tmp_path, lambda owner: owner == "host:2:alive")
+    [left] = tmp_path.iterdir()
+    assert "host:2:alive" in left.name
+    alive.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_broken_log_dir_is_reported_when_the_log_is_opened(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    creator = logs.LogCreator(folder, "host:1:abc")
+    creator.prepare()
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    folder.write_text("not a directory")
+    with pytest.raises(OSError):
+        creator.open(folder / "job_1.log")

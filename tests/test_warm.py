@@ -26,6 +26,9 @@ print(json.dumps({
     "stdout": [sys.stdout.encoding, sys.stdout.errors, sys.stdout.write_through],
     "stderr": [sys.stderr.encoding, sys.stderr.errors],
     "executable": sys.executable, "main_is_fresh": "PROBE_SEEN" not in globals(),
+    "main": [(k, type(v).__name__) for k, v in vars(sys.modules["__main__"]).items()],
+    "main_is_module": sys.modules["__main__"].__dict__ is globals(),
+    "package": __package__, "spec": __spec__, "cached": __cached__,
 }))
 PROBE_SEEN = True
 '''
@@ -64,7 +67,8 @@ def test_a_warm_run_sees_what_a_cold_run_sees(svc, tasks_dir):
     assert a["file"] == a["argv"][0] and a["path0"] == b["path0"] == str(tasks_dir)
     assert a["cwd"].endswith("/work/hot") and b["cwd"].endswith("/work/cold")
     for key in ("env", "stdin", "name", "session_leader", "group_leader", "stdout", "stderr",
-                "executable", "main_is_fresh"):
+                "executable", "main_is_fresh", "main", "main_is_module", "package", "spec",
+                "cached"):
         assert a[key] == b[key], key
     assert a["name"] == "__main__" and a["session_leader"] and a["stdin"] == ""
 
@@ -154,3 +158,38 @@ def test_warm_can_be_forced_for_every_task(tmp_path, tasks_dir):
         assert r.launch == "warm" and svc.read_log(r.id).content == "plain\n"
     finally:
         svc.stop()
+
+
+def spares(svc: Service) -> list[int]:
+    return [pid for z in svc.supervisor.zygotes.pool.values() for pid in z.spare_pids()]
+
+
+def test_a_spare_killed_while_it_waits_is_replaced(svc, tasks_dir):
+    (tasks_dir / "w.py").write_text(warm() + "print('ok')\n")
+    assert run(svc, "w").launch == "warm"
+    wait_for(lambda: spares(svc))
+    killed = spares(svc)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # Dead, not yet waited for (a spare killed just as a run is handed to it takes
+    # that run with it, as a cold run's process killed at its start would).
+    wait_for(lambda: all(psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in killed))
+    again = run(svc, "w")
+    assert again.status == "succeeded" and again.launch == "warm"
+    assert svc.read_log(again.id).content == "ok\n"
+
+
+def test_spares_are_not_taken_for_strays_and_end_with_the_server(tmp_path, tasks_dir):
+    svc = Service(make_settings(tmp_path, TASKRUN_LAUNCH="warm")).start(sample_system=False)
+    try:
+        (tasks_dir / "w.py").write_text("print('ok')\n")
+        assert run(svc, "w").launch == "warm"
+        wait_for(lambda: len(spares(svc)) == 2)
+        waiting = spares(svc)
+        svc.supervisor.zygotes.reap_strays(set())
+        assert all(psutil.pid_exists(pid) for pid in waiting)
+        assert all(psutil.Process(pid).ppid() == os.getpid() for pid in waiting)
+    finally:
+        svc.stop()
+    # Stopped: every spare ended and was waited for (no zombie left behind).
+    assert not [pid for pid in waiting if psutil.pid_exists(pid)]

@@ -1,0 +1,82 @@
+"""Statements run on the driver directly store and read exactly what SQLAlchemy does."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from taskrun import queueing
+from taskrun.db import Database
+from taskrun.fastsql import Fast
+from taskrun.models import Run, RunBase
+from taskrun.supervisor import _FIND_RUN, find_run
+
+from .conftest import make_settings
+
+T = Run.__table__
+
+
+@pytest.fixture
+def db(tmp_path):
+    settings = make_settings(tmp_path)
+    database = Database(settings.database_url, settings.locks_dir)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def values(**extra) -> dict:
+    return {"task": "t", "status": "queued", "timeout": 60.0, "params": {"n": [1, "two"]},
+            "queued_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds
+            "started_at": datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC), **extra}
+
+
+def test_the_driver_path_and_core_store_the_same_text(db):
+    with db.begin_fast() as raw:
+        fast_id = queueing._INSERT.insert(raw, values())
+    with db.begin() as core:
+        core_id = queueing._INSERT.insert(core, values())
+    conn = sqlite3.connect(db._file)
+    cursor = conn.execute("SELECT * FROM run WHERE id IN (?, ?) ORDER BY id", (fast_id, core_id))
+    names = [d[0] for d in cursor.description]
+    fast, core = (dict(zip(names, r, strict=True)) for r in cursor.fetchall())
+    conn.close()
+    fast.pop("id"), core.pop("id")
+    assert fast == core
+    assert fast["queued_at"] == "2026-01-02 03:04:05.000000"
+    assert fast["followed_up"] == 0 and fast["attempt"] == 1 and fast["trigger"] == "manual"
+
+
+def test_reads_come_back_typed_as_core_reads_them(db):
+    with db.begin_fast() as raw:
+        run_id = queueing._INSERT.insert(raw, values())
+    with db.read_fast() as raw:
+        fast = _FIND_RUN.first(raw, {"run_id": run_id})
+    with db.connect() as core:
+        by_core = dict(core.execute(_FIND_RUN.statement, {"run_id": run_id}).first()._mapping)
+    assert fast == by_core
+    assert fast["params"] == {"n": [1, "two"]} and fast["followed_up"] is False
+    assert fast["started_at"] == datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    run = find_run(db, run_id)
+    assert run.queued_at.tzinfo is UTC and set(RunBase.model_fields) <= set(fast)
+
+
+def test_a_failed_write_rolls_back_and_the_next_one_works(db):
+    with pytest.raises(RuntimeError), db.begin_fast() as raw:
+        queueing._INSERT.insert(raw, values())
+        raise RuntimeError("the caller changed its mind")
+    with pytest.raises(sqlite3.IntegrityError), db.begin_fast() as raw:
+        queueing._INSERT.insert(raw, values(task=None))  # NOT NULL
+    with db.begin_fast() as raw:
+        run_id = queueing._INSERT.insert(raw, values())
+    with db.connect() as core:
+        assert core.execute(sa.select(sa.func.count()).select_from(T)).scalar_one() == 1
+    assert find_run(db, run_id).task == "t"
+
+
+def test_statements_with_expanding_parameters_are_refused():
+    with pytest.raises(ValueError, match="expanding"):
+        Fast(sa.select(T.c.id).where(T.c.id.in_(sa.bindparam("ids", expanding=True))))
