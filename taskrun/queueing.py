@@ -12,6 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import audit
+from .db import Database
 from .errors import AlreadyActive, QueueFull
 from .fastsql import Connection, Fast, insert_all
 from .metadata import TaskMeta
@@ -30,6 +32,18 @@ _QUEUED_COUNT = Fast(sa.select(sa.func.count()).select_from(_T).where(
 _INSERT = insert_all(_T, {name: field.get_default(call_default_factory=True)
                           for name, field in RunBase.model_fields.items()
                           if not field.is_required()})
+
+
+def submit(db: Database, settings: Settings, task: str, meta: TaskMeta, params: dict[str, Any],
+           trigger: str, user: str | None, claim: dict[str, str] | None = None
+           ) -> tuple[int, dict[str, Any]]:
+    """A person's or a client's submit: one IMMEDIATE transaction, so the policy check
+    and the insert cannot interleave with another submit, in this process or any other
+    on the same database; the audit row commits with the run."""
+    with db.begin_fast() as c:
+        run_id, values = queue_run(c, settings, task, meta, params, trigger, user, claim=claim)
+        audit.record(db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
+    return run_id, values
 
 
 def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,

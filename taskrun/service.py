@@ -270,18 +270,13 @@ class Service:
         # started right here (when nothing else waits); otherwise it is queued.
         reservation = sup.reserve(task, meta.concurrency) if sup else None
         try:
-            # One IMMEDIATE transaction: the check and the insert cannot interleave
-            # with another submit, in this process or any other on the same database.
-            with self.db.begin_fast() as c:
-                run_id, values = queueing.queue_run(
-                    c, self.settings, task, meta, values, trigger, user,
-                    claim=sup.claim_values if reservation else None)
-                audit.record(self.db, user, "run.submit", f"{task} #{run_id}", trigger, conn=c)
+            run_id, values = queueing.submit(self.db, self.settings, task, meta, values, trigger,
+                                             user, claim=sup.claim_values if reservation else None)
         except BaseException:
             if reservation:
                 sup.release(reservation)
             raise
-        public = RunPublic(id=run_id, **values)
+        public = RunPublic.model_construct(id=run_id, **values)  # built here: valid
         log.debug("run %d of %s %s (%s by %s)", public.id, task, public.status, trigger,
                   user or "-")
         if reservation and public.status == RunStatus.RUNNING:
