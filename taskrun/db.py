@@ -21,6 +21,7 @@ from sqlmodel import Session
 from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 BUSY_TIMEOUT_S = 30
+MAX_IDLE_READERS = 8
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -74,7 +75,9 @@ class Database:
         # lock): a pool checkout, a Connection and a close per transaction were a
         # third of the server's CPU per run.
         self._writer: sa.Connection | None = None
-        self._local = threading.local()  # each thread's driver connection for fast reads
+        # Idle driver connections for fast reads: taken and given back, never tied to a
+        # thread (short-lived threads would each leave one open).
+        self._readers: list[sqlite3.Connection] = []
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (safe with several processes starting)."""
@@ -150,7 +153,7 @@ class Database:
 
     @contextmanager
     def read_fast(self) -> Iterator[sqlite3.Connection | sa.Connection]:
-        """A connection for ``fastsql`` reads: the calling thread's own driver connection.
+        """A connection for ``fastsql`` reads: one of the idle driver connections.
 
         Autocommit: each statement reads its own snapshot, as ``connect()`` does.
         """
@@ -158,13 +161,19 @@ class Database:
             with self.connect() as conn:
                 yield conn
             return
-        raw = getattr(self._local, "conn", None)
-        if raw is None:
+        try:
+            raw = self._readers.pop()  # atomic: no lock needed
+        except IndexError:
             raw = sqlite3.connect(self._file, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                   check_same_thread=False)
             raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-            self._local.conn = raw
-        yield raw
+        try:
+            yield raw
+        finally:
+            if len(self._readers) < MAX_IDLE_READERS:
+                self._readers.append(raw)
+            else:
+                raw.close()
 
     @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
@@ -177,6 +186,8 @@ class Database:
         return True
 
     def dispose(self) -> None:
+        while self._readers:
+            self._readers.pop().close()
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -80,3 +82,15 @@ def test_a_failed_write_rolls_back_and_the_next_one_works(db):
 def test_statements_with_expanding_parameters_are_refused():
     with pytest.raises(ValueError, match="expanding"):
         Fast(sa.select(T.c.id).where(T.c.id.in_(sa.bindparam("ids", expanding=True))))
+
+
+def test_reads_from_short_lived_threads_leave_no_connection_open(db):
+    with db.begin_fast() as raw:
+        run_id = queueing._INSERT.insert(raw, values())
+    find_run(db, run_id)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        thread = threading.Thread(target=find_run, args=(db, run_id))
+        thread.start()
+        thread.join()
+    assert len(os.listdir("/proc/self/fd")) <= before
