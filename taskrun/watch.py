@@ -80,7 +80,6 @@ class Active:
     memory_mb: int | None = None  # rlimits the task declared
     cpu_limit: int | None = None
     exited_at: datetime | None = None  # when the watcher saw the process end
-    outcome: tuple[RunStatus, int | None] | None = None  # as recorded
 
 
 def run(sup: Supervisor, a: Active) -> None:
@@ -103,8 +102,6 @@ def run(sup: Supervisor, a: Active) -> None:
                 os.close(fd)
         a.progress_path.unlink(missing_ok=True)
         a.done.set()
-        if a.outcome is not None:
-            log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
         # Last: a waiter that sees the run no longer watched reads its end, and this
         # thread then only waits for its next run (no contention for the GIL).
         sup.notify_finished()
@@ -268,7 +265,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
             "b_exited_at": exited_at, "b_finished_at": utcnow(),
             "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
             "b_rss": a.peak_rss or None})
-    a.outcome = (status, code)  # logged by run()
+    log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
     """Why a run failed, when it was one of the limits its task declared."""
