@@ -37,6 +37,7 @@ PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT_S = 60.0
 CHECK_FILES_EVERY_S = 1.0
 SPARES = 2
+SPARE_TIMEOUT_S = 10.0
 SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
 
 
@@ -131,7 +132,11 @@ class Zygote:
             for _ in range(SPARES + 1):  # spares killed while they waited are replaced
                 if not self.ready:
                     self._ask()
-                    self._receive(block=True)
+                    self.sock.settimeout(SPARE_TIMEOUT_S)  # a zygote that hangs is replaced
+                    try:
+                        self._receive(block=True)
+                    finally:
+                        self.sock.settimeout(None)
                 if not self.ready:
                     return None
                 pid, channel = self.ready.popleft()
@@ -184,14 +189,19 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self) -> None:
-        """Close the channels: the zygote and its spare see them close and exit."""
+    def stop(self, failed: bool = False) -> None:
+        """Close the channels: the zygote and its spares see them close and exit.
+
+        A zygote that ``failed`` is killed at once rather than given time to exit.
+        """
         while self.ready:
             pid, channel = self.ready.popleft()
             channel.close()
             end_spare(pid)
         try:
             self.sock.close()
+            if failed:
+                self.proc.kill()
         finally:
             try:
                 self.proc.wait(timeout=5)
@@ -260,7 +270,7 @@ class Zygotes:
         with self.lock:
             if self.pool.get(zygote.modules) is zygote:
                 self.pool.pop(zygote.modules)
-        zygote.stop()
+        zygote.stop(failed=True)
 
     def pids(self) -> set[int]:
         """The zygotes and their waiting spares: not strays."""

@@ -10,6 +10,7 @@ import time
 import psutil
 import pytest
 
+from taskrun import zygote as zygote_mod
 from taskrun.service import Service
 
 from .conftest import make_settings, wait_for
@@ -193,3 +194,25 @@ def test_spares_are_not_taken_for_strays_and_end_with_the_server(tmp_path, tasks
         svc.stop()
     # Stopped: every spare ended and was waited for (no zombie left behind).
     assert not [pid for pid in waiting if psutil.pid_exists(pid)]
+
+
+def test_a_hung_zygote_costs_one_cold_run_and_is_replaced(svc, tasks_dir, monkeypatch):
+    monkeypatch.setattr(zygote_mod, "SPARE_TIMEOUT_S", 0.5)
+    (tasks_dir / "w.py").write_text(warm() + "print('ok')\n")
+    assert run(svc, "w").launch == "warm"
+    [hung] = svc.supervisor.zygotes.pool.values()
+    wait_for(lambda: len(hung.spare_pids()) == 2)
+    while hung.ready:  # no spare left: the next run must ask the zygote
+        pid, channel = hung.ready.popleft()
+        channel.close()
+        zygote_mod.end_spare(pid)
+    os.kill(hung.proc.pid, signal.SIGSTOP)
+    try:
+        late = run(svc, "w")
+        assert late.status == "succeeded" and late.launch == "cold"
+        assert hung.proc.poll() is not None  # killed, not waited on
+        again = run(svc, "w")
+        assert again.status == "succeeded" and again.launch == "warm"
+    finally:
+        if hung.proc.poll() is None:
+            os.kill(hung.proc.pid, signal.SIGCONT)
