@@ -64,13 +64,10 @@ def spare(channel: socket.socket) -> None:
                 os.close(fd)
             except OSError:
                 pass
-    # -u: unbuffered binary layer, text written through at once, as at interpreter start.
     # The wrappers name fds 1 and 2, which become the run's log when it comes.
-    stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                              write_through=True)
-    stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                              errors="backslashreplace", write_through=True)
+    stdin = stdio(0, "<stdin>", "r")
+    stdout = stdio(1, "<stdout>", "w")
+    stderr = stdio(2, "<stderr>", "w", errors="backslashreplace")
     # First uses that cost ~1 ms in a fresh fork, paid now rather than by the run:
     # the parser's one-time set-up, and the C environment's allocations.
     compile(b"pass\n", "<warm-up>", "exec")
@@ -85,6 +82,17 @@ def spare(channel: socket.socket) -> None:
     sys.stdout = sys.__stdout__ = stdout
     sys.stderr = sys.__stderr__ = stderr
     run_task(request, fds)
+
+
+def stdio(fd: int, name: str, mode: str, errors: str = "strict") -> io.TextIOWrapper:
+    """A standard stream as ``python -u`` makes it (see CPython's create_stdio)."""
+    raw = io.FileIO(fd, mode, closefd=False)
+    raw.name = name
+    # -u: stdout and stderr unbuffered; stdin keeps its buffer; all written through.
+    binary = io.BufferedReader(raw) if mode == "r" else raw
+    text = io.TextIOWrapper(binary, encoding="utf-8", errors=errors, write_through=True)
+    text.mode = mode
+    return text
 
 
 def run_task(request: dict, fds: list[int]) -> None:

@@ -26,6 +26,9 @@ print(json.dumps({
     "ppid_is_server": os.getppid() == int(os.environ.get("SERVER_PID", "0") or 0),
     "stdout": [sys.stdout.encoding, sys.stdout.errors, sys.stdout.write_through],
     "stderr": [sys.stderr.encoding, sys.stderr.errors],
+    "stdio": [[s.name, s.mode, s.line_buffering, s.write_through, type(s.buffer).__name__,
+               type(getattr(s.buffer, "raw", s.buffer)).__name__, s.buffer.name]
+              for s in (sys.stdin, sys.stdout, sys.stderr)],
     "executable": sys.executable, "main_is_fresh": "PROBE_SEEN" not in globals(),
     "main": [(k, type(v).__name__) for k, v in vars(sys.modules["__main__"]).items()],
     "main_is_module": sys.modules["__main__"].__dict__ is globals(),
@@ -69,7 +72,7 @@ def test_a_warm_run_sees_what_a_cold_run_sees(svc, tasks_dir):
     assert a["cwd"].endswith("/work/hot") and b["cwd"].endswith("/work/cold")
     for key in ("env", "stdin", "name", "session_leader", "group_leader", "stdout", "stderr",
                 "executable", "main_is_fresh", "main", "main_is_module", "package", "spec",
-                "cached"):
+                "cached", "stdio"):
         assert a[key] == b[key], key
     assert a["name"] == "__main__" and a["session_leader"] and a["stdin"] == ""
 
