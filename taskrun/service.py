@@ -346,17 +346,22 @@ class Service:
         end = None if timeout is None else time.monotonic() + timeout
         sup = self.supervisor
         cond = sup.finished if sup else None
+        watched = None  # the run's watcher here, if it has one: it hands over the end
         while True:
             # Under the condition's lock: an end notified after this check is
             # notified only once we wait, so no wake-up is lost.
             with cond or nullcontext():
                 left = None if end is None else end - time.monotonic()
-                # A run watched here is still active (its watcher records the end,
-                # then stops watching, then notifies): no need to read it.
-                if sup is None or not sup.is_watching(run_id) or (left is not None and left <= 0):
+                timed_out = left is not None and left <= 0
+                if sup is not None and watched is None:
+                    watched = sup.watched(run_id)
+                if watched is not None and watched.final is not None:
+                    return watched.final  # as its watcher recorded it, no read needed
+                if watched is None or watched.done.is_set() or timed_out:
                     run = self.get_run(run_id)
-                    if run.status not in ACTIVE or (left is not None and left <= 0):
+                    if run.status not in ACTIVE or timed_out:
                         return run
+                    watched = None  # (ended by someone else, or not watched here)
                 wait_for = poll if left is None else min(poll, left)
                 if cond is None:
                     time.sleep(wait_for)

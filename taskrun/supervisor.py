@@ -189,9 +189,9 @@ class Supervisor:
         with self._lock:
             self.active.pop(run_id, None)
 
-    def is_watching(self, run_id: int) -> bool:
+    def watched(self, run_id: int) -> Active | None:
         with self._lock:
-            return run_id in self.active
+            return self.active.get(run_id)
 
     def notify_finished(self) -> None:
         if self.automation is not None:

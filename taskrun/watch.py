@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from . import logs, procs
 from .fastsql import Fast
-from .models import Run, RunSample, utcnow
+from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ _FINISH = Fast(
             cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
                                          _T.c.cpu_seconds),
             peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
-                                      _T.c.peak_rss)))
+                                      _T.c.peak_rss))
+    # The whole ended row: waiters in this process take it from here, not from a read.
+    .returning(*_T.c))
 _BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
 
 
@@ -80,6 +82,7 @@ class Active:
     memory_mb: int | None = None  # rlimits the task declared
     cpu_limit: int | None = None
     exited_at: datetime | None = None  # when the watcher saw the process end
+    final: RunPublic | None = None  # the run as its end was recorded
 
 
 def run(sup: Supervisor, a: Active) -> None:
@@ -259,12 +262,14 @@ def finalize(sup: Supervisor, a: Active) -> None:
         error = limit_reason(sup, a, signame, cpu) or (
             f"Killed by {signame}." if signame else f"Exited with code {code}.")
     with sup.db.begin_fast() as c:
-        _FINISH.run(c, {
+        row = _FINISH.first(c, {
             "b_id": a.run_id, "b_status": status.value, "b_error": error,
             "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
             "b_exited_at": exited_at, "b_finished_at": utcnow(),
             "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
             "b_rss": a.peak_rss or None})
+    if row is not None:  # None: something else ended it first (waiters then read it)
+        a.final = RunPublic.from_row(row)
     log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:

@@ -121,3 +121,14 @@ def test_python_processes_name_their_run(service, write_task):
     assert service.get_run(run.id).pid in named
     service.cancel(run.id)
     service.wait(run.id, 15)
+
+
+def test_a_waiter_here_is_handed_the_end_without_reading_it(service, write_task, monkeypatch):
+    write_task("slowish", "import time\ntime.sleep(0.3)\nprint('done')")
+    run = service.submit("slowish")
+    monkeypatch.setattr(service, "get_run", lambda run_id: pytest.fail("the run was read"))
+    done = service.wait(run.id, 15)
+    monkeypatch.undo()
+    assert done.status == "succeeded" and done.exit_code == 0 and done.pid
+    stored = service.get_run(run.id).model_dump(exclude={"followed_up"})
+    assert done.model_dump(exclude={"followed_up"}) == stored
