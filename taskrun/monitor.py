@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+
+from .zygote_main import SPARE_NAME, ZYGOTE_NAME
 
 BOOT = time.time()
 
@@ -64,6 +67,20 @@ def process_info(pid: int | None = None) -> dict:
         }
 
 
+def describe_command(cmd: list[str], name: str) -> str:
+    """The command line, or what a zygote's process is (its command is the zygote's
+    source, given with ``-c``; forks of it keep that command line)."""
+    if len(cmd) >= 6 and cmd[1:3] == ["-u", "-c"] and cmd[3].startswith('"""The zygote'):
+        try:
+            preload = ", ".join(map(str, json.loads(cmd[5])))
+        except ValueError:
+            preload = cmd[5]
+        what = {ZYGOTE_NAME: "warm-start zygote", SPARE_NAME: "warm-start spare (idle)"}.get(
+            name, f"warm run ({name})")
+        return f"{what}, preload: {preload or 'none'}"
+    return " ".join(cmd)[:300] or name
+
+
 def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
     """Python processes visible to us, each with the run id it belongs to, if any.
 
@@ -86,7 +103,7 @@ def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
         times = info.get("cpu_times")
         out.append({
             "pid": info["pid"],
-            "command": " ".join(cmd)[:300] or name,
+            "command": describe_command(cmd, info.get("name") or ""),
             "rss": info["memory_info"].rss if info.get("memory_info") else None,
             "cpu_seconds": round(times.user + times.system, 2) if times else None,
             "started": info.get("create_time"),

@@ -32,6 +32,9 @@ import types
 from importlib.machinery import SourceFileLoader
 
 PR_SET_NAME = 15
+# Process names (what ps and the System page show; a run's process takes a marker).
+ZYGOTE_NAME = "taskrun-zygote"
+SPARE_NAME = "taskrun-spare"
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -53,6 +56,7 @@ def exit_code(exc: SystemExit) -> int:
 
 def spare(channel: socket.socket) -> None:
     """In a spare: get ready for any run, wait for one, run it (or exit if none comes)."""
+    set_comm(SPARE_NAME)
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     if null != 0:
@@ -257,6 +261,7 @@ def fork_spare(sock: socket.socket) -> tuple[dict, socket.socket | None]:
 
 def main() -> None:
     tasks_dir, modules, fd = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    set_comm(ZYGOTE_NAME)
     sys.argv = [sys.argv[0]]
     sys.path[0] = tasks_dir  # imports resolve as they would for a task file
     sock = socket.socket(fileno=fd)

@@ -219,3 +219,19 @@ def test_a_hung_zygote_costs_one_cold_run_and_is_replaced(svc, tasks_dir, monkey
     finally:
         if hung.proc.poll() is None:
             os.kill(hung.proc.pid, signal.SIGCONT)
+
+
+def test_the_system_page_names_zygotes_spares_and_warm_runs(svc, tasks_dir):
+    (tasks_dir / "nap.py").write_text(warm(["json"]) + "import time\ntime.sleep(30)\n")
+    r = svc.submit("nap")
+    wait_for(lambda: svc.get_run(r.id).pid)
+    wait_for(lambda: len(spares(svc)) == 2)
+    commands = {p["pid"]: (p["command"], p["run_id"]) for p in svc.python_processes()}
+    [zygote] = svc.supervisor.zygotes.pool.values()
+    assert commands[zygote.proc.pid][0] == "warm-start zygote, preload: json"
+    for pid in spares(svc):
+        assert commands[pid][0] == "warm-start spare (idle), preload: json"
+    command, run_id = commands[svc.get_run(r.id).pid]
+    assert command.startswith("warm run (trw-") and run_id == r.id
+    svc.cancel(r.id)
+    svc.wait(r.id, 15)
