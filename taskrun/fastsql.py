@@ -40,10 +40,7 @@ class Fast:
                 raise ValueError(f"{name}: expanding parameters are not supported here")
             own = _REQUIRED if bind.required else bind.effective_value
             self.params.append((name, own, _processors(bind.type)[0]))
-        if isinstance(statement, sa.Select):
-            columns = list(statement.selected_columns)
-        else:
-            columns = list(getattr(statement, "_returning", ()))
+        columns = list(statement.exported_columns)  # selected, or RETURNING
         self.columns = [c.key for c in columns]
         self.results = [_processors(c.type)[1] for c in columns]
 
@@ -68,11 +65,6 @@ class Fast:
             row = conn.execute(self.statement, dict(values or {})).first()
             return None if row is None else dict(row._mapping)
         return self._row(conn.execute(self.sql, self._args(values or {})).fetchone())
-
-    def all(self, conn: Connection, values: Mapping[str, Any] | None = None) -> list[dict]:
-        if isinstance(conn, sa.Connection):
-            return [dict(r._mapping) for r in conn.execute(self.statement, dict(values or {}))]
-        return [self._row(raw) for raw in conn.execute(self.sql, self._args(values or {}))]
 
     def rows(self, conn: Connection, values: Mapping[str, Any] | None = None) -> list[tuple]:
         """Every row as a tuple in the selected columns' order (cheapest for many rows)."""
