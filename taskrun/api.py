@@ -84,7 +84,7 @@ class VersionDetail(VersionPublic):
 
 
 MAX_INT = 2**63 - 1  # SQLite's integers: larger ids are refused as invalid, not a 500
-RunId = Annotated[int, ApiPath(ge=1, le=MAX_INT)]
+RowId = Annotated[int, ApiPath(ge=1, le=MAX_INT)]  # a run's or a token's id in a path
 
 
 class ErrorOut(BaseModel):
@@ -234,25 +234,25 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.list_runs(flt, limit or 50, offset, before)
 
     @tasks.get("/runs/{run_id}", response_model=RunPublic)
-    def get_run(run_id: RunId, svc: Service = Depends(service)):
+    def get_run(run_id: RowId, svc: Service = Depends(service)):
         return svc.get_run(run_id)
 
     @tasks.post("/runs/{run_id}/cancel", response_model=RunPublic)
-    def cancel_run(run_id: RunId, request: Request, svc: Service = Depends(service)):
+    def cancel_run(run_id: RowId, request: Request, svc: Service = Depends(service)):
         return svc.cancel(run_id, by=who(request))
 
     @tasks.get("/runs/{run_id}/samples")
-    def run_samples(run_id: RunId, svc: Service = Depends(service)) -> list[dict]:
+    def run_samples(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:
         svc.get_run(run_id)
         return svc.run_samples(run_id)
 
     @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
-    def run_attempts(run_id: RunId, svc: Service = Depends(service)):
+    def run_attempts(run_id: RowId, svc: Service = Depends(service)):
         """The run's retry chain, first attempt to last."""
         return svc.attempts(run_id)
 
     @tasks.get("/runs/{run_id}/deliveries")
-    def run_deliveries(run_id: RunId, svc: Service = Depends(service)) -> list[dict]:
+    def run_deliveries(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:
         """Webhook notifications of the run's end and how they went."""
         return svc.deliveries(run_id)
 
@@ -385,8 +385,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return {"id": token_id, "name": body.name, "role": body.role, "token": token}
 
     @tokens.delete("/{token_id}", status_code=204)
-    def revoke_token(token_id: Annotated[int, ApiPath(ge=1, le=MAX_INT)], request: Request,
-                     svc: Service = Depends(service)):
+    def revoke_token(token_id: RowId, request: Request, svc: Service = Depends(service)):
         svc.auth.revoke_token(token_id, actor=who(request))
         return Response(status_code=204)
 

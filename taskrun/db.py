@@ -105,13 +105,18 @@ class Database:
             yield session
             session.commit()
 
+    def _writer_connection(self) -> sa.Connection:
+        """The one write connection (under the write lock), opened again after a failure."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer = self.write_engine.connect()
+        return conn
+
     @contextmanager
     def begin(self) -> Iterator[sa.Connection]:
         """A Core write transaction (the hot paths skip the ORM's per-call overhead)."""
         with self._write_lock:
-            conn = self._writer
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._writer = self.write_engine.connect()
+            conn = self._writer_connection()
             try:
                 with conn.begin():
                     yield conn
@@ -133,9 +138,7 @@ class Database:
                 yield conn
             return
         with self._write_lock:
-            conn = self._writer
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._writer = self.write_engine.connect()
+            conn = self._writer_connection()
             raw = conn.connection.dbapi_connection
             try:
                 raw.execute("BEGIN IMMEDIATE")

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from . import metadata, queueing
+from . import queueing
 from .db import Database
-from .errors import AlreadyActive, QueueFull
+from .errors import QueueFull
 from .metadata import TaskMeta
 from .models import Delivery, Run, utcnow
 from .settings import Settings
@@ -39,6 +39,11 @@ def retry_delay(meta: TaskMeta, attempt: int, rng: random.Random | None = None) 
     """Seconds before retry number ``attempt`` (1 = first retry): exponential, capped, ±10%."""
     base = min(meta.retry_delay * meta.retry_backoff ** (attempt - 1), meta.retry_max_delay)
     return base * (rng or random).uniform(0.9, 1.1)
+
+
+def will_retry(run, meta: TaskMeta) -> bool:
+    """The run failed in a way retries are for, and has attempts left."""
+    return run.status in RETRYABLE and run.attempt <= meta.retries
 
 
 def wants(on: str, status: str) -> bool:
@@ -106,8 +111,7 @@ class FollowUps:
     def _has_work(self, run, info, upstreams: set[str]) -> bool:
         meta = info.meta if info else None
         return bool(self.settings.webhook_url or run.task in upstreams or (meta and (
-            meta.webhooks or meta.emails
-            or (run.status in RETRYABLE and run.attempt <= meta.retries))))
+            meta.webhooks or meta.emails or will_retry(run, meta))))
 
     def _one(self, run, infos: dict, now: datetime) -> int:
         """Retry, chain and notify for one run; how many runs that queued."""
@@ -116,10 +120,7 @@ class FollowUps:
         with self.db.begin() as c:
             if not c.execute(_CLAIM, {"b_id": run.id}).rowcount:
                 return 0  # another supervisor did it
-            retry_id = None
-            if meta and run.status in RETRYABLE and run.attempt <= meta.retries:
-                retry_id = self._retry(c, run, meta, now)
-            if retry_id is not None:
+            if meta and will_retry(run, meta) and self._retry(c, run, meta, now) is not None:
                 return 1
             # The last word on this run: notify and chain on it.
             self._deliveries(c, run, meta, now)
@@ -145,23 +146,15 @@ class FollowUps:
         queued = 0
         for name, info in infos.items():
             meta = info.meta
-            if meta is None or run.task not in meta.after or not wants(
-                    "always" if meta.after_on == "always" else "success", run.status):
+            if meta is None or run.task not in meta.after or not wants(meta.after_on, run.status):
                 continue
-            extra = {"upstream_run": run.id}
-            try:
-                params = metadata.resolve_params(meta, {})
-                run_id, _ = queueing.queue_run(c, self.settings, name, meta, params, "chain",
-                                               f"after:{run.task}", **extra)
+            run_id, skipped = queueing.queue_or_skip(
+                c, self.settings, name, meta, "chain", f"after:{run.task}",
+                "could not be queued", upstream_run=run.id)
+            if skipped is None:
                 queued += 1
                 log.info("run %d of %s chained after run %d of %s", run_id, name, run.id,
                          run.task)
-            except (AlreadyActive, QueueFull) as exc:
-                queueing.record_skipped(c, self.settings, name, meta, "chain",
-                                        f"Skipped: {exc}", **extra)
-            except Exception as exc:
-                queueing.record_skipped(c, self.settings, name, meta, "chain",
-                                        f"Skipped: could not be queued: {exc}", **extra)
         return queued
 
     def _deliveries(self, c: sa.Connection, run, meta: TaskMeta | None, now: datetime) -> None:

@@ -9,13 +9,25 @@ import sqlalchemy as sa
 from sqlmodel import func, select
 
 from .db import Database
-from .errors import InvalidParams
+from .errors import InvalidParams, NotFound
+from .fastsql import Fast
 from .models import Run, RunPublic, RunSample
 from .status import ACTIVE, UNSUCCESSFUL, RunStatus
-from .supervisor import find_run
 
 MAX_PAGE = 500
 _T = Run.__table__
+_FIND_RUN = Fast(sa.select(_T).where(_T.c.id == sa.bindparam("run_id")))
+
+
+def find_run(db: Database, run_id: int) -> RunPublic:
+    """One run by id (on every poll of every client, and every wait)."""
+    if not 0 < run_id < 2**63:  # beyond SQLite's integers: cannot exist
+        raise NotFound(f"Run {run_id} does not exist.")
+    with db.read_fast() as c:
+        row = _FIND_RUN.first(c, {"run_id": run_id})
+    if row is None:
+        raise NotFound(f"Run {run_id} does not exist.")
+    return RunPublic.from_row(row)
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
               "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
-              "after",
-              "after_on", "launch", "preload"}
+              "after", "after_on", "launch", "preload"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
 LAUNCH = ("cold", "warm")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # an environment name, <= 64
 # Letters, digits, '_' and '-', 1-64 characters, starting with a letter or digit.
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 WEBHOOK_RE = re.compile(r"https?://[^\s/]+\S*")
@@ -197,7 +197,7 @@ def parse(code: str) -> TaskMeta:
     if isinstance(secrets, str):
         secrets = [secrets]
     if not isinstance(secrets, list) or not all(
-            isinstance(n, str) and ENV_NAME_RE.match(n) and len(n) <= 64 for n in secrets):
+            isinstance(n, str) and SECRET_NAME_RE.match(n) for n in secrets):
         raise InvalidMetadata("secrets must be a list of variable names, e.g. [\"DB_PASSWORD\"]")
     return TaskMeta(
         **limits,
@@ -262,9 +262,9 @@ def _automation(conf: dict) -> dict[str, Any]:
     return {
         "schedules": tuple(schedules), "timezone": timezone,
         "misfire": _choice(conf, "misfire", MISFIRE), "retries": retries,
-        "retry_delay": _number(conf, "retry_delay", 10, 0, 86400),
-        "retry_backoff": _number(conf, "retry_backoff", 2, 1, 10),
-        "retry_max_delay": _number(conf, "retry_max_delay", 600, 0, 86400),
+        "retry_delay": _number(conf, "retry_delay", TaskMeta.retry_delay, 0, 86400),
+        "retry_backoff": _number(conf, "retry_backoff", TaskMeta.retry_backoff, 1, 10),
+        "retry_max_delay": _number(conf, "retry_max_delay", TaskMeta.retry_max_delay, 0, 86400),
         "webhooks": tuple(webhooks), "emails": tuple(emails),
         "notify": _choice(conf, "notify", NOTIFY),
         "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
@@ -342,14 +342,11 @@ def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, st
     return out
 
 
-# Written by the settings form when they differ from these defaults (order kept).
+# Written by the settings form when they differ from the defaults (in this order);
+# ``concurrency`` is written whenever it is given.
 RENDERED_DEFAULTS: dict[str, Any] = {
-    "description": "", "timeout": None, "concurrency": None, "memory_mb": None,
-    "cpu_seconds": None, "secrets": [], "schedule": [], "timezone": None, "misfire": "skip",
-    "retries": 0, "retry_delay": 10.0, "retry_backoff": 2.0, "retry_max_delay": 600.0,
-    "webhook": [], "email": [], "notify": "failure", "after": [], "after_on": "success",
-    "launch": "cold", "preload": [],
-}
+    k: v for k, v in TaskMeta().as_dict().items() if k not in ("params", "env")
+} | {"concurrency": None}
 
 
 def _toml_value(v: Any) -> str:

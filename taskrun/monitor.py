@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from .zygote import preload_of
 from .zygote_main import SPARE_NAME, ZYGOTE_NAME
 
 BOOT = time.time()
@@ -68,17 +68,14 @@ def process_info(pid: int | None = None) -> dict:
 
 
 def describe_command(cmd: list[str], name: str) -> str:
-    """The command line, or what a zygote's process is (its command is the zygote's
-    source, given with ``-c``; forks of it keep that command line)."""
-    if len(cmd) >= 6 and cmd[1:3] == ["-u", "-c"] and cmd[3].startswith('"""The zygote'):
-        try:
-            preload = ", ".join(map(str, json.loads(cmd[5])))
-        except ValueError:
-            preload = cmd[5]
-        what = {ZYGOTE_NAME: "warm-start zygote", SPARE_NAME: "warm-start spare (idle)"}.get(
-            name, f"warm run ({name})")
-        return f"{what}, preload: {preload or 'none'}"
-    return " ".join(cmd)[:300] or name
+    """The command line, or what a zygote's process is (its command line is the
+    zygote's source; forks of it keep that)."""
+    preload = preload_of(cmd)
+    if preload is None:
+        return " ".join(cmd)[:300] or name
+    what = {ZYGOTE_NAME: "warm-start zygote", SPARE_NAME: "warm-start spare (idle)"}.get(
+        name, f"warm run ({name})")
+    return f"{what}, preload: {', '.join(preload) or 'none'}"
 
 
 def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
@@ -95,11 +92,13 @@ def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
         name = (info.get("name") or "").lower()
         if "python" not in name and not (cmd and "python" in Path(cmd[0]).name.lower()):
             continue
-        run_id = str((runs_by_pid or {}).get(info["pid"], "")) or None
-        try:
-            run_id = run_id or proc.environ().get("TASKRUN_RUN_ID")
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
-            pass
+        run_id = (runs_by_pid or {}).get(info["pid"])
+        if run_id is None:
+            try:
+                env_id = proc.environ().get("TASKRUN_RUN_ID", "")
+                run_id = int(env_id) if env_id.isdigit() else None
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+                pass
         times = info.get("cpu_times")
         out.append({
             "pid": info["pid"],
@@ -107,7 +106,7 @@ def python_processes(runs_by_pid: dict[int, int] | None = None) -> list[dict]:
             "rss": info["memory_info"].rss if info.get("memory_info") else None,
             "cpu_seconds": round(times.user + times.system, 2) if times else None,
             "started": info.get("create_time"),
-            "run_id": int(run_id) if run_id and run_id.isdigit() else None,
+            "run_id": run_id,
             "is_server": info["pid"] == os.getpid(),
         })
     return sorted(out, key=lambda p: p["pid"])

@@ -22,7 +22,9 @@ import sqlalchemy as sa
 
 from . import __version__
 from .db import Database
-from .models import Delivery, Run, RunPublic, utcnow
+from .errors import NotFound
+from .history import find_run
+from .models import Delivery, RunPublic, utcnow
 from .settings import Settings
 
 log = logging.getLogger("taskrun.notify")
@@ -31,7 +33,6 @@ MAX_ATTEMPTS = 6
 BACKOFF_S = 2.0  # 2, 4, 8, 16, 32 s between attempts
 TIMEOUT_S = 10.0
 _D = Delivery.__table__
-_T = Run.__table__
 
 
 def payload(run: RunPublic, settings: Settings) -> dict:
@@ -97,11 +98,11 @@ class Notifier:
     def send(self, delivery_id: int) -> bool:
         with self.db.connect() as c:
             d = c.execute(sa.select(_D).where(_D.c.id == delivery_id)).first()
-            row = c.execute(sa.select(_T).where(_T.c.id == d.run_id)).first()
-        if row is None:  # pruned meanwhile
+        try:
+            run = find_run(self.db, d.run_id)
+        except NotFound:  # pruned meanwhile
             self._record(delivery_id, d.attempts + 1, None, "the run no longer exists", final=True)
             return False
-        run = RunPublic.from_row(row._mapping)
         if d.url.startswith("mailto:"):
             if not self.settings.smtp_url:  # retrying cannot help: give up at once, saying why
                 self._record(delivery_id, d.attempts + 1, None, "TASKRUN_SMTP_URL is not set",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 
+from .zygote import marker_name
+
 # Server variables a task may see. Everything else (tokens, passwords, the
 # server's own TASKRUN_* settings) stays out unless explicitly passed through.
 SAFE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "SHELL", "TERM",
@@ -149,8 +151,6 @@ def pids_with_marker(key: str) -> set[int]:
     it forks without exec also carry its marker name (a fork's environment in
     /proc is the zygote's, set before the run's was).
     """
-    from .zygote import marker_name
-
     found, me, warm = set(), os.getpid(), marker_name(key)
     for proc in psutil.process_iter(["name"]):
         if proc.pid == me:

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import audit
+from . import audit, metadata
 from .db import Database
 from .errors import AlreadyActive, QueueFull
 from .fastsql import Connection, Fast, insert_all
@@ -72,6 +72,23 @@ def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
     if claim is not None and queued == 0:
         values.update(status=RunStatus.RUNNING.value, started_at=now, **claim)
     return _INSERT.insert(c, values), values
+
+
+def queue_or_skip(c: Connection, settings: Settings, task: str, meta: TaskMeta, trigger: str,
+                  user: str, failed_as: str, **extra: Any) -> tuple[int, str | None]:
+    """A run the service starts by itself (a schedule tick, a chained task), with the
+    task's default params; if it cannot be queued, a skipped run saying why.
+
+    Returns (run id, the reason it was skipped or None).
+    """
+    try:
+        params = metadata.resolve_params(meta, {})
+        return queue_run(c, settings, task, meta, params, trigger, user, **extra)[0], None
+    except (AlreadyActive, QueueFull) as exc:
+        reason = f"Skipped: {exc}"
+    except Exception as exc:  # e.g. a required param without a default
+        reason = f"Skipped: {failed_as}: {exc}"
+    return record_skipped(c, settings, task, meta, trigger, reason, **extra), reason
 
 
 def record_skipped(c: Connection, settings: Settings, task: str, meta: TaskMeta | None,

@@ -22,9 +22,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from croniter import croniter
 
-from . import metadata, queueing
+from . import queueing
 from .db import Database
-from .errors import AlreadyActive, QueueFull
 from .metadata import TaskMeta
 from .models import TaskSchedule, utcnow
 from .settings import Settings
@@ -149,21 +148,9 @@ class Scheduler:
                 log.info("schedule of %s: %d missed tick(s) skipped (misfire = skip)",
                          task, missed)
                 return result
-            extra = {"scheduled_for": fire}
-            try:
-                values = metadata.resolve_params(meta, {})
-                result.run_id, _ = queueing.queue_run(c, self.settings, task, meta, values,
-                                                      "schedule", "scheduler", **extra)
-            except (AlreadyActive, QueueFull) as exc:
-                reason = f"Skipped: {exc}"
-                result.skipped = reason
-                result.run_id = queueing.record_skipped(c, self.settings, task, meta,
-                                                        "schedule", reason, **extra)
-            except Exception as exc:  # e.g. a required param without default
-                reason = f"Skipped: the scheduled run could not be queued: {exc}"
-                result.skipped = reason
-                result.run_id = queueing.record_skipped(c, self.settings, task, meta,
-                                                        "schedule", reason, **extra)
+            result.run_id, result.skipped = queueing.queue_or_skip(
+                c, self.settings, task, meta, "schedule", "scheduler",
+                "the scheduled run could not be queued", scheduled_for=fire)
         if cut:
             log.warning("schedule of %s: more than %d ticks since the last one", task, MAX_SCAN)
         log.info("schedule of %s fired for %s: run %s%s", task, fire.isoformat(), result.run_id,

@@ -43,13 +43,13 @@ from .errors import (
     NotFound,
     TaskBusy,
 )
-from .history import MAX_PAGE, RunFilter
+from .history import MAX_PAGE, RunFilter, find_run
 from .locks import Locks
 from .models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
 from .settings import Settings, configure_logging, load
 from .status import ACTIVE, RunStatus
 from .store import TaskInfo, TaskStore, check_name
-from .supervisor import Supervisor, find_run
+from .supervisor import Supervisor
 from .vault import SecretInfo, Vault
 
 log = logging.getLogger("taskrun.service")

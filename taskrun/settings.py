@@ -93,16 +93,16 @@ def _optional_smtp_url(raw: str) -> str:
     return raw
 
 
-def _notify_on(raw: str) -> str:
-    if raw.strip() not in ("failure", "success", "always"):
-        raise ValueError
-    return raw.strip()
+def _one_of(*choices: str):
+    def parse(raw: str) -> str:
+        if raw.strip() not in choices:
+            raise ValueError
+        return raw.strip()
+    return parse
 
 
-def _launch_mode(raw: str) -> str:
-    if raw.strip() not in ("auto", "warm", "cold"):
-        raise ValueError
-    return raw.strip()
+_notify_on = _one_of("failure", "success", "always")
+_launch_mode = _one_of("auto", "warm", "cold")
 
 
 def _name_list(raw: str) -> tuple[str, ...]:

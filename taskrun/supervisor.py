@@ -39,10 +39,10 @@ from sqlmodel import select as sql_select
 from . import logs, metadata, procs, retention, versions, watch
 from .automation import Automation
 from .db import Database
-from .errors import InvalidName, NotFound, TaskRunError
+from .errors import InvalidName, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
-from .models import Run, RunPublic, utcnow
+from .models import Run, utcnow
 from .settings import Settings
 from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
@@ -402,8 +402,7 @@ class Supervisor:
         if claimed.upstream_run:
             extra["TASKRUN_UPSTREAM_RUN_ID"] = str(claimed.upstream_run)
         if claimed.scheduled_for:
-            tick = claimed.scheduled_for.replace(tzinfo=UTC)
-            extra["TASKRUN_SCHEDULED_FOR"] = tick.isoformat()
+            extra["TASKRUN_SCHEDULED_FOR"] = claimed.scheduled_for.isoformat()
         extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()})
         try:
             info = self.store.info(run.task)  # parsed once per version of the file
@@ -422,7 +421,7 @@ class Supervisor:
                 else ({}, list(wanted))
             if missing:
                 problem = (f"secret(s) not set: {', '.join(missing)} "
-                           "(an admin sets them on the System page or with `taskrun secret set`)")
+                           "(an admin sets them on the Admin page or with `taskrun secret set`)")
         except TaskRunError as exc:
             problem = str(exc)
         if problem:
@@ -560,17 +559,3 @@ class Supervisor:
                 "max_concurrency": self.settings.max_concurrency,
                 "started_at": self.started_at, "last_step_at": self.last_step_at,
                 "python": sys.executable}
-
-
-_FIND_RUN = Fast(sa.select(Run.__table__).where(Run.__table__.c.id == sa.bindparam("run_id")))
-
-
-def find_run(db: Database, run_id: int) -> RunPublic:
-    """One run by id (on every poll of every client, and every wait)."""
-    if not 0 < run_id < 2**63:  # beyond SQLite's integers: cannot exist
-        raise NotFound(f"Run {run_id} does not exist.")
-    with db.read_fast() as c:
-        row = _FIND_RUN.first(c, {"run_id": run_id})
-    if row is None:
-        raise NotFound(f"Run {run_id} does not exist.")
-    return RunPublic.from_row(row)

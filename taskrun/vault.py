@@ -8,7 +8,6 @@ and the masker, which hides every stored value in the logs people read.
 from __future__ import annotations
 
 import base64
-import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,11 @@ from . import audit, keys
 from .db import Database
 from .errors import InvalidName, NotFound, TaskRunError
 from .masking import MIN_SECRET_LEN, Masker
+from .metadata import SECRET_NAME_RE
 from .models import Secret, utcnow
 from .settings import Settings
-from .store import NAME_RE
+from .store import check_name
 
-SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_VALUE = 64 * 1024
 _T = Secret.__table__
 
@@ -51,9 +50,7 @@ def _check(name: str, task: str | None) -> str:
     if not SECRET_NAME_RE.fullmatch(name or ""):
         raise InvalidName(f"Invalid secret name {name[:80]!r}: use letters, digits and "
                           "underscores, not starting with a digit (like DB_PASSWORD).")
-    if task and not NAME_RE.fullmatch(task):
-        raise InvalidName(f"Invalid task name {task[:80]!r}.")
-    return task or ""
+    return check_name(task) if task else ""
 
 
 class Vault:

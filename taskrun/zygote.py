@@ -41,6 +41,22 @@ SPARE_TIMEOUT_S = 10.0
 SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
 
 
+def command(tasks_dir: Path, modules: tuple[str, ...], fd: int) -> list[str]:
+    return [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), json.dumps(list(modules)),
+            str(fd)]
+
+
+def preload_of(cmdline: list[str]) -> list[str] | None:
+    """The modules a zygote preloads, if ``cmdline`` is a zygote's (its spares' and warm
+    runs' too: forks keep it); None for any other command line."""
+    if len(cmdline) < 6 or cmdline[1:4] != ["-u", "-c", SOURCE]:
+        return None
+    try:
+        return [str(m) for m in json.loads(cmdline[5])]
+    except ValueError:
+        return []
+
+
 def marker_name(key: str) -> str:
     """The process name of a warm run's process (its forks keep it): a kill marker."""
     return f"trw-{key[:11]}"
@@ -77,15 +93,12 @@ class Zygote:
     def __init__(self, modules: tuple[str, ...], tasks_dir: Path, cwd: Path,
                  env: Mapping[str, str]):
         self.modules = modules
-        self.env = dict(env)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), json.dumps(list(modules)),
-             str(theirs.fileno())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, cwd=cwd,
-            env=self.env, pass_fds=(theirs.fileno(),), close_fds=True,
-            start_new_session=True)
+            command(tasks_dir, modules, theirs.fileno()), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=None, cwd=cwd, env=dict(env),
+            pass_fds=(theirs.fileno(),), close_fds=True, start_new_session=True)
         theirs.close()
         self.files: dict[str, int] = {}
         self.lock = threading.Lock()

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from taskrun import queueing
 from taskrun.db import Database
 from taskrun.fastsql import Fast
+from taskrun.history import _FIND_RUN, find_run
 from taskrun.models import Run, RunBase
-from taskrun.supervisor import _FIND_RUN, find_run
 
 from .conftest import make_settings
 
