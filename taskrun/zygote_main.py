@@ -29,6 +29,7 @@ import sys
 import threading
 import traceback
 import types
+import weakref
 from importlib.machinery import SourceFileLoader
 
 PR_SET_NAME = 15
@@ -119,6 +120,7 @@ def run_task(request: dict, fds: list[int]) -> None:
             sys.modules["numpy"].random.seed()
         except Exception:
             pass
+    preloaded = set(sys.modules)
     code = 0
     try:
         run_main(script)
@@ -135,6 +137,11 @@ def run_task(request: dict, fds: list[int]) -> None:
     try:
         threading._shutdown()  # wait for non-daemon threads, as the interpreter does
         atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    flush()
+    try:
+        finalize_modules(preloaded)
     except BaseException:
         pass
     flush()
@@ -156,6 +163,72 @@ def run_main(script: str) -> None:
     with io.open_code(script) as f:
         source = f.read()
     exec(compile(source, script, "exec", dont_inherit=True), main.__dict__)
+
+
+def finalize_modules(preloaded: set[str]) -> None:
+    """What the interpreter's shutdown does to a script's objects, for ``__main__`` and
+    the modules the run imported (CPython's ``finalize_modules``): without it a warm run
+    would end without flushing the files it left open or calling its objects' ``__del__``.
+
+    The preloaded modules are left as they are: finalizing them would copy every page
+    the run shares with the zygote, for objects the run did not make.
+    """
+    builtins._ = None
+    for name in _SYS_DELETES:
+        setattr(sys, name, None)
+    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__
+    # Imports fail from here on, as in an interpreter shutting down; the preloaded
+    # modules are only kept out of sight.
+    kept = dict(sys.modules)
+    sys.modules.clear()
+    survivors = []
+    for name in [name for name in kept if name == "__main__" or name not in preloaded]:
+        module = kept.pop(name)
+        try:
+            survivors.append(weakref.ref(module))
+        except TypeError:
+            pass
+        del module
+    # The collector finalizes the objects of a cycle in an order of its own, which in
+    # a fork can close a file's raw descriptor before its buffers are flushed.
+    flush_open_files()
+    gc.collect()
+    # Modules kept alive (by cycles through their functions, or by references from
+    # elsewhere) have their globals cleared, last imported first, as the interpreter does.
+    for ref in reversed(survivors):
+        module = ref()
+        if module is not None:
+            clear_module_dict(vars(module))
+        del module
+    gc.collect()
+    flush_open_files()  # what is left is closed by the exit, as the interpreter's would be
+
+
+def flush_open_files() -> None:
+    """Flush every buffered file still open (text wrappers before their buffers)."""
+    files = [f for f in gc.get_objects() if isinstance(f, (io.TextIOWrapper, io.BufferedWriter,
+                                                            io.BufferedRandom))]
+    files.sort(key=lambda f: not isinstance(f, io.TextIOWrapper))
+    for f in files:
+        try:
+            if not f.closed:
+                f.flush()
+        except Exception:
+            pass
+
+
+_SYS_DELETES = ("path", "argv", "ps1", "ps2", "last_type", "last_value", "last_traceback",
+                "path_hooks", "path_importer_cache", "meta_path", "__interactivehook__")
+
+
+def clear_module_dict(d: dict) -> None:
+    """CPython's ``_PyModule_ClearDict``: names with one leading underscore first."""
+    for key in list(d):
+        if isinstance(key, str) and key[:1] == "_" and key[1:2] != "_":
+            d[key] = None
+    for key in list(d):
+        if key != "__builtins__":
+            d[key] = None
 
 
 def print_exception(script: str) -> None:
