@@ -110,6 +110,14 @@ def is_same_process(pid: int | None, created: float | None) -> bool:
         return False
 
 
+def wait_child(pid: int) -> None:
+    """Wait for a child of ours to end (already waited for elsewhere: nothing to do)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Signal a process group; False if it is already gone."""
     try:

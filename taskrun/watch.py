@@ -83,6 +83,7 @@ class Active:
     cpu_limit: int | None = None
     exited_at: datetime | None = None  # when the watcher saw the process end
     final: RunPublic | None = None  # the run as its end was recorded
+    reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
 
 
 def run(sup: Supervisor, a: Active) -> None:
@@ -99,6 +100,15 @@ def run(sup: Supervisor, a: Active) -> None:
         log.exception("watcher of run %d failed", a.run_id)
         finish_error(sup, a)
     finally:
+        notified = a.reported is not None and a.final is not None
+        if notified:
+            # Recorded from the run's own report: waiters take its end now, while the
+            # kernel is still tearing the process down. It stays tracked (not a stray
+            # to reap elsewhere) until it is waited for here.
+            sup.notify_finished()
+            procs.wait_child(a.pid)
+        if a.popen is not None and hasattr(a.popen, "close"):
+            a.popen.close()
         sup.forget(a.run_id)
         for fd in (a.wake_fd, a.pidfd):
             if fd >= 0:
@@ -107,7 +117,8 @@ def run(sup: Supervisor, a: Active) -> None:
         a.done.set()
         # Last: a waiter that sees the run no longer watched reads its end, and this
         # thread then only waits for its next run (no contention for the GIL).
-        sup.notify_finished()
+        if not notified:
+            sup.notify_finished()
 
 
 def watch_until_exit(sup: Supervisor, a: Active) -> None:
@@ -119,10 +130,12 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
         a.spawned["b_created"] = procs.create_time(a.pid)
         with sup.db.begin_fast() as c:
             _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
-        sup.log_files.prepare()  # the next run's log, made while this one runs
     poller = select.poll()
     poller.register(a.pidfd, select.POLLIN)
     poller.register(a.wake_fd, select.POLLIN)
+    ends = a.popen.ends.fileno() if hasattr(a.popen, "ends") else -1
+    if ends >= 0:
+        poller.register(ends, select.POLLIN)
     interval = sup.settings.sample_interval
     # First sample shortly after the start: right at the spawn we would measure the
     # forked server rather than the task.
@@ -139,6 +152,10 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
                 pass
         if a.pidfd in ready:
             return
+        if ends in ready:
+            a.reported = a.popen.take_end()
+            if a.reported is not None:
+                return
         now = time.monotonic()
         if a.pending_cancel and a.kill_reason is None:
             by, reason = a.pending_cancel
@@ -225,6 +242,9 @@ def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
     """
     if a.popen is None:
         return None, None
+    if a.reported is not None:
+        a.popen.returncode = a.reported[0]
+        return a.reported  # waited for once its end is recorded (``run``)
     _, status, usage = os.wait4(a.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     a.popen.returncode = code  # tell Popen it is reaped

@@ -8,7 +8,10 @@ The supervisor becomes a child subreaper, so the run's process is its child
 and is waited for, timed out and killed exactly like a cold one.
 
 Each zygote keeps two spares coming: a run takes the oldest, and the next one
-is asked for at once and forked while that run runs.
+is asked for at once and forked while that run runs. A run reports how it ended
+just before its exit (a datagram whose sender the kernel vouches for), so the
+end is recorded while the kernel still tears the process down; anything else
+(a signal, ``os._exit``) is learnt from the exit, as for a cold run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -38,6 +42,7 @@ READY_TIMEOUT_S = 60.0
 CHECK_FILES_EVERY_S = 1.0
 SPARES = 2
 SPARE_TIMEOUT_S = 10.0
+_UCRED = struct.Struct("3i")  # pid, uid, gid
 SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
 
 
@@ -82,11 +87,47 @@ def end_spare(pid: int) -> None:
 
 
 class WarmChild:
-    """What the watcher needs of a Popen, for a process the zygote forked."""
+    """What the watcher needs of a Popen, for a process the zygote forked, and the
+    socket the run reports its end on just before its exit (see ``report_end``)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, ends: socket.socket):
         self.pid = pid
         self.returncode: int | None = None
+        self.ends = ends
+
+    def take_end(self) -> tuple[int, float] | None:
+        """(exit code, CPU seconds) the run reported; None for anything else.
+
+        The sender's pid comes from the kernel (SCM_CREDENTIALS): no other process can
+        speak for the run, although any can send to an abstract socket.
+        """
+        try:
+            data, ancillary, _, _ = self.ends.recvmsg(256, socket.CMSG_SPACE(_UCRED.size))
+        except OSError:
+            return None
+        sender = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = _UCRED.unpack(value[:_UCRED.size])[0]
+        if sender != self.pid:
+            return None
+        try:
+            report = json.loads(data)
+            return int(report["exit"]), float(report["cpu"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def close(self) -> None:
+        self.ends.close()
+
+
+def end_socket() -> tuple[socket.socket, str]:
+    """A datagram socket under a unique abstract name (the kernel picks it: no file)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.bind("")
+    return sock, sock.getsockname()[1:].decode()
 
 
 class Zygote:
@@ -248,15 +289,17 @@ class Zygotes:
         zygote = self._get(tuple(sorted(set(modules))))
         if zygote is None:
             return None
+        ends, address = end_socket()
         request = {"script": str(script), "cwd": str(cwd), "env": dict(env),
-                   "comm": marker_name(key)}
+                   "comm": marker_name(key), "end": address}
         pid = zygote.fork(request, [log_fd, *keep_fds])
         if pid is None:
+            ends.close()
             log.warning("zygote %s failed a launch; it is restarted on the next one",
                         ",".join(zygote.modules) or "-")
             self._drop(zygote)
             return None
-        return WarmChild(pid)
+        return WarmChild(pid, ends)
 
     def _get(self, modules: tuple[str, ...]) -> Zygote | None:
         with self.lock:

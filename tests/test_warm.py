@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 
 import psutil
@@ -156,6 +157,28 @@ def test_a_changed_preloaded_module_is_reloaded(svc, tasks_dir):
     time.sleep(1.1)  # the zygote's files are checked at most once a second
     again = run(svc, "reader")
     assert again.launch == "warm" and svc.read_log(again.id).content.strip() == "22"
+
+
+def test_only_the_run_itself_can_report_its_end(svc, tasks_dir):
+    """A warm run reports its end ahead of its exit; nobody else can speak for it."""
+    (tasks_dir / "forks.py").write_text(warm() + (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n    sys.exit(0)  # a fork that goes on past the script's end\n"
+        "time.sleep(0.3)\nprint('parent')\nsys.exit(3)\n"))
+    r = run(svc, "forks")
+    assert (r.launch, r.status, r.exit_code) == ("warm", "failed", 3)
+    assert svc.read_log(r.id).content == "parent\n"
+
+    (tasks_dir / "waits.py").write_text(warm() + "import time\ntime.sleep(60)\n")
+    waiting = svc.submit("waits")
+    active = wait_for(lambda: svc.supervisor.watched(waiting.id))
+    address = active.popen.ends.getsockname()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as forger:
+        forger.sendto(json.dumps({"exit": 0, "cpu": 0.0}).encode(), address)
+    time.sleep(0.3)
+    assert svc.get_run(waiting.id).status == "running"
+    svc.cancel(waiting.id)
+    assert svc.wait(waiting.id, 30).status == "cancelled"
 
 
 def test_a_dead_zygote_is_replaced(svc, tasks_dir):
