@@ -32,23 +32,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrun.supervisor")
 
 _T = Run.__table__
-_SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(
+_SPAWNED_VALUES = dict(
     pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
     spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
-    launch=sa.bindparam("b_launch")))
-_FINISH = Fast(
-    sa.update(_T)
-    .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
-    .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
-            cancelled_by=sa.bindparam("b_cancelled_by"),
-            exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
-            exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
-            cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float),
-                                         _T.c.cpu_seconds),
-            peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer),
-                                      _T.c.peak_rss))
-    # The whole ended row: waiters in this process take it from here, not from a read.
-    .returning(*_T.c))
+    launch=sa.bindparam("b_launch"))
+_SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(**_SPAWNED_VALUES))
+
+
+def _finish(with_spawned: bool) -> Fast:
+    values = dict(
+        status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
+        cancelled_by=sa.bindparam("b_cancelled_by"),
+        exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
+        exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
+        cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float), _T.c.cpu_seconds),
+        peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss))
+    if with_spawned:
+        values.update(_SPAWNED_VALUES)
+    return Fast(
+        sa.update(_T)
+        .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
+        .values(**values)
+        # The whole ended row: waiters in this process take it from here, not from a read.
+        .returning(*_T.c))
+
+
+_FINISH = _finish(with_spawned=False)
+# A run that ended before its watcher recorded its start: one write instead of two.
+_FINISH_SPAWNED = _finish(with_spawned=True)
 _BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
 
 
@@ -124,26 +135,14 @@ def run(sup: Supervisor, a: Active) -> None:
 def watch_until_exit(sup: Supervisor, a: Active) -> None:
     if a.pidfd < 0:
         return
-    if a.spawned is not None:
-        # Recorded by the run's own thread, off the launch path. Until then a crash
-        # would mark the run lost, but its process keeps its lock: no duplicate.
-        a.spawned["b_created"] = procs.create_time(a.pid)
-        with sup.db.begin_fast() as c:
-            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
     poller = select.poll()
     poller.register(a.pidfd, select.POLLIN)
     poller.register(a.wake_fd, select.POLLIN)
     ends = a.popen.ends.fileno() if hasattr(a.popen, "ends") else -1
     if ends >= 0:
         poller.register(ends, select.POLLIN)
-    interval = sup.settings.sample_interval
-    # First sample shortly after the start: right at the spawn we would measure the
-    # forked server rather than the task.
-    next_sample = time.monotonic() + min(0.1, interval)
-    while True:
-        now = time.monotonic()
-        due = [next_sample, a.kill_at if a.kill_at is not None else a.deadline]
-        timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
+
+    def ended(timeout_ms: int) -> bool:
         ready = {fd for fd, _ in poller.poll(timeout_ms)}
         if a.wake_fd in ready:
             try:
@@ -151,11 +150,29 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
             except BlockingIOError:
                 pass
         if a.pidfd in ready:
-            return
+            return True
         if ends in ready:
             a.reported = a.popen.take_end()
-            if a.reported is not None:
-                return
+        return a.reported is not None
+
+    if a.spawned is not None:
+        # Recorded by the run's own thread, off the launch path. Until then a crash
+        # would mark the run lost, but its process keeps its lock: no duplicate.
+        a.spawned["b_created"] = procs.create_time(a.pid)  # (not reaped yet: readable)
+        if ended(0):
+            return  # already over: ``finalize`` records start and end in one write
+        with sup.db.begin_fast() as c:
+            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
+        a.spawned = None
+    interval = sup.settings.sample_interval
+    # First sample shortly after the start: right at the spawn we would measure the
+    # forked server rather than the task.
+    next_sample = time.monotonic() + min(0.1, interval)
+    while True:
+        now = time.monotonic()
+        due = [next_sample, a.kill_at if a.kill_at is not None else a.deadline]
+        if ended(max(0, int((min(due) - now) * 1000) + 1)):
+            return
         now = time.monotonic()
         if a.pending_cancel and a.kill_reason is None:
             by, reason = a.pending_cancel
@@ -281,9 +298,10 @@ def finalize(sup: Supervisor, a: Active) -> None:
         status = RunStatus.FAILED
         error = limit_reason(sup, a, signame, cpu) or (
             f"Killed by {signame}." if signame else f"Exited with code {code}.")
+    spawned = a.spawned or {}
     with sup.db.begin_fast() as c:
-        row = _FINISH.first(c, {
-            "b_id": a.run_id, "b_status": status.value, "b_error": error,
+        row = (_FINISH_SPAWNED if spawned else _FINISH).first(c, {
+            **spawned, "b_id": a.run_id, "b_status": status.value, "b_error": error,
             "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
             "b_exited_at": exited_at, "b_finished_at": utcnow(),
             "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),

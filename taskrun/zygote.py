@@ -7,8 +7,8 @@ cannot give identically (a different interpreter setting in its environment).
 The supervisor becomes a child subreaper, so the run's process is its child
 and is waited for, timed out and killed exactly like a cold one.
 
-Each zygote keeps two spares coming: a run takes the oldest, and the next one
-is asked for at once and forked while that run runs. A run reports how it ended
+Each zygote keeps two spares: a run takes the oldest, and the one it used is
+forked again once it has ended (at once if none is left). A run reports how it ended
 just before its exit (a datagram whose sender the kernel vouches for), so the
 end is recorded while the kernel still tears the process down; anything else
 (a signal, ``os._exit``) is learnt from the exit, as for a cold run.
@@ -90,10 +90,11 @@ class WarmChild:
     """What the watcher needs of a Popen, for a process the zygote forked, and the
     socket the run reports its end on just before its exit (see ``report_end``)."""
 
-    def __init__(self, pid: int, ends: socket.socket):
+    def __init__(self, pid: int, ends: socket.socket, zygote: Zygote):
         self.pid = pid
         self.returncode: int | None = None
         self.ends = ends
+        self.zygote = zygote
 
     def take_end(self) -> tuple[int, float] | None:
         """(exit code, CPU seconds) the run reported; None for anything else.
@@ -118,7 +119,9 @@ class WarmChild:
             return None
 
     def close(self) -> None:
+        """The run has ended and been recorded."""
         self.ends.close()
+        self.zygote.top_up()
 
 
 def end_socket() -> tuple[socket.socket, str]:
@@ -201,9 +204,16 @@ class Zygote:
                     continue
                 finally:
                     channel.close()
-                self._ask()  # the next ones are forked while this run runs
+                if not self.ready:
+                    self._ask()  # none left for the next launch: fork one now
                 return pid
         return None
+
+    def top_up(self) -> None:
+        """After a run: fork the spares it used. Forking during the run would take a
+        core from it (and from the server recording its end) on a small machine."""
+        with self.lock:
+            self._ask()
 
     def _ask(self) -> None:
         """Keep SPARES coming: two, so that back-to-back runs never wait for a fork."""
@@ -299,7 +309,7 @@ class Zygotes:
                         ",".join(zygote.modules) or "-")
             self._drop(zygote)
             return None
-        return WarmChild(pid, ends)
+        return WarmChild(pid, ends, zygote)
 
     def _get(self, modules: tuple[str, ...]) -> Zygote | None:
         with self.lock:

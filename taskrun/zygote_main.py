@@ -11,8 +11,8 @@ spare does everything that does not depend on the run ahead of time (its own
 session, stdin, closing inherited descriptors, the first-use costs of the
 parser and of ``os.environ``), then blocks on its own socket, whose other end
 goes to the supervisor. The supervisor hands a run to a ready spare directly
-(JSON + the log and lock descriptors) and asks for the next spare while the run
-runs: the fork and its copy-on-write page faults stay off the launch path.
+(JSON + the log and lock descriptors) and asks for another once the run has
+ended: the fork and its copy-on-write page faults stay off the launch path.
 Standalone on purpose: the standard library only.
 """
 
