@@ -36,29 +36,30 @@ _NEXT_PREFIX = ".next-"  # never a valid log name, so never listed or served
 
 
 class LogCreator:
-    """Creates each run's log file, the next one ahead of its run, on a thread of its own.
+    """Creates each run's log file ahead of its run.
 
     Creating a file (an inode and a journal entry) takes 0.3 ms to over 1 ms here,
     renaming one ~0.02 ms: a created-ahead empty file is renamed into place at
-    launch, and the next one is made at once by this thread, which nothing waits
-    for (made by a run's watcher, it held up the watcher's noticing that run end).
+    launch. The ones used are made again by a run's watcher once that run has
+    ended and been recorded (made during a run, they took a core from it and
+    from the server noticing its end). Two are kept, so a launch right after an
+    end finds one ready.
     """
+
+    AHEAD = 2
 
     def __init__(self, folder: Path, tag: str):
         self.folder = folder
         self.tag = tag  # unique to this supervisor (several may share the folder)
-        self._ready: tuple[Path, int] | None = None
+        self._ready: list[tuple[Path, int]] = []
         self._count = 0
         self._lock = threading.Lock()
-        self._wanted = threading.Event()
-        self._thread: threading.Thread | None = None
         self._closed = False
 
     def open(self, path: Path) -> int:
         """An fd appending to a new (or existing) log at ``path``; OSError as os.open."""
         with self._lock:
-            ready, self._ready = self._ready, None
-        self.prepare()
+            ready = self._ready.pop(0) if self._ready else None
         if ready is not None:
             ahead, fd = ready
             try:
@@ -70,49 +71,32 @@ class LogCreator:
         return os.open(path, _OPEN_FLAGS, 0o640)
 
     def prepare(self) -> None:
-        """Have the next log made ahead (a failure is left to ``open`` to report)."""
-        with self._lock:
-            if self._closed:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="taskrun-logs",
-                                                daemon=True)
-                self._thread.start()
-        self._wanted.set()
-
-    def _work(self) -> None:
+        """Make logs ahead up to ``AHEAD`` (a failure is left to ``open`` to report)."""
         while True:
-            self._wanted.wait()
-            self._wanted.clear()
             with self._lock:
-                if self._closed:
+                if self._closed or len(self._ready) >= self.AHEAD:
                     return
-                if self._ready is not None:
-                    continue
                 self._count += 1
                 ahead = self.folder / f"{_NEXT_PREFIX}{self.tag}-{self._count}.log"
             try:
                 fd = os.open(ahead, _OPEN_FLAGS | os.O_EXCL, 0o640)
             except OSError:
-                continue
+                return
             with self._lock:
-                if self._ready is None and not self._closed:
-                    self._ready = (ahead, fd)
+                if len(self._ready) < self.AHEAD and not self._closed:
+                    self._ready.append((ahead, fd))
                     continue
             os.close(fd)
             ahead.unlink(missing_ok=True)
+            return
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            ready, self._ready = self._ready, None
-            thread = self._thread
-        self._wanted.set()
-        if thread is not None:
-            thread.join(timeout=5)
-        if ready is not None:
-            os.close(ready[1])
-            ready[0].unlink(missing_ok=True)
+            ready, self._ready = self._ready, []
+        for ahead, fd in ready:
+            os.close(fd)
+            ahead.unlink(missing_ok=True)
 
     @staticmethod
     def remove_left_over(folder: Path, alive) -> None:

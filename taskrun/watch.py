@@ -118,18 +118,20 @@ def run(sup: Supervisor, a: Active) -> None:
             # to reap elsewhere) until it is waited for here.
             sup.notify_finished()
             procs.wait_child(a.pid)
-        if a.popen is not None and hasattr(a.popen, "close"):
-            a.popen.close()
         sup.forget(a.run_id)
         for fd in (a.wake_fd, a.pidfd):
             if fd >= 0:
                 os.close(fd)
         a.progress_path.unlink(missing_ok=True)
         a.done.set()
-        # Last: a waiter that sees the run no longer watched reads its end, and this
-        # thread then only waits for its next run (no contention for the GIL).
+        # A waiter that sees the run no longer watched reads its end.
         if not notified:
             sup.notify_finished()
+        # Last, with the run recorded and its waiters told: what the next runs need
+        # (a spare forked again, logs made ahead), off every run's way.
+        if a.popen is not None and hasattr(a.popen, "close"):
+            a.popen.close()
+        sup.log_files.prepare()
 
 
 def watch_until_exit(sup: Supervisor, a: Active) -> None:

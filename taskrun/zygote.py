@@ -187,6 +187,7 @@ class Zygote:
         fds = list(fds)
         with self.lock:
             for _ in range(SPARES + 1):  # spares killed while they waited are replaced
+                self._receive(block=False)  # the spares that came since the last launch
                 if not self.ready:
                     self._ask()
                     self.sock.settimeout(SPARE_TIMEOUT_S)  # a zygote that hangs is replaced

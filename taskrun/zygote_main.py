@@ -111,8 +111,7 @@ def run_task(request: dict, fds: list[int]) -> None:
         os.close(log_fd)  # the lock descriptors stay open, as pass_fds keeps them
     set_comm(request["comm"])
     os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
+    set_environ(request["env"])
     script = request["script"]
     sys.argv = [script]
     sys.path[0] = os.path.dirname(script)
@@ -174,6 +173,19 @@ def report_end(address: str | None, me: int, lock_fds: list[int], code: int) -> 
             sock.sendto(json.dumps(report).encode(), "\0" + address)
     except OSError:
         pass  # the supervisor learns of the end from the exit, as for a cold run
+
+
+def set_environ(env: dict) -> None:
+    """Make ``os.environ`` (and the C environment) ``env``, changing only what differs.
+
+    The order comes out as a cold run's: the zygote's environment is the start of
+    every run's, so kept keys keep their places and new ones follow in order.
+    """
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def run_main(script: str) -> None:

@@ -5,8 +5,6 @@ import pytest
 from taskrun import logs
 from taskrun.errors import InvalidName, NotFound
 
-from .conftest import wait_for
-
 
 def test_read_by_offset_follows_a_growing_file(tmp_path):
     path = tmp_path / "a_1.log"
@@ -72,45 +70,35 @@ def test_missing_file(tmp_path):
 
 
 def made_ahead(folder):
-    return [p for p in folder.iterdir() if p.name.startswith(".next-")]
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".next-"))
 
 
-def test_a_log_made_ahead_is_renamed_into_place_and_never_served(tmp_path):
+def test_logs_made_ahead_are_renamed_into_place_and_never_served(tmp_path):
     creator = logs.LogCreator(tmp_path, "host:1:abc")
     creator.prepare()
-    [ahead] = wait_for(lambda: made_ahead(tmp_path))
+    first, second = made_ahead(tmp_path)
     with pytest.raises(InvalidName):
-        logs.parse_log_name(ahead.name)  # no API or page will serve it
+        logs.parse_log_name(first.name)  # no API or page will serve it
     fd = creator.open(tmp_path / "job_7.log")
     os.write(fd, b"out\n")
     os.close(fd)
-    assert not ahead.exists() and (tmp_path / "job_7.log").read_bytes() == b"out\n"
-    # The next one is made at once, off the launch path; none is left behind.
-    [following] = wait_for(lambda: made_ahead(tmp_path))
-    assert following != ahead
+    assert not first.exists() and (tmp_path / "job_7.log").read_bytes() == b"out\n"
+    assert made_ahead(tmp_path) == [second]
+    os.close(creator.open(tmp_path / "job_8.log"))
+    os.close(creator.open(tmp_path / "job_9.log"))  # none left: created at once
+    assert not made_ahead(tmp_path)
+    creator.prepare()
+    assert len(made_ahead(tmp_path)) == 2
     creator.close()
-    assert [p.name for p in tmp_path.iterdir()] == ["job_7.log"]
-
-
-def test_a_log_is_created_at_once_when_none_was_made_ahead(tmp_path):
-    creator = logs.LogCreator(tmp_path, "host:1:abc")
-    fd = creator.open(tmp_path / "job_1.log")
-    os.close(fd)
-    assert (tmp_path / "job_1.log").exists()
-    creator.close()
-    assert [p.name for p in tmp_path.iterdir()] == ["job_1.log"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job_7.log", "job_8.log", "job_9.log"]
 
 
 def test_logs_made_ahead_by_dead_supervisors_are_removed(tmp_path):
-    dead = logs.LogCreator(tmp_path, "host:1:dead")
-    dead.prepare()
-    wait_for(lambda: made_ahead(tmp_path))
+    logs.LogCreator(tmp_path, "host:1:dead").prepare()
     alive = logs.LogCreator(tmp_path, "host:2:alive")
     alive.prepare()
-    wait_for(lambda: len(made_ahead(tmp_path)) == 2)
     logs.LogCreator.remove_left_over(tmp_path, lambda owner: owner == "host:2:alive")
-    [left] = tmp_path.iterdir()
-    assert "host:2:alive" in left.name
+    assert all("host:2:alive" in p.name for p in tmp_path.iterdir())
     alive.close()
     assert not list(tmp_path.iterdir())
 
@@ -120,7 +108,6 @@ def test_a_broken_log_dir_is_reported_when_the_log_is_opened(tmp_path):
     folder.mkdir()
     creator = logs.LogCreator(folder, "host:1:abc")
     creator.prepare()
-    wait_for(lambda: made_ahead(folder))
     for path in folder.iterdir():
         path.unlink()
     folder.rmdir()

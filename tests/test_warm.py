@@ -23,7 +23,8 @@ PROBE = r'''
 import json, os, sys
 print(json.dumps({
     "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "name": __name__,
-    "file": __file__, "env": dict(os.environ), "stdin": sys.stdin.read(),
+    "file": __file__, "env": dict(os.environ), "env_keys": list(os.environ),
+    "stdin": sys.stdin.read(),
     "session_leader": os.getsid(0) == os.getpid(), "group_leader": os.getpgid(0) == os.getpid(),
     "ppid_is_server": os.getppid() == int(os.environ.get("SERVER_PID", "0") or 0),
     "stdout": [sys.stdout.encoding, sys.stdout.errors, sys.stdout.write_through],
@@ -72,9 +73,9 @@ def test_a_warm_run_sees_what_a_cold_run_sees(svc, tasks_dir):
     assert a["argv"] == [str(tasks_dir / "hot.py")] and b["argv"] == [str(tasks_dir / "cold.py")]
     assert a["file"] == a["argv"][0] and a["path0"] == b["path0"] == str(tasks_dir)
     assert a["cwd"].endswith("/work/hot") and b["cwd"].endswith("/work/cold")
-    for key in ("env", "stdin", "name", "session_leader", "group_leader", "stdout", "stderr",
-                "executable", "main_is_fresh", "main", "main_is_module", "package", "spec",
-                "cached", "stdio"):
+    for key in ("env", "env_keys", "stdin", "name", "session_leader", "group_leader", "stdout",
+                "stderr", "executable", "main_is_fresh", "main", "main_is_module", "package",
+                "spec", "cached", "stdio"):
         assert a[key] == b[key], key
     assert a["name"] == "__main__" and a["session_leader"] and a["stdin"] == ""
 
