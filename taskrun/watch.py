@@ -58,7 +58,7 @@ def _finish(with_spawned: bool) -> Fast:
 
 
 _FINISH = _finish(with_spawned=False)
-# A run that ended before its watcher recorded its start: one write instead of two.
+# A run that ended before its first sample: its start and end recorded in one write.
 _FINISH_SPAWNED = _finish(with_spawned=True)
 _BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
 
@@ -158,14 +158,11 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
         return a.reported is not None
 
     if a.spawned is not None:
-        # Recorded by the run's own thread, off the launch path. Until then a crash
-        # would mark the run lost, but its process keeps its lock: no duplicate.
-        a.spawned["b_created"] = procs.create_time(a.pid)  # (not reaped yet: readable)
-        if ended(0):
-            return  # already over: ``finalize`` records start and end in one write
-        with sup.db.begin_fast() as c:
-            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
-        a.spawned = None
+        # The process (pid, start time, launch...) is recorded with the first sample,
+        # or with the end if that comes first: a short run costs the database one
+        # write fewer. Until then a crash of the server would mark the run lost, but
+        # its process keeps its lock: no duplicate.
+        a.spawned["b_created"] = procs.create_time(a.pid)
     interval = sup.settings.sample_interval
     # First sample shortly after the start: right at the spawn we would measure the
     # forked server rather than the task.
@@ -202,6 +199,9 @@ def sample(sup: Supervisor, a: Active) -> None:
     values = {"peak_rss": a.peak_rss, "cpu_seconds": round(a.cpu_seconds, 3)}
     values.update(read_progress(sup, a))
     with sup.db.begin() as c:
+        if a.spawned is not None:
+            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
+            a.spawned = None
         c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
         c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
                                               cpu_percent=round(percent, 1)))

@@ -35,6 +35,20 @@ def test_hello_example_runs_with_params_and_progress(service, examples):
     assert service.run_samples(run.id)
 
 
+def test_the_process_is_recorded_with_the_first_sample_or_with_the_end(service, write_task):
+    write_task("quick", "pass")
+    write_task("slow", "import time; time.sleep(30)")
+    done = service.wait(service.submit("quick").id, 30)  # ended before any sample
+    assert done.pid and done.spawned_at and done.log_path and done.launch == "cold"
+    assert done.code_sha and done.pid_created and done.exited_at
+    slow = service.submit("slow")
+    running = wait_for(lambda: service.get_run(slow.id).pid and service.get_run(slow.id))
+    assert running.status == "running" and running.pid_created and running.spawned_at
+    assert procs.is_same_process(running.pid, running.pid_created)  # what recovery checks
+    service.cancel(slow.id)
+    assert service.wait(slow.id, 30).status == "cancelled"
+
+
 def test_forbid_refuses_concurrent_submits_naming_the_active_run(service, write_task):
     write_task("solo", "import time; time.sleep(1)")
     results, errors = [], []
