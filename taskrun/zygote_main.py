@@ -81,6 +81,7 @@ def spare(channel: socket.socket) -> None:
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(saved)
+    rehearse()
     request, fds = recv_msg(channel)
     if request is None:
         os._exit(0)  # dropped by the supervisor (or it is gone) before any run came
@@ -89,6 +90,38 @@ def spare(channel: socket.socket) -> None:
     sys.stdout = sys.__stdout__ = stdout
     sys.stderr = sys.__stderr__ = stderr
     run_task(request, fds)
+
+
+def rehearse() -> None:
+    """A run's steps once, on nothing, while the spare waits for a run.
+
+    Each page a run's steps touch (the reference counts of the functions, types and
+    modules they use) is copied on its first write in a fork: ~1-2 us each, and
+    most of a no-op run's time. Touched here, they are copied before a run waits
+    on them. Nothing is left behind: no file, module, descriptor or setting.
+    """
+    json.loads(json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}))
+    sys.stdin, sys.stdout, sys.stderr = sys.stdin, sys.stdout, sys.stderr
+    os.dup2(0, 0)
+    os.chdir(os.getcwd())
+    set_environ(dict(os.environ))
+    sys.argv, sys.path[0] = sys.argv, sys.path[0]
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__annotations__={}, __builtins__=builtins,
+                         __loader__=SourceFileLoader("__main__", os.devnull),
+                         __file__=os.devnull, __cached__=None)
+    with io.open_code(os.devnull) as f:
+        source = f.read() + b"pass\n"
+    exec(compile(source, os.path.dirname(os.devnull), "exec", dont_inherit=True), main.__dict__)
+    flush()
+    list(itertools.islice(reversed(sys.modules), 1))
+    weakref.ref(main)
+    del main
+    flush_open_files()
+    gc.collect()
+    user, system, children_user, children_system, _ = os.times()
+    json.dumps({"exit": 0, "cpu": user + system + children_user + children_system}).encode()
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close()
 
 
 def stdio(fd: int, name: str, mode: str, errors: str = "strict") -> io.TextIOWrapper:
