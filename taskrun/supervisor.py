@@ -194,10 +194,10 @@ class Supervisor:
             return self.active.get(run_id)
 
     def notify_finished(self) -> None:
-        if self.automation is not None:
-            self.automation.run_ended()  # follow up (retry, chain, notify) at once
         with self.finished:
             self.finished.notify_all()
+        if self.automation is not None:
+            self.automation.run_ended()  # follow up (retry, chain, notify) at once
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -95,6 +95,7 @@ class Active:
     exited_at: datetime | None = None  # when the watcher saw the process end
     final: RunPublic | None = None  # the run as its end was recorded
     reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
+    outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
 
 
 def run(sup: Supervisor, a: Active) -> None:
@@ -128,6 +129,8 @@ def run(sup: Supervisor, a: Active) -> None:
         # A waiter that sees the run no longer watched reads its end.
         if not notified:
             sup.notify_finished()
+        if a.outcome is not None:
+            log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
         # Last, with the run recorded and its waiters told: what the next runs need
         # (a spare forked again, logs made ahead), off every run's way.
         if a.popen is not None and hasattr(a.popen, "close"):
@@ -311,7 +314,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
             "b_rss": a.peak_rss or None})
     if row is not None:  # None: something else ended it first (waiters then read it)
         a.final = RunPublic.from_row(row)
-    log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, status, code)
+    a.outcome = (status, code)  # logged once waiters are told
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
     """Why a run failed, when it was one of the limits its task declared."""

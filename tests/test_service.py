@@ -103,7 +103,8 @@ def test_log_listing_and_lookup_by_name(service, write_task):
 def test_app_log_and_health(service, write_task):
     write_task("quick", "pass")
     service.wait(service.submit("quick").id, 15)
-    assert "ended: succeeded" in service.app_log(lines=50).content
+    # (logged once the run's waiters are told)
+    wait_for(lambda: "ended: succeeded" in service.app_log(lines=50).content)
     assert service.app_log(lines=50, level="ERROR").content == ""
     health = service.health()
     assert health["ok"] and health["status"] == "ok"
