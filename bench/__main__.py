@@ -36,17 +36,6 @@ def table(figures: list[Figure]) -> str:
                      for r in rows)
 
 
-def derived(figures: list[Figure]) -> list[Figure]:
-    """Figures that need two suites: the run lifecycle's database share of launch overhead."""
-    overhead = next((f for f in figures if f.name.startswith("launch overhead")), None)
-    if overhead is None or overhead.median <= 0:
-        return []
-    return [Figure("history", f"{f.name} / launch overhead", "%",
-                   value=100 * f.median / overhead.median,
-                   target="" if "queued" in f.name else "< 10%")
-            for f in figures if f.name.startswith("run lifecycle DB cost")]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
@@ -78,7 +67,6 @@ def main(argv=None) -> int:
         print(f"… {name}", file=sys.stderr, flush=True)
         figures += suites[name]()
         print(f"  {name} took {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    figures += derived(figures)
     print(table(figures))
     by_name = {(f.suite, f.name): f for f in figures}
     out = {"machine": machine(), "quick": q, "seconds": round(time.time() - started, 1),

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from taskrun.models import RunPublic, utcnow
 from taskrun.service import RunFilter
 
-from .common import Figure, service_home
+from .common import Figure, interleave, service_home
 
 STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
 
@@ -49,39 +53,96 @@ def timed(fn, repeat: int) -> list[float]:
     return out
 
 
-def lifecycle_db_cost(svc, repeat: int, queued: bool) -> list[float]:
-    """What one run costs the database, without any process: the statements the service
-    itself runs, through the same code. A run launched at once (as in the launch suite)
-    is inserted already claimed; a ``queued`` one is claimed by a separate statement.
+def lifecycle_once(svc, meta, queued: bool) -> float:
+    """What one run costs the database, without any process (ms): the statements the
+    service itself runs, through the same code. A run launched at once (as in the
+    launch suite) is inserted already claimed; a ``queued`` one is claimed by a
+    separate statement.
     """
     from taskrun import queueing, supervisor, watch
 
-    meta = svc.store.info("task0").meta
     claim = None if queued else {"owner": "bench", "host": "bench"}
-    out = []
-    for _ in range(repeat + 5):  # the first five warm up and are dropped
+    t = time.perf_counter()
+    # The submit's transaction: policy check, queue bound, insert, audit row.
+    run_id, _ = queueing.submit(svc.db, svc.settings, "task0", meta, {}, "api", None,
+                                claim=claim)
+    if queued:
+        with svc.db.begin_fast() as c:  # queued -> running (compare-and-set)
+            supervisor._CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+                                        "b_owner": "bench", "b_host": "bench"})
+    # The outcome with what is recorded of its process, and the row its waiters are
+    # given: one write for a run that ends before its first sample (0.1 s), as the
+    # launch suite's do; a longer run records its process with that sample.
+    with svc.db.begin_fast() as c:
+        row = watch._FINISH_SPAWNED.first(c, {
+            "b_pid": 1, "b_sha": "x" * 64, "b_log": "bench.log", "b_spawned": utcnow(),
+            "b_created": 0.0, "b_launch": "cold", "b_id": run_id, "b_status": "succeeded",
+            "b_error": None, "b_cancelled_by": None, "b_exit_code": 0, "b_signal": None,
+            "b_exited_at": utcnow(), "b_finished_at": utcnow(), "b_cpu": 0.01,
+            "b_rss": None})
+    elapsed = (time.perf_counter() - t) * 1000
+    assert RunPublic.from_row(row).status == "succeeded"
+    return elapsed
+
+
+def lifecycle_share(svc, home, label: str, n: int) -> list[Figure]:
+    """The lifecycle's database cost as a share of the launch overhead, both taken from
+    the same launches: each launched run's time inside the service's own write
+    transactions (submit, claim, finish: every ``begin_fast``, commit and any wait
+    for the write lock included), and the launch overhead over a bare
+    ``subprocess.run`` timed in turns with them. (A share of figures timed minutes
+    apart mostly measured the machine's drift between them; statements timed back
+    to back ran on warm caches, which no launch has.)"""
+    meta = svc.store.info("task0").meta
+    script = str(home / "tasks" / "task0.py")
+    inner = svc.db.begin_fast
+    in_db = [0.0]
+
+    @contextmanager
+    def timed_begin():
         t = time.perf_counter()
-        # The submit's transaction: policy check, queue bound, insert, audit row.
-        run_id, _ = queueing.submit(svc.db, svc.settings, "task0", meta, {}, "api", None,
-                                    claim=claim)
-        if queued:
-            with svc.db.begin_fast() as c:  # queued -> running (compare-and-set)
-                supervisor._CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
-                                            "b_owner": "bench", "b_host": "bench"})
-        # The outcome with what is recorded of its process, and the row its waiters
-        # are given: one write for a run that ends before its first sample (0.1 s),
-        # as the launch suite's do; a longer run records its process with that sample.
-        with svc.db.begin_fast() as c:
-            row = watch._FINISH_SPAWNED.first(c, {
-                "b_pid": 1, "b_sha": "x" * 64, "b_log": "bench.log", "b_spawned": utcnow(),
-                "b_created": 0.0, "b_launch": "cold", "b_id": run_id, "b_status": "succeeded",
-                "b_error": None,
-                "b_cancelled_by": None, "b_exit_code": 0, "b_signal": None,
-                "b_exited_at": utcnow(), "b_finished_at": utcnow(), "b_cpu": 0.01,
-                "b_rss": None})
-        assert RunPublic.from_row(row).status == "succeeded"
-        out.append((time.perf_counter() - t) * 1000)
-    return out[5:]
+        with inner() as c:
+            yield c
+        in_db[0] += time.perf_counter() - t
+
+    def bare() -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, script], check=True)
+        return (time.perf_counter() - t) * 1000
+
+    db_ms: list[float] = []
+
+    def launched() -> float:
+        in_db[0] = 0.0
+        t = time.perf_counter()
+        done = svc.wait(svc.submit("task0").id, 30)
+        elapsed = (time.perf_counter() - t) * 1000
+        assert done.status == "succeeded", done.error
+        db_ms.append(in_db[0] * 1000)
+        return elapsed
+
+    svc.db.begin_fast = timed_begin
+    try:
+        base, runs = interleave(bare, launched, n, warmup=5)
+    finally:
+        del svc.db.begin_fast
+    db_ms = db_ms[-n:]
+    direct = [lifecycle_once(svc, meta, False) for _ in range(n)]
+    queued = [lifecycle_once(svc, meta, True) for _ in range(n)]
+    overhead = statistics.median(runs) - statistics.median(base)
+    return [
+        Figure("history", f"launch overhead, {label} runs in history", "ms", value=overhead,
+               note="taskrun submit -> finished minus subprocess.run, in turns"),
+        Figure("history", f"run lifecycle DB cost, {label}", "ms", db_ms,
+               note="in those launches: their time in the service's write transactions"),
+        Figure("history", f"run lifecycle DB cost, {label} / launch overhead", "%",
+               value=100 * statistics.median(db_ms) / overhead if overhead > 0 else 0,
+               target="< 10%"),
+        Figure("history", f"lifecycle statements back to back, {label}", "ms", direct,
+               note="the same writes in a loop (warm caches): submit, finish"),
+        Figure("history", f"lifecycle statements back to back, queued first, {label}", "ms",
+               queued, note="submit, claim, finish"),
+    ]
 
 
 TASKS = {f"task{i}": "# /// script\n# [tool.taskrun]\n# concurrency = 'parallel'\n# ///\npass\n"
@@ -91,7 +152,7 @@ TASKS = {f"task{i}": "# /// script\n# [tool.taskrun]\n# concurrency = 'parallel'
 def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
     figures = []
     label = f"{size // 1000}k" if size < 1_000_000 else f"{size // 1_000_000}M"
-    with service_home(TASKS, start=False) as (svc, _home):
+    with service_home(TASKS, start=last) as (svc, home):
         bulk_load(svc.db.read_engine.url.database, size)
         raw = sqlite3.connect(svc.db.read_engine.url.database)
         base_name = f"primary-key lookup, {label} (baseline)"
@@ -118,11 +179,7 @@ def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
                                   baseline=base_name, target=target))
         raw.close()
         if last:
-            figures.append(Figure("history", f"run lifecycle DB cost, {label}", "ms",
-                                  lifecycle_db_cost(svc, max(repeat, 200), queued=False),
-                                  note="launched at once, as in the launch suite"))
-            figures.append(Figure("history", f"run lifecycle DB cost, queued first, {label}",
-                                  "ms", lifecycle_db_cost(svc, max(repeat, 200), queued=True)))
+            figures += lifecycle_share(svc, home, label, max(repeat, 100))
     return figures
 
 
