@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,15 @@ def interleave(a, b, n: int, warmup: int = 3) -> tuple[list[float], list[float]]
         xs.append(a())
         ys.append(b())
     return xs, ys
+
+
+def bare_run(script: str) -> Callable[[], float]:
+    """The baseline: ``subprocess.run`` of a script with the same interpreter (seconds)."""
+    def once() -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, script], check=True)
+        return time.perf_counter() - t
+    return once
 
 
 def settings_env(home: Path, **extra) -> dict[str, str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from taskrun.models import RunPublic, utcnow
 from taskrun.service import RunFilter
 
-from .common import Figure, interleave, service_home
+from .common import Figure, bare_run, interleave, service_home
 
 STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
 
@@ -94,7 +92,6 @@ def lifecycle_share(svc, home, label: str, n: int) -> list[Figure]:
     apart mostly measured the machine's drift between them; statements timed back
     to back ran on warm caches, which no launch has.)"""
     meta = svc.store.info("task0").meta
-    script = str(home / "tasks" / "task0.py")
     inner = svc.db.begin_fast
     in_db = [0.0]
 
@@ -105,31 +102,27 @@ def lifecycle_share(svc, home, label: str, n: int) -> list[Figure]:
             yield c
         in_db[0] += time.perf_counter() - t
 
-    def bare() -> float:
-        t = time.perf_counter()
-        subprocess.run([sys.executable, script], check=True)
-        return (time.perf_counter() - t) * 1000
-
     db_ms: list[float] = []
 
     def launched() -> float:
         in_db[0] = 0.0
         t = time.perf_counter()
         done = svc.wait(svc.submit("task0").id, 30)
-        elapsed = (time.perf_counter() - t) * 1000
+        elapsed = time.perf_counter() - t
         assert done.status == "succeeded", done.error
         db_ms.append(in_db[0] * 1000)
         return elapsed
 
     svc.db.begin_fast = timed_begin
     try:
-        base, runs = interleave(bare, launched, n, warmup=5)
+        base, runs = interleave(bare_run(str(home / "tasks" / "task0.py")), launched, n,
+                                warmup=5)
     finally:
         del svc.db.begin_fast
     db_ms = db_ms[-n:]
     direct = [lifecycle_once(svc, meta, False) for _ in range(n)]
     queued = [lifecycle_once(svc, meta, True) for _ in range(n)]
-    overhead = statistics.median(runs) - statistics.median(base)
+    overhead = (statistics.median(runs) - statistics.median(base)) * 1000
     return [
         Figure("history", f"launch overhead, {label} runs in history", "ms", value=overhead,
                note="taskrun submit -> finished minus subprocess.run, in turns"),

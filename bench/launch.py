@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 
-from .common import NOOP, Figure, interleave, service_home
+from .common import NOOP, Figure, bare_run, interleave, service_home
 
 
 def run(n: int) -> list[Figure]:
     with service_home({"noop": NOOP}, TASKRUN_MAX_CONCURRENCY=2) as (svc, home):
-        script = str(home / "tasks" / "noop.py")
-
-        def baseline() -> float:
-            t = time.perf_counter()
-            subprocess.run([sys.executable, script], check=True)
-            return time.perf_counter() - t
-
+        baseline = bare_run(str(home / "tasks" / "noop.py"))
         ids = []
 
         def service() -> float:

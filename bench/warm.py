@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
-from .common import NOOP, Figure, interleave, service_home
+from .common import NOOP, Figure, bare_run, interleave, service_home
 
 WARM = '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# preload = {preload}\n# ///\n'
 FIRST_LINE = "import time\nimport pandas\nprint(repr(time.time()), flush=True)\n"
@@ -26,13 +24,7 @@ def run(n: int) -> list[Figure]:
              "pandas_warm": WARM.format(preload='["pandas"]') + FIRST_LINE,
              "alloc_cold": ALLOCATES, "alloc_warm": WARM.format(preload='["pandas"]') + ALLOCATES}
     with service_home(tasks, TASKRUN_MAX_CONCURRENCY=2) as (svc, home):
-        script = str(home / "tasks" / "noop_cold.py")
-
-        def bare() -> float:
-            t = time.perf_counter()
-            subprocess.run([sys.executable, script], check=True)
-            return time.perf_counter() - t
-
+        bare = bare_run(str(home / "tasks" / "noop_cold.py"))
         def submit(task: str):
             def once() -> float:
                 t = time.perf_counter()

@@ -106,21 +106,13 @@ def rehearse() -> None:
     os.chdir(os.getcwd())
     set_environ(dict(os.environ))
     sys.argv, sys.path[0] = sys.argv, sys.path[0]
-    main = types.ModuleType("__main__")
-    main.__dict__.update(__annotations__={}, __builtins__=builtins,
-                         __loader__=SourceFileLoader("__main__", os.devnull),
-                         __file__=os.devnull, __cached__=None)
-    with io.open_code(os.devnull) as f:
-        source = f.read() + b"pass\n"
-    exec(compile(source, os.path.dirname(os.devnull), "exec", dont_inherit=True), main.__dict__)
+    run_main(os.devnull, register=False)
     flush()
     list(itertools.islice(reversed(sys.modules), 1))
-    weakref.ref(main)
-    del main
+    weakref.ref(types.ModuleType("__main__"))
     flush_open_files()
     gc.collect()
-    user, system, children_user, children_system, _ = os.times()
-    json.dumps({"exit": 0, "cpu": user + system + children_user + children_system}).encode()
+    json.dumps({"exit": 0, "cpu": cpu_seconds()}).encode()
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close()
 
 
@@ -199,13 +191,18 @@ def report_end(address: str | None, me: int, lock_fds: list[int], code: int) -> 
             os.close(fd)
         except OSError:
             pass
-    user, system, children_user, children_system, _ = os.times()
-    report = {"exit": code, "cpu": user + system + children_user + children_system}
+    report = {"exit": code, "cpu": cpu_seconds()}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(json.dumps(report).encode(), "\0" + address)
     except OSError:
         pass  # the supervisor learns of the end from the exit, as for a cold run
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time and its waited-for children's: what ``wait4`` reports."""
+    user, system, children_user, children_system, _ = os.times()
+    return user + system + children_user + children_system
 
 
 def set_environ(env: dict) -> None:
@@ -221,8 +218,9 @@ def set_environ(env: dict) -> None:
             os.environ[key] = value
 
 
-def run_main(script: str) -> None:
-    """Run the script as ``python script`` does: in a fresh ``__main__`` set up the same way.
+def run_main(script: str, register: bool = True) -> None:
+    """Run the script as ``python script`` does: in a fresh ``__main__`` set up the same way
+    (made ``sys.modules["__main__"]`` unless ``register`` is false: the rehearsal).
 
     (Not ``runpy.run_path``: its ``__main__`` differs from the interpreter's in
     ``__loader__``, ``__package__`` and ``__builtins__``, and it opens the file
@@ -232,7 +230,8 @@ def run_main(script: str) -> None:
     main.__dict__.update(__annotations__={}, __builtins__=builtins,
                          __loader__=SourceFileLoader("__main__", script),
                          __file__=script, __cached__=None)
-    sys.modules["__main__"] = main
+    if register:
+        sys.modules["__main__"] = main
     with io.open_code(script) as f:
         source = f.read()
     exec(compile(source, script, "exec", dont_inherit=True), main.__dict__)
