@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .db import Database
-from .fastsql import Connection, insert_all
+from .fastsql import Connection, Insert
 from .models import AuditEvent, utcnow
 
 _T = AuditEvent.__table__
-_INSERT = insert_all(_T)
+_INSERT = Insert(_T)
 
 
 def values(actor: str | None, action: str, target: str | None = None,

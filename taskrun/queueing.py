@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from . import audit, metadata
 from .db import Database
 from .errors import AlreadyActive, QueueFull
-from .fastsql import Connection, Fast, insert_all
+from .fastsql import Connection, Fast, Insert
 from .metadata import TaskMeta
 from .models import Run, RunBase, utcnow
 from .settings import Settings
@@ -28,10 +28,10 @@ _TASK_ACTIVE = Fast(sa.select(_T.c.id, _T.c.status)
                     .limit(1))
 _QUEUED_COUNT = Fast(sa.select(sa.func.count()).select_from(_T).where(
     _T.c.status == RunStatus.QUEUED.value))
-# Every column is given: the model's defaults for what a caller leaves out.
-_INSERT = insert_all(_T, {name: field.get_default(call_default_factory=True)
-                          for name, field in RunBase.model_fields.items()
-                          if not field.is_required()})
+# The model's defaults for what a caller leaves out (those that are not NULL).
+_INSERT = Insert(_T, {name: field.get_default(call_default_factory=True)
+                      for name, field in RunBase.model_fields.items()
+                      if not field.is_required()})
 
 
 def submit(db: Database, settings: Settings, task: str, meta: TaskMeta, params: dict[str, Any],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -94,3 +94,31 @@ def test_reads_from_short_lived_threads_leave_no_connection_open(db):
         thread.start()
         thread.join()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_times_in_any_zone_are_stored_as_core_stores_them_and_naive_ones_refused(db):
+    later = datetime(2026, 1, 2, 8, 4, 5, 7, tzinfo=timezone(timedelta(hours=5)))
+    with db.begin_fast() as raw:
+        fast_id = queueing._INSERT.insert(raw, values(started_at=later))
+    with db.begin() as core:
+        core_id = queueing._INSERT.insert(core, values(started_at=later))
+    conn = sqlite3.connect(db._file)
+    stored = conn.execute("SELECT started_at FROM run WHERE id IN (?, ?)",
+                          (fast_id, core_id)).fetchall()
+    conn.close()
+    assert stored == [("2026-01-02 03:04:05.000007",)] * 2
+    assert find_run(db, fast_id).started_at == later
+    for begin in (db.begin_fast, db.begin):
+        with pytest.raises((ValueError, sa.exc.StatementError), match="naive"), begin() as c:
+            queueing._INSERT.insert(c, values(started_at=datetime(2026, 1, 2)))
+
+
+def test_an_insert_gives_only_its_columns_and_refuses_unknown_ones(db):
+    with db.begin_fast() as raw:
+        run_id = queueing._INSERT.insert(raw, values())
+        with pytest.raises(KeyError, match="colour"):
+            queueing._INSERT.insert(raw, values(colour="red"))
+    sql = queueing._INSERT._compiled[frozenset(values()) | queueing._INSERT.defaults.keys()].sql
+    assert "pid" not in sql and "followed_up" in sql  # NULLs left to the column
+    run = find_run(db, run_id)
+    assert run.pid is None and run.attempt == 1 and run.trigger == "manual"
