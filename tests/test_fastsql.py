@@ -118,7 +118,8 @@ def test_an_insert_gives_only_its_columns_and_refuses_unknown_ones(db):
         run_id = queueing._INSERT.insert(raw, values())
         with pytest.raises(KeyError, match="colour"):
             queueing._INSERT.insert(raw, values(colour="red"))
-    sql = queueing._INSERT._compiled[frozenset(values()) | queueing._INSERT.defaults.keys()].sql
+    given = frozenset(values().keys() | queueing._INSERT.defaults.keys())
+    sql = queueing._INSERT._compiled[given].sql
     assert "pid" not in sql and "followed_up" in sql  # NULLs left to the column
     run = find_run(db, run_id)
     assert run.pid is None and run.attempt == 1 and run.trigger == "manual"
