@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from .common import Figure, service_home
+from .common import Figure, scratch_dir, service_home
 
 SLEEPER = """# /// script
 # [tool.taskrun]
@@ -31,7 +29,7 @@ def run(n: int) -> list[Figure]:
             assert done.status == "timed_out", done.status
             deadline = done.spawned_at.timestamp() + done.timeout
             ours.append(done.exited_at.timestamp() - deadline)
-    folder = Path(tempfile.mkdtemp(prefix="bench-kill-"))
+    folder = scratch_dir("bench-kill-")
     script = str(folder / "sleeper.py")
     Path(script).write_text(SLEEPER)
     base = []
@@ -42,7 +40,6 @@ def run(n: int) -> list[Figure]:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         base.append(time.perf_counter() - deadline)
-    shutil.rmtree(folder, ignore_errors=True)
     return [
         Figure("kill", "Popen + sleep + killpg + wait (baseline)", "ms", [x * 1000 for x in base]),
         Figure("kill", "taskrun deadline -> process gone", "ms", [x * 1000 for x in ours],

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from .common import ROOT, Figure
+from .common import ROOT, Figure, scratch_dir
 
 FLOOD = """# /// script
 # [tool.taskrun]
@@ -34,7 +32,7 @@ def run() -> list[Figure]:
     sys.path.insert(0, str(ROOT))
     from tests.server import Server
 
-    root = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    root = scratch_dir("bench-mem-")
     bare = subprocess.Popen([sys.executable, "-c",
                              "import streamlit, fastapi, sqlmodel, plotly, pandas, time; "
                              "time.sleep(30)"])
@@ -56,7 +54,6 @@ def run() -> list[Figure]:
             time.sleep(0.1)
     finally:
         srv.stop()
-        shutil.rmtree(root, ignore_errors=True)
     base = "bare interpreter with the same imports (baseline)"
     return [
         Figure("memory", base, "MiB", value=bare_rss),

@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import NOOP, ROOT, Figure, service_home
+from .common import NOOP, ROOT, Figure, scratch_dir, service_home
 
 QUEUED_NOOP = "# /// script\n# [tool.taskrun]\n# concurrency = 'queue'\n# ///\npass\n"
 TASKS = {f"t{i}": QUEUED_NOOP for i in range(10)}
@@ -66,7 +65,7 @@ def _bin(name: str) -> str:
 
 
 def _huey(n: int, scripts: list[str], like_for_like: bool) -> float:
-    folder = Path(tempfile.mkdtemp(prefix="bench-huey-"))
+    folder = scratch_dir("bench-huey-")
     env = {**os.environ, "BENCH_HUEY_DB": str(folder / "huey.db"), "PYTHONPATH": str(ROOT)}
     os.environ["BENCH_HUEY_DB"] = env["BENCH_HUEY_DB"]
     import importlib
@@ -91,7 +90,6 @@ def _huey(n: int, scripts: list[str], like_for_like: bool) -> float:
         return time.perf_counter() - t
     finally:
         _stop(consumer, sig=signal.SIGINT)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rq(n: int, scripts: list[str], like_for_like: bool) -> float | None:
@@ -147,7 +145,7 @@ def _rq(n: int, scripts: list[str], like_for_like: bool) -> float | None:
 
 
 def run(n: int) -> list[Figure]:
-    folder = Path(tempfile.mkdtemp(prefix="bench-scripts-"))
+    folder = scratch_dir("bench-scripts-")
     scripts = []
     for i in range(10):
         path = folder / f"t{i}.py"
@@ -168,7 +166,6 @@ def run(n: int) -> list[Figure]:
     rq = _rq(n, scripts, False)
     if rq:
         rates["rq_noop"].append(n / rq)
-    shutil.rmtree(folder, ignore_errors=True)
     base = "2-thread pool of subprocess.run (baseline)"
     out = [
         Figure("throughput", base, "runs/s", rates["pool"]),
