@@ -11,6 +11,8 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from .errors import SettingsError
@@ -234,23 +236,23 @@ class Settings:
     launch: str
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
+    @cached_property  # (a launch asks for several of these paths)
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
-    @property
+    @cached_property
     def run_logs_dir(self) -> Path:
         return self.home / "logs" / "runs"
 
-    @property
+    @cached_property
     def locks_dir(self) -> Path:
         return self.home / "locks"
 
-    @property
+    @cached_property
     def work_dir(self) -> Path:
         return self.home / "work"
 
-    @property
+    @cached_property
     def app_log(self) -> Path:
         return self.logs_dir / "app.log"
 
@@ -299,8 +301,6 @@ def defaults_table() -> list[tuple[str, str, str]]:
 
 def configure_logging(settings: Settings) -> None:
     """Log the application to a rotating ``app.log`` in the data dir (once per process)."""
-    from logging.handlers import RotatingFileHandler
-
     root = logging.getLogger("taskrun")
     root.setLevel(settings.log_level)
     target = str(settings.app_log)
@@ -308,8 +308,22 @@ def configure_logging(settings: Settings) -> None:
         if getattr(handler, "baseFilename", None) == target:
             return
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(target, maxBytes=5 * 1024 * 1024, backupCount=3,
-                                  encoding="utf-8")
+    handler = _AppLogHandler(target, maxBytes=5 * 1024 * 1024, backupCount=3,
+                             encoding="utf-8")
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
     root.addHandler(handler)
+
+
+class _AppLogHandler(RotatingFileHandler):
+    """Rolls over once the file has reached ``maxBytes``, checked with one fstat().
+
+    The stock check stats the path twice and formats each record twice, and a
+    line is logged at every run's end. fstat() sees what other processes
+    appended too (the CLI logs here as well).
+    """
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if self.stream is None:
+            self.stream = self._open()
+        return self.maxBytes > 0 and os.fstat(self.stream.fileno()).st_size >= self.maxBytes

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,11 +173,11 @@ class Supervisor:
     def alive(self) -> bool:
         return bool(self._thread and self._thread.is_alive()) and not self._stopping
 
-    @property
+    @cached_property
     def progress_dir(self) -> Path:
         return self.settings.home / "progress"
 
-    @property
+    @cached_property
     def owners_dir(self) -> Path:
         return self.settings.locks_dir / "owners"
 

@@ -38,3 +38,27 @@ def test_every_setting_has_help_and_a_documented_default():
     rows = settings.defaults_table()
     assert [r[0] for r in rows] == [s.name for s in settings.SETTINGS]
     assert all(name.startswith("TASKRUN_") and default and help_ for name, default, help_ in rows)
+
+
+def test_the_app_log_rolls_over_at_its_size_limit(tmp_path):
+    import logging
+
+    from .conftest import make_settings
+
+    s = make_settings(tmp_path)
+    log = logging.getLogger("taskrun")
+    before = list(log.handlers)
+    settings.configure_logging(s)
+    (handler,) = [h for h in log.handlers if h not in before]
+    try:
+        handler.maxBytes = 2000
+        for i in range(80):
+            logging.getLogger("taskrun.test").warning("line %d %s", i, "x" * 80)
+        handler.flush()
+        rolled = sorted(p.name for p in s.logs_dir.iterdir())
+        assert rolled == ["app.log", "app.log.1", "app.log.2", "app.log.3"]  # backupCount=3
+        assert (s.logs_dir / "app.log").stat().st_size <= 2000 + 200  # one line past at most
+        assert "line 79" in (s.logs_dir / "app.log").read_text()
+    finally:
+        log.removeHandler(handler)
+        handler.close()
