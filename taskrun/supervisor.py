@@ -259,6 +259,11 @@ class Supervisor:
         Saves the hand-over to the supervisor thread on the launch path; if that
         thread is launching already, it is simply woken to look again.
         """
+        # Set before counting: a watcher that sees its process end after this count
+        # sees the backlog and launches (it stamps the end before it looks).
+        self.backlog = True
+        if self._slots_all_ours():
+            return  # nothing can start before one of them ends, and its watcher looks
         if self._stopping or not self._launching.acquire(blocking=False):
             self.wake()
             return
@@ -270,6 +275,13 @@ class Supervisor:
         finally:
             self._launching.release()
 
+    def _slots_all_ours(self) -> bool:
+        """Every slot is held by a process of ours still running: trying the slot files
+        (two failed open+flock per submit while runs wait) can only fail."""
+        with self._lock:
+            running = sum(1 for a in self.active.values() if a.exited_at is None)
+        return running >= self.settings.max_concurrency
+
     def reserve(self, task: str, concurrency: Concurrency) -> tuple[int, int | None] | None:
         """A slot (and the task's lock unless it runs in parallel) for a local submit.
 
@@ -277,7 +289,7 @@ class Supervisor:
         (see ``queueing.queue_run``). Holds the launch lock until
         ``launch_reserved`` or ``release``; None when anything is not free.
         """
-        if self._stopping or self.claim_only is not None or \
+        if self._stopping or self.claim_only is not None or self._slots_all_ours() or \
                 not self._launching.acquire(blocking=False):
             return None
         slot_fd = self.locks.acquire_slot()
