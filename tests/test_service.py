@@ -3,10 +3,10 @@
 import pytest
 
 from taskrun.errors import Conflict, InvalidCode, NotFound, StaleWrite, TaskBusy
-from taskrun.service import RunFilter
+from taskrun.service import RunFilter, Service
 from taskrun.status import RunStatus
 
-from .conftest import wait_for
+from .conftest import make_settings, wait_for
 
 
 def test_saves_are_versioned_and_restorable(service):
@@ -133,3 +133,21 @@ def test_a_waiter_here_is_handed_the_end_without_reading_it(service, write_task,
     assert done.status == "succeeded" and done.exit_code == 0 and done.pid
     stored = service.get_run(run.id).model_dump(exclude={"followed_up"})
     assert done.model_dump(exclude={"followed_up"}) == stored
+
+
+def test_a_run_queued_behind_full_slots_starts_when_one_frees_without_polling(tmp_path,
+                                                                             write_task):
+    # With one slot and a poll of a minute, only the ending run's watcher can start
+    # the next: a submit that skipped the (all ours, all busy) slots must not be lost.
+    svc = Service(make_settings(tmp_path, TASKRUN_MAX_CONCURRENCY="1",
+                                TASKRUN_POLL_INTERVAL="60")).start(sample_system=False)
+    try:
+        write_task("brief", "import time\ntime.sleep(0.3)", concurrency="parallel")
+        svc.wait(svc.submit("brief").id, 10)  # its end found nothing waiting: no backlog
+        first = svc.submit("brief")
+        queued = [svc.submit("brief") for _ in range(3)]
+        assert [svc.get_run(r.id).status for r in queued] == ["queued"] * 3
+        for run in (first, *queued):
+            assert svc.wait(run.id, 10).status == "succeeded"
+    finally:
+        svc.stop()
