@@ -25,8 +25,11 @@ from . import logs, procs
 from .fastsql import Fast
 from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
+from .zygote import WarmChild
 
 if TYPE_CHECKING:
+    import subprocess
+
     from .supervisor import Supervisor
 
 log = logging.getLogger("taskrun.supervisor")
@@ -75,7 +78,8 @@ class Active:
     log_path: Path
     progress_path: Path
     key: str
-    popen: object | None = None  # None when adopted after a restart (not our child)
+    # None when adopted after a restart (not our child); a WarmChild when forked warm
+    popen: subprocess.Popen | WarmChild | None = None
     wake_fd: int = -1
     pidfd: int = -1
     kill_reason: RunStatus | None = None
@@ -133,7 +137,7 @@ def run(sup: Supervisor, a: Active) -> None:
             log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
         # Last, with the run recorded and its waiters told: what the next runs need
         # (a spare forked again, logs made ahead), off every run's way.
-        if a.popen is not None and hasattr(a.popen, "close"):
+        if isinstance(a.popen, WarmChild):
             a.popen.close()
         sup.log_files.prepare()
 
@@ -144,7 +148,7 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
     poller = select.poll()
     poller.register(a.pidfd, select.POLLIN)
     poller.register(a.wake_fd, select.POLLIN)
-    ends = a.popen.ends.fileno() if hasattr(a.popen, "ends") else -1
+    ends = a.popen.ends.fileno() if isinstance(a.popen, WarmChild) else -1
     if ends >= 0:
         poller.register(ends, select.POLLIN)
 
