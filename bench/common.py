@@ -39,6 +39,19 @@ def scratch_dir(prefix: str) -> Path:
     return path
 
 
+def file_creation_us(count: int = 200) -> list[float]:
+    """Microseconds to create each of ``count`` empty files in a new scratch directory:
+    what a run's log file costs the file system at this moment (see SCRATCH)."""
+    folder = scratch_dir("create-")
+    out = []
+    for i in range(count):
+        t = time.perf_counter()
+        fd = os.open(folder / f"{i}.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        out.append((time.perf_counter() - t) * 1e6)
+        os.close(fd)
+    return out
+
+
 def _remove_made() -> None:
     while _made:
         shutil.rmtree(_made.pop(), ignore_errors=True)
