@@ -110,8 +110,11 @@ def run(sup: Supervisor, a: Active) -> None:
         if sup.backlog:
             # Its slot was freed when the process exited: the next run is launched
             # from here, before this one is recorded (waking the supervisor's thread
-            # for it took up to a millisecond, with a core idle meanwhile).
-            sup.start_now()
+            # for it took up to a millisecond, with a core idle meanwhile), and
+            # watched by this thread once this one is recorded, unless a kill's
+            # grace period may hold this thread up.
+            with sup.watchers.next_here(a.kill_reason is None):
+                sup.start_now()
         finalize(sup, a)
     except Exception:
         log.exception("watcher of run %d failed", a.run_id)

@@ -56,3 +56,38 @@ def test_idle_watchers_end(monkeypatch):
     assert ran.wait(5)
     wait_for(lambda: not [t for t in threading.enumerate() if t.name == "test-idle-1"])
     assert pool._idle == 0
+
+
+def test_a_worker_can_take_the_job_it_submits_next_instead_of_waking_another():
+    pool = Watchers("test-next")
+    ran: list[tuple[str, str]] = []
+    release = threading.Event()
+
+    def note(label: str):
+        ran.append((label, threading.current_thread().name))
+
+    def busy():  # keeps its thread from being idle until released
+        release.wait(10)
+
+    def first():
+        with pool.next_here():
+            pool.submit(lambda: note("next"))  # after this job, on this thread
+            pool.submit(busy)  # one at most: this one to the pool (a new thread)
+        with pool.next_here(when=False):
+            pool.submit(busy)  # the caller said no: to the pool (another new thread)
+        note("first")
+
+    pool.submit(first)
+    wait_for(lambda: len(ran) == 2)
+    assert [label for label, _ in ran] == ["first", "next"]
+    assert ran[0][1] == ran[1][1]
+    assert pool._started == 3
+    release.set()
+
+
+def test_outside_a_worker_next_here_changes_nothing():
+    pool = Watchers("test-outside")
+    ran = threading.Event()
+    with pool.next_here():
+        pool.submit(ran.set)
+    assert ran.wait(5)
