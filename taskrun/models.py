@@ -32,8 +32,8 @@ class UTCDateTime(sa.types.TypeDecorator):
     @staticmethod
     def sqlite_processors():
         """(bind, result) for SQLite's driver in one step each: what the two above and
-        SQLAlchemy's SQLite DATETIME do in turn (same text, same values back), at a
-        third of the cost. Used by ``fastsql`` on a run's path."""
+        SQLAlchemy's SQLite DATETIME do in turn (same text, same values back), for
+        less (1.5 instead of 2.5 us to bind). Used by ``fastsql`` on a run's path."""
         return _utc_to_text, _text_to_utc
 
 
