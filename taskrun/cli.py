@@ -381,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except TaskRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        # 503s (a full or read-only data dir, a locked database): try again later.
+        return EXIT_NOT_READY if exc.http_status == 503 else EXIT_ERROR
     except BrokenPipeError:
         return 0
 

@@ -12,23 +12,27 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 import sqlalchemy as sa
 from filelock import FileLock
 from sqlmodel import Session
 
-from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from . import (
+    models,  # noqa: F401  (registers the tables on SQLModel.metadata)
+    storage,
+)
 
 BUSY_TIMEOUT_S = 30
 MAX_IDLE_READERS = 8
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def _sqlite_engine(url: str, begin: str | None) -> sa.Engine:
+def _sqlite_engine(url: str, begin: str | None, busy_timeout: float) -> sa.Engine:
     engine = sa.create_engine(
         url,
-        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
         pool_size=8,
         max_overflow=16,
     )
@@ -41,7 +45,7 @@ def _sqlite_engine(url: str, begin: str | None) -> sa.Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -53,9 +57,17 @@ def _sqlite_engine(url: str, begin: str | None) -> sa.Engine:
     return engine
 
 
+def _not_storage(exc: BaseException) -> bool:
+    """Errors that say something about the statement, never about the storage."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(orig, sqlite3.IntegrityError | sqlite3.ProgrammingError |
+                      sqlite3.InterfaceError) or isinstance(exc, sa.exc.IntegrityError)
+
+
 class Database:
-    def __init__(self, url: str, lock_dir: Path):
+    def __init__(self, url: str, lock_dir: Path, busy_timeout: float = BUSY_TIMEOUT_S):
         self.url = url
+        self.busy_timeout = busy_timeout
         self.is_sqlite = url.startswith("sqlite")
         self._file: str | None = None  # a SQLite file: the fast paths (fastsql) apply
         if self.is_sqlite:
@@ -63,8 +75,8 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._file = path
-            self.read_engine = _sqlite_engine(url, None)
-            self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self.read_engine = _sqlite_engine(url, None, busy_timeout)
+            self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", busy_timeout)
         else:
             self.read_engine = self.write_engine = sa.create_engine(url, pool_pre_ping=True)
         self._lock_dir = lock_dir
@@ -93,6 +105,24 @@ class Database:
                 command.upgrade(cfg, "head")
                 conn.commit()
 
+    @cached_property
+    def folder(self) -> Path | None:
+        """Where a SQLite file lives (its disk's free space explains a full disk)."""
+        return Path(self._file).parent if self._file else None
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """A write that fails for the storage's sake raises StorageUnavailable, typed
+        and worded for the user (503), with the driver's error as its cause."""
+        try:
+            yield
+        except (sa.exc.DBAPIError, sqlite3.Error, OSError) as exc:
+            typed = None if _not_storage(exc) else storage.unavailable(
+                exc, self.folder, "write to the database")
+            if typed is None:
+                raise
+            raise typed from exc
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         with Session(self.read_engine, expire_on_commit=False) as session:
@@ -101,7 +131,8 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction, committed on success and rolled back on error."""
-        with self._write_lock, Session(self.write_engine, expire_on_commit=False) as session:
+        with self._storage_errors(), self._write_lock, \
+                Session(self.write_engine, expire_on_commit=False) as session:
             yield session
             session.commit()
 
@@ -115,7 +146,7 @@ class Database:
     @contextmanager
     def begin(self) -> Iterator[sa.Connection]:
         """A Core write transaction (the hot paths skip the ORM's per-call overhead)."""
-        with self._write_lock:
+        with self._storage_errors(), self._write_lock:
             conn = self._writer_connection()
             try:
                 with conn.begin():
@@ -137,7 +168,7 @@ class Database:
             with self.begin() as conn:
                 yield conn
             return
-        with self._write_lock:
+        with self._storage_errors(), self._write_lock:
             conn = self._writer_connection()
             raw = conn.connection.dbapi_connection
             try:
@@ -167,9 +198,9 @@ class Database:
         try:
             raw = self._readers.pop()  # atomic: no lock needed
         except IndexError:
-            raw = sqlite3.connect(self._file, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            raw = sqlite3.connect(self._file, timeout=self.busy_timeout, isolation_level=None,
                                   check_same_thread=False)
-            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+            raw.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         try:
             yield raw
         finally:

@@ -89,3 +89,10 @@ class QueueFull(TaskRunError):
 
 class NotReady(TaskRunError):
     http_status = 503
+
+
+class StorageUnavailable(TaskRunError):
+    """A write the service cannot make now: a full disk, a read-only or broken data
+    dir, a database locked past its busy timeout. Nothing was changed; try again."""
+
+    http_status = 503

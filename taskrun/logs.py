@@ -119,9 +119,9 @@ def parse_log_name(name: str) -> tuple[str, int]:
     return match["task"], int(match["run"])
 
 
-def enforce_cap(path: Path, cap: int) -> bool:
+def enforce_cap(path: Path, cap: int, mark: bytes | None = None) -> bool:
     """Cut the log back to ``cap`` bytes plus the marker; True if it was over."""
-    mark = marker(cap)
+    mark = marker(cap) if mark is None else mark
     limit = cap + len(mark)
     try:
         size = path.stat().st_size

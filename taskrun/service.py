@@ -11,7 +11,8 @@ import logging
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .errors import (
     InvalidMetadata,
     InvalidParams,
     NotFound,
+    StorageUnavailable,
     TaskBusy,
 )
 from .history import MAX_PAGE, RunFilter, find_run
@@ -71,7 +73,7 @@ class Service:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load()
         s = self.settings
-        self.db = Database(s.database_url, s.locks_dir)
+        self.db = Database(s.database_url, s.locks_dir, s.db_busy_timeout)
         self.store = TaskStore(s.tasks_dir, s.locks_dir)
         self.locks = Locks(s.locks_dir, s.max_concurrency)
         self.auth = Auth(self.db, s)
@@ -189,9 +191,11 @@ class Service:
 
     def create_task(self, name: str, code: str, author: str | None = None) -> dict:
         self._check_chain(name, code)
+        storage.check_floor(self.settings, f"create task '{name}'")
         sha = self.store.create(name, code)
-        versions.record(self.db, name, sha, code, author, note="created")
-        audit.record(self.db, author, "task.create", name, sha[:12])
+        with self._undone_unless_recorded(name, None):
+            versions.record(self.db, name, sha, code, author, note="created")
+            audit.record(self.db, author, "task.create", name, sha[:12])
         log.info("task %s created by %s", name, author or "-")
         return self.get_task(name)
 
@@ -203,13 +207,26 @@ class Service:
         old_code, old_sha = self.store.read(name)
         # Keep the code as it was before this save, if it never went through us.
         versions.record(self.db, name, old_sha, old_code, note="found on disk", only_if_new=True)
+        storage.check_floor(self.settings, f"save task '{name}'")
         sha = self.store.update(name, code, base_sha)
-        versions.record(self.db, name, sha, code, author, note=note or "saved",
-                        only_if_new=(sha == old_sha))
-        audit.record(self.db, author, "task.update", name, f"{old_sha[:12]} -> {sha[:12]}"
-                     + (f" ({note})" if note else ""))
+        with self._undone_unless_recorded(name, old_code):
+            versions.record(self.db, name, sha, code, author, note=note or "saved",
+                            only_if_new=(sha == old_sha))
+            audit.record(self.db, author, "task.update", name,
+                         f"{old_sha[:12]} -> {sha[:12]}" + (f" ({note})" if note else ""))
         log.info("task %s saved by %s (%s)", name, author or "-", sha[:12])
         return self.get_task(name)
+
+    @contextmanager
+    def _undone_unless_recorded(self, name: str, old_code: str | None) -> Iterator[None]:
+        """A save whose version cannot be recorded is undone: no code runs unrecorded."""
+        try:
+            yield
+        except StorageUnavailable:
+            log.error("task %s: its save could not be recorded; the file is put back as it "
+                      "was", name)
+            self.store.restore(name, old_code)
+            raise
 
     def update_task_settings(self, name: str, settings: dict[str, Any],
                              base_sha: str | None = None, author: str | None = None) -> dict:
@@ -258,6 +275,9 @@ class Service:
                user: str | None = None) -> RunPublic:
         """Queue a run; refuses by the task's concurrency policy and the queue bound."""
         info = self.store.info(task)
+        # A run needs room for its log: below the floor it is refused now, with the
+        # reason, rather than started to fail or to log nothing.
+        storage.check_floor(self.settings, "start a run")
         if info.error or info.meta is None:
             exc = InvalidCode if "Syntax" in (info.error or "") else InvalidMetadata
             raise exc(f"Task '{task}' cannot run: {info.error}")
@@ -305,12 +325,27 @@ class Service:
             run = find_run(self.db, run_id)  # it was claimed meanwhile
         if run.status != RunStatus.RUNNING:
             raise Conflict(f"Run {run_id} has already ended ({run.status}).")
-        with self.db.begin() as c:
-            c.execute(sa.update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                      .values(cancel_requested_by=by))
-            audit.record(self.db, by, "run.cancel", f"{run.task} #{run_id}", "running", conn=c)
-        # Ours: end it now. Another process's: its supervisor sees the request.
-        if not (self.supervisor and self.supervisor.cancel_local(run_id, by)):
+        sup = self.supervisor
+        # Ours: end it now, before anything is written, so a cancel works even while
+        # the storage refuses writes. Another process's: its supervisor sees the
+        # request in the database.
+        local = bool(sup and sup.cancel_local(run_id, by))
+        if sup and not local and run.owner == sup.owner:
+            sup.recover()  # ours but unwatched (its watcher died): watched again or lost
+            local = bool(sup.cancel_local(run_id, by))
+        try:
+            with self.db.begin() as c:
+                c.execute(sa.update(Run).where(Run.id == run_id,
+                                               Run.status == RunStatus.RUNNING)
+                          .values(cancel_requested_by=by))
+                audit.record(self.db, by, "run.cancel", f"{run.task} #{run_id}", "running",
+                             conn=c)
+        except StorageUnavailable as exc:
+            if not local:
+                raise
+            log.error("run %d: cancelled by %s, but the request could not be recorded: %s",
+                      run_id, by, exc)
+        if not local:
             log.info("cancel of run %d requested by %s (owned by %s)", run_id, by, run.owner)
         return self.get_run(run_id)
 
@@ -553,6 +588,8 @@ class Service:
         problems = storage.problems(self.settings)
         if self.supervisor and self.supervisor.storage_problem:
             problems.append(self.supervisor.storage_problem[1])
+        if self.supervisor and (unrecorded := self.supervisor.pending.problem()):
+            problems.append(unrecorded)
         checks["storage"] = not problems
         if problems:
             checks["storage_problems"] = problems

@@ -148,6 +148,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_LOG_MAX_BYTES", str(20 * 1024 * 1024),
             "Cap on one run's log; output beyond it is discarded behind a marker line.",
             _positive_int, "an integer number of bytes >= 1"),
+    Setting("TASKRUN_MIN_FREE_MB", "100",
+            "Free space kept on the data dir's disk: below it new runs are refused (503) "
+            "and running runs' logs are capped, so the database and the app log keep "
+            "working; health says `degraded`.", _non_negative_int, "an integer >= 0"),
+    Setting("TASKRUN_DB_BUSY_TIMEOUT", "30",
+            "Seconds a write waits for another process's lock on the SQLite database "
+            "before it is refused (503) or, for a run's end, retried later.",
+            _positive_float, "a number of seconds > 0"),
     Setting("TASKRUN_SAMPLE_INTERVAL", "1",
             "Seconds between resource samples (CPU, memory) of each running run.",
             _positive_float, "a number of seconds > 0"),
@@ -218,6 +226,8 @@ class Settings:
     kill_grace: float
     log_level: str
     log_max_bytes: int
+    min_free_mb: int
+    db_busy_timeout: float
     sample_interval: float
     poll_interval: float
     monitor_interval: float

@@ -1,13 +1,86 @@
-"""Can the data dir take writes? Checked by health, so a full or broken disk shows."""
+"""Can the data dir take writes? Health, submits and the log floor ask here.
+
+Also the one place that turns a storage fault (a full disk, a read-only file
+system, a database locked past its busy timeout, an I/O error) into the
+sentence a user is shown, so the API, the dashboard and the CLI say the same.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import sqlite3
+from pathlib import Path
 
+import sqlalchemy as sa
+
+from .errors import StorageUnavailable
 from .settings import Settings
 
-MIN_FREE_BYTES = 100 * 1024 * 1024  # below this, runs may soon fail to log
+MB = 1024 * 1024
+
+# OS errors that are the storage's fault, not the caller's.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY = {errno.EROFS}
+_BROKEN = {errno.EIO}
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free to us on ``folder``'s file system; None when that cannot be read."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _full(folder: Path | None) -> str:
+    free = free_bytes(folder) if folder is not None else None
+    where = "" if free is None else f": {free / MB:.1f} MB free"
+    return f"the data dir's disk is full{where}"
+
+
+def describe(exc: BaseException, folder: Path | None = None) -> str | None:
+    """What a storage fault means for the user, or None when ``exc`` is not one."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        text = str(exc).lower()
+        if "full" in text:  # "database or disk is full"
+            return _full(folder)
+        if "readonly" in text or "read-only" in text:
+            return "the data dir is read-only (the database cannot be written)"
+        if "locked" in text or "busy" in text:
+            return ("the database is locked by another process past the busy timeout "
+                    "(TASKRUN_DB_BUSY_TIMEOUT)")
+        if "i/o" in text or "disk" in text:
+            return f"the data dir's disk reports an I/O error ({exc})"
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in _FULL:
+            return _full(folder)
+        if exc.errno in _READ_ONLY:
+            return "the data dir is read-only"
+        if exc.errno in _BROKEN:
+            return f"the data dir's disk reports an I/O error ({exc.strerror})"
+    return None
+
+
+def unavailable(exc: BaseException, folder: Path | None, doing: str) -> StorageUnavailable | None:
+    """A typed refusal for a storage fault met while ``doing`` something; None otherwise."""
+    why = describe(exc, folder)
+    if why is None:
+        return None
+    return StorageUnavailable(f"Cannot {doing}: {why}.")
+
+
+def check_floor(settings: Settings, doing: str) -> None:
+    """Refuse what needs disk space when the data dir is below TASKRUN_MIN_FREE_MB."""
+    free = free_bytes(settings.home)
+    if free is not None and free < settings.min_free_mb * MB:
+        raise StorageUnavailable(
+            f"Cannot {doing}: the data dir's disk is full: {free / MB:.1f} MB free, "
+            f"below the floor of {settings.min_free_mb} MB (TASKRUN_MIN_FREE_MB).")
 
 
 def problems(settings: Settings) -> list[str]:
@@ -24,10 +97,10 @@ def problems(settings: Settings) -> list[str]:
                 probe.unlink(missing_ok=True)
         except OSError as exc:
             found.append(f"cannot write in {folder.name}/: {exc.strerror}")
-    try:
-        free = shutil.disk_usage(settings.home).free
-        if free < MIN_FREE_BYTES:
-            found.append(f"only {free // (1024 * 1024)} MB free on the data dir's disk")
-    except OSError as exc:
-        found.append(f"cannot read the data dir's disk usage: {exc.strerror}")
+    free = free_bytes(settings.home)
+    if free is None:
+        found.append("cannot read the data dir's disk usage")
+    elif free < settings.min_free_mb * MB:
+        found.append(f"only {free / MB:.1f} MB free on the data dir's disk "
+                     f"(TASKRUN_MIN_FREE_MB={settings.min_free_mb})")
     return found

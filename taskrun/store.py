@@ -14,7 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from . import metadata
+from . import metadata, storage
 from .errors import AlreadyExists, InvalidCode, InvalidMetadata, InvalidName, NotFound, StaleWrite
 from .metadata import TaskMeta
 
@@ -202,6 +202,24 @@ class TaskStore:
 
     def _write(self, path: Path, code: str) -> str:
         """Temp file in the same dir, fsync, rename over the target, fsync the dir."""
+        try:
+            return self._write_file(path, code)
+        except OSError as exc:
+            typed = storage.unavailable(exc, self.root, f"save task '{path.stem}'")
+            if typed is None:
+                raise
+            raise typed from exc
+
+    def restore(self, name: str, code: str | None) -> None:
+        """Undo a save whose record could not be written: the old code, or no file."""
+        path = self.path(name)
+        with self._lock:
+            if code is None:
+                path.unlink(missing_ok=True)
+            else:
+                self._write_file(path, code)
+
+    def _write_file(self, path: Path, code: str) -> str:
         data = code.encode("utf-8")
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
         try:

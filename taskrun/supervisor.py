@@ -43,6 +43,7 @@ from .errors import InvalidName, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
 from .models import Run, utcnow
+from .pending import PendingWrites
 from .settings import Settings
 from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
@@ -122,6 +123,8 @@ class Supervisor:
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
         self.last_step_at: float | None = None
+        # Ends of runs the storage refused to record, retried from every step.
+        self.pending = PendingWrites()
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -157,8 +160,17 @@ class Supervisor:
             actives = list(self.active.values())
         for active in actives:
             watch.request_cancel(self, active, "system", reason)
+        deadline = time.monotonic() + self.settings.kill_grace + 10
         for active in actives:
-            active.done.wait(timeout=self.settings.kill_grace + 10)
+            # (one whose end waits to be recorded is done with its process already)
+            while not (active.done.wait(0.05) or active.pending) and \
+                    time.monotonic() < deadline:
+                pass
+        if self.pending:
+            self.pending.retry(force=True)
+        for run_id in self._pending_ids():
+            log.error("run %d: its end could not be recorded before the server stopped; "
+                      "the next start marks it lost", run_id)
         if self.automation is not None:
             self.automation.close()
         self.zygotes.stop()
@@ -183,6 +195,25 @@ class Supervisor:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _pending_ids(self) -> list[int]:
+        with self._lock:
+            return [rid for rid in self.active if rid in self.pending]
+
+    def mark_exited(self, a: Active) -> None:
+        """Stamp the time a run's process was seen to end, once."""
+        with self._lock:
+            if a.exited_at is None:
+                a.exited_at = utcnow()
+
+    def _lock_taken(self, task: str) -> None:
+        """The task's lock was just taken here: a run of ours that held it has exited,
+        even if its watcher has not seen it yet. Its end is stamped now, so the history
+        never shows it ending after the next run started."""
+        with self._lock:
+            for a in self.active.values():
+                if a.task == task and a.holds_lock and a.exited_at is None:
+                    a.exited_at = utcnow()
 
     def forget(self, run_id: int) -> None:
         """A run's watcher is done with it."""
@@ -216,6 +247,8 @@ class Supervisor:
         """Recover peers' dead runs, pass on remote cancels, start what fits. Returns starts."""
         now = time.monotonic() if now is None else now
         self.last_step_at = time.time()
+        if self.pending:
+            self.pending.retry()
         if now - self._last_recover >= RECOVER_EVERY_S:
             self._last_recover = now
             self.recover()
@@ -299,6 +332,8 @@ class Supervisor:
             if task_fd is None:
                 os.close(slot_fd)
                 slot_fd = None
+            else:
+                self._lock_taken(task)
         if slot_fd is None:
             self._launching.release()
             return None
@@ -361,6 +396,7 @@ class Supervisor:
                 if task_fd is None:
                     busy.add(task)
                     continue
+                self._lock_taken(task)
             # queued -> running: the compare-and-set that makes a claim exclusive.
             with self.db.begin_fast() as c:
                 claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
@@ -480,20 +516,43 @@ class Supervisor:
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
                         progress_path=progress_path, key=key, popen=popen,
-                        memory_mb=limits[0], cpu_limit=limits[1],
+                        memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                                  "b_spawned": spawned_at, "b_launch": launch})
         self._watch(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
     def _finish_unstarted(self, run_id: int, error: str) -> None:
-        # running -> failed: it was claimed but no process could be started.
-        with self.db.begin() as c:
-            c.execute(sa.update(Run).where(
-                Run.id == run_id, Run.status == RunStatus.RUNNING).values(
-                status=RunStatus.FAILED, finished_at=utcnow(), error=error))
-        self.notify_finished()
+        # running -> failed: it was claimed but no process could be started. Its lock
+        # and slot are free already; if the storage refuses even this write, the run
+        # is kept (as ours, with no process) until the write lands.
+        ended = utcnow()
+
+        def write() -> None:
+            with self.db.begin() as c:
+                c.execute(sa.update(Run).where(
+                    Run.id == run_id, Run.status == RunStatus.RUNNING).values(
+                    status=RunStatus.FAILED, finished_at=ended, error=error))
+
         log.warning("run %d failed to start: %s", run_id, error)
+        try:
+            write()
+        except Exception as exc:
+            with self._lock:
+                self.active[run_id] = placeholder = Active(
+                    run_id=run_id, task="", pid=0, deadline=float("inf"), timeout=0,
+                    log_path=Path(), progress_path=Path(), key="", exited_at=ended,
+                    holds_lock=False, pending=True)
+
+            def retried() -> None:
+                write()
+                self.forget(run_id)
+                placeholder.done.set()
+                self.notify_finished()
+
+            self.pending.add(run_id, retried, "that it could not start", exc)
+            return
+        self.notify_finished()
 
     def _watch(self, active: Active) -> None:
         active.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -519,12 +578,20 @@ class Supervisor:
     # ---- recovery --------------------------------------------------------
 
     def recover(self) -> None:
-        """Runs left ``running`` by a dead server on this host: adopt if alive, else lost."""
+        """Runs left ``running`` by a dead server on this host: adopt if alive, else lost.
+
+        Also runs of this supervisor that nothing here watches any more (a watcher
+        that died): watched again while their process lives, else marked lost.
+        """
         with self.db.read() as s:
             rows = s.exec(sql_select(Run).where(
-                Run.status == RunStatus.RUNNING, Run.host == self.host,
-                Run.owner != self.owner)).all()
+                Run.status == RunStatus.RUNNING, Run.host == self.host)).all()
+        own = [run for run in rows if run.owner == self.owner]
+        if own:
+            self._heal(own)
         for run in rows:
+            if run.owner == self.owner:
+                continue
             if run.owner and LockFile(self.owners_dir / f"{run.owner}.lock").is_held():
                 continue  # its supervisor is alive
             if procs.is_same_process(run.pid, run.pid_created):
@@ -543,13 +610,41 @@ class Supervisor:
             if run.owner:
                 (self.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
 
-    def _adopt(self, run: Run) -> None:
-        with self.db.begin() as c:
-            taken = c.execute(sa.update(Run).where(
-                Run.id == run.id, Run.status == RunStatus.RUNNING,
-                Run.owner == run.owner).values(owner=self.owner)).rowcount
-        if taken != 1:
-            return
+    def _heal(self, runs: list[Run]) -> None:
+        # Under the launch lock: a run claimed by this supervisor is in self.active
+        # before that lock is released, so one missing from it has lost its watcher.
+        with self._launching, self._lock:
+            orphans = [run for run in runs if run.id not in self.active]
+        for run in orphans:
+            if procs.is_same_process(run.pid, run.pid_created):
+                log.error("run %d of %s had no watcher; watching it again", run.id, run.task)
+                self._adopt(run, taken=True)
+                continue
+            # running -> lost: its watcher died and took the outcome with it.
+            try:
+                with self.db.begin() as c:
+                    c.execute(sa.update(Run).where(
+                        Run.id == run.id, Run.status == RunStatus.RUNNING,
+                        Run.owner == self.owner).values(
+                        status=RunStatus.LOST, finished_at=utcnow(),
+                        error="Its watcher failed and its process has ended; its outcome "
+                              "is unknown (see the application log)."))
+            except Exception:
+                log.exception("run %d: could not mark it lost; retried at the next recovery",
+                              run.id)
+                continue
+            log.error("run %d of %s had no watcher and no process: marked lost", run.id,
+                      run.task)
+            self.notify_finished()
+
+    def _adopt(self, run: Run, taken: bool = False) -> None:
+        if not taken:
+            with self.db.begin() as c:
+                changed = c.execute(sa.update(Run).where(
+                    Run.id == run.id, Run.status == RunStatus.RUNNING,
+                    Run.owner == run.owner).values(owner=self.owner)).rowcount
+            if changed != 1:
+                return
         started = run.started_at or utcnow()
         left = (started + timedelta(seconds=run.timeout) - datetime.now(UTC)).total_seconds()
         active = Active(run_id=run.id, task=run.task, pid=run.pid,
@@ -557,7 +652,8 @@ class Supervisor:
                         log_path=Path(run.log_path or self.settings.run_logs_dir /
                                       logs.log_name(run.task, run.id)),
                         progress_path=self.progress_dir / f"{run.id}.progress",
-                        key=procs.run_key(self.settings.home, run.id))
+                        key=procs.run_key(self.settings.home, run.id),
+                        holds_lock=run.concurrency != Concurrency.PARALLEL)
         self._watch(active)
         log.warning("run %d of %s adopted after a restart (pid %d)", run.id, run.task, run.pid)
 
@@ -567,6 +663,7 @@ class Supervisor:
         with self._lock:
             local = len(self.active)
         return {"owner": self.owner, "alive": self.alive, "local_runs": local,
+                "unrecorded_ends": len(self.pending),
                 "slots_in_use": self.locks.slots_in_use(),
                 "max_concurrency": self.settings.max_concurrency,
                 "started_at": self.started_at, "last_step_at": self.last_step_at,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import logs, procs
+from . import logs, procs, storage
 from .fastsql import Fast
 from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrun.supervisor")
 
 _T = Run.__table__
+# A run's start is its process's start (not its claim): the history's times are
+# the times things happened, so consecutive runs of a task never overlap there.
 _SPAWNED_VALUES = dict(
-    pid=sa.bindparam("b_pid"), code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
+    started_at=sa.bindparam("b_spawned"), pid=sa.bindparam("b_pid"),
+    code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
     spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
     launch=sa.bindparam("b_launch"))
 _SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(**_SPAWNED_VALUES))
@@ -96,7 +99,15 @@ class Active:
     spawned: dict | None = None  # what to record about the new process
     memory_mb: int | None = None  # rlimits the task declared
     cpu_limit: int | None = None
-    exited_at: datetime | None = None  # when the watcher saw the process end
+    # When the process was seen to end: by its watcher, or by the next run of its task
+    # taking the lock the process held (whichever came first; see Supervisor.mark_exited).
+    exited_at: datetime | None = None
+    holds_lock: bool = True  # it holds its task's lock (not a parallel run)
+    log_cap: int | None = None  # its log's cap, once the disk's floor has lowered it
+    log_seen: tuple[float, int] = (0.0, 0)  # (monotonic time, size) at the last check
+    disk_note: str | None = None  # why its log was capped, for its record
+    sample_failed: bool = False  # the last sample could not be written (said once)
+    pending: bool = False  # its end waits in sup.pending to be recorded
     final: RunPublic | None = None  # the run as its end was recorded
     reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
     outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
@@ -106,7 +117,7 @@ def run(sup: Supervisor, a: Active) -> None:
     """The body of a run's watcher (a thread of ``sup.watchers``)."""
     try:
         watch_until_exit(sup, a)
-        a.exited_at = utcnow()  # stamped before the next run may claim the freed slot
+        sup.mark_exited(a)  # stamped before the next run may claim the freed slot
         if sup.backlog:
             # Its slot was freed when the process exited: the next run is launched
             # from here, before this one is recorded (waking the supervisor's thread
@@ -120,29 +131,77 @@ def run(sup: Supervisor, a: Active) -> None:
         log.exception("watcher of run %d failed", a.run_id)
         finish_error(sup, a)
     finally:
-        notified = a.reported is not None and a.final is not None
-        if notified:
-            # Recorded from the run's own report: waiters take its end now, while the
-            # kernel is still tearing the process down. It stays tracked (not a stray
-            # to reap elsewhere) until it is waited for here.
-            sup.notify_finished()
-            procs.wait_child(a.pid)
-        sup.forget(a.run_id)
-        for fd in (a.wake_fd, a.pidfd):
-            if fd >= 0:
-                os.close(fd)
-        a.progress_path.unlink(missing_ok=True)
-        a.done.set()
-        # A waiter that sees the run no longer watched reads its end.
-        if not notified:
-            sup.notify_finished()
-        if a.outcome is not None:
-            log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
-        # Last, with the run recorded and its waiters told: what the next runs need
-        # (a spare forked again, logs made ahead), off every run's way.
-        if isinstance(a.popen, WarmChild):
-            a.popen.close()
-        sup.log_files.prepare()
+        if a.pending:
+            # Its end is kept in sup.pending and retried: the run stays ours (cancels,
+            # waiters, recovery know it) until that lands (``landed``).
+            _release(sup, a)
+        else:
+            _done(sup, a)
+
+
+def _done(sup: Supervisor, a: Active) -> None:
+    """A watcher's last steps once the run's end is recorded."""
+    notified = a.reported is not None and a.final is not None
+    if notified:
+        # Recorded from the run's own report: waiters take its end now, while the
+        # kernel is still tearing the process down. It stays tracked (not a stray
+        # to reap elsewhere) until it is waited for here.
+        sup.notify_finished()
+        procs.wait_child(a.pid)
+    sup.forget(a.run_id)
+    for fd in (a.wake_fd, a.pidfd):
+        if fd >= 0:
+            os.close(fd)
+    a.progress_path.unlink(missing_ok=True)
+    a.done.set()
+    # A waiter that sees the run no longer watched reads its end.
+    if not notified:
+        sup.notify_finished()
+    if a.outcome is not None:
+        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
+    # Last, with the run recorded and its waiters told: what the next runs need
+    # (a spare forked again, logs made ahead), off every run's way.
+    if isinstance(a.popen, WarmChild):
+        a.popen.close()
+    sup.log_files.prepare()
+
+
+def _release(sup: Supervisor, a: Active) -> None:
+    """What a watcher gives back when it ends with the run's end still unrecorded."""
+    if a.reported is not None:
+        procs.wait_child(a.pid)
+    for fd in (a.wake_fd, a.pidfd):
+        if fd >= 0:
+            os.close(fd)
+    a.wake_fd = a.pidfd = -1
+    a.progress_path.unlink(missing_ok=True)
+    if isinstance(a.popen, WarmChild):
+        a.popen.close()
+
+
+def landed(sup: Supervisor, a: Active, row: dict | None) -> None:
+    """A kept end of a run has been recorded at last: the run is no longer ours."""
+    if row is not None:
+        a.final = RunPublic.from_row(row)
+    a.pending = False
+    sup.forget(a.run_id)
+    a.done.set()
+    sup.notify_finished()
+    if a.outcome is not None:
+        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
+
+
+def record_end(sup: Supervisor, a: Active, write, what: str = "its end") -> None:
+    """Run ``write()`` (the run's end, returning its row); if the storage refuses it,
+    keep it and retry it from the supervisor's loop until it lands."""
+    try:
+        row = write()
+    except Exception as exc:
+        a.pending = True
+        sup.pending.add(a.run_id, lambda: landed(sup, a, write()), what, exc)
+        return
+    if row is not None:  # None: something else ended it first (waiters then read it)
+        a.final = RunPublic.from_row(row)
 
 
 def watch_until_exit(sup: Supervisor, a: Active) -> None:
@@ -178,12 +237,16 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
     # First sample shortly after the start: right at the spawn we would measure the
     # forked server rather than the task.
     next_sample = time.monotonic() + min(0.1, interval)
+    next_log_check = time.monotonic() + min(0.05, interval)
     while True:
         now = time.monotonic()
-        due = [next_sample, a.kill_at if a.kill_at is not None else a.deadline]
+        due = [next_sample, next_log_check,
+               a.kill_at if a.kill_at is not None else a.deadline]
         if ended(max(0, int((min(due) - now) * 1000) + 1)):
             return
         now = time.monotonic()
+        if now >= next_log_check:
+            next_log_check = now + check_log(sup, a, now)
         if a.pending_cancel and a.kill_reason is None:
             by, reason = a.pending_cancel
             terminate(sup, a, RunStatus.CANCELLED, by, reason)
@@ -206,16 +269,72 @@ def sample(sup: Supervisor, a: Active) -> None:
     a.peak_rss = max(a.peak_rss, rss)
     a.cpu_seconds = max(a.cpu_seconds, cpu)
     percent = 100.0 * max(0.0, cpu - prev_cpu) / sup.settings.sample_interval
-    logs.enforce_cap(a.log_path, sup.settings.log_max_bytes)
     values = {"peak_rss": a.peak_rss, "cpu_seconds": round(a.cpu_seconds, 3)}
     values.update(read_progress(sup, a))
-    with sup.db.begin() as c:
-        if a.spawned is not None:
-            _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
-            a.spawned = None
-        c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
-        c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
-                                              cpu_percent=round(percent, 1)))
+    try:
+        with sup.db.begin() as c:
+            if a.spawned is not None:
+                _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
+                a.spawned = None
+            c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
+            c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
+                                                  cpu_percent=round(percent, 1)))
+    except Exception as exc:
+        # A sample is worth losing, the watcher is not: it goes on and records the
+        # process (kept in a.spawned) with the next sample or with the run's end.
+        if not a.sample_failed:
+            log.warning("run %d: could not record a sample: %s", a.run_id, exc)
+        a.sample_failed = True
+    else:
+        a.sample_failed = False
+
+
+def check_log(sup: Supervisor, a: Active, now: float) -> float:
+    """Keep the log under its cap and the disk above its floor; seconds to the next check.
+
+    The task writes its log directly, so a flood is caught by looking often enough:
+    the next check comes before the log, at the rate it grew since the last one,
+    could reach its cap or the floor (at most one sample interval away).
+    """
+    settings = sup.settings
+    interval = settings.sample_interval
+    try:
+        raw = os.stat(a.log_path).st_size
+    except OSError:
+        return interval
+    cap = a.log_cap if a.log_cap is not None else settings.log_max_bytes
+    floor = settings.min_free_mb * storage.MB
+    free = storage.free_bytes(a.log_path.parent) if floor else None
+    if free is not None and free < floor and a.log_cap is None:
+        # Below the floor: this log stops growing (what was there at the last check
+        # stays) so the database and the app log keep their room; the run goes on.
+        cap = min(cap, max(a.log_seen[1], raw - (floor - free)))
+        a.log_cap = cap
+        a.disk_note = (f"the data dir's disk was down to {free / storage.MB:.1f} MB free "
+                       f"(floor TASKRUN_MIN_FREE_MB={settings.min_free_mb})")
+        log.warning("run %d: log capped at %d bytes: %s", a.run_id, cap, a.disk_note)
+    size = raw
+    if raw > cap:
+        logs.enforce_cap(a.log_path, cap, _marker(a, cap))
+        size = cap
+    then, before = a.log_seen
+    a.log_seen = (now, size)
+    rate = (raw - before) / (now - then) if now > then else 0.0
+    if rate <= 0:
+        return interval
+    # Room left before the next check must act: to the floor (counting what the
+    # truncation just gave back) and, while under it, to the cap.
+    room = float(cap) if free is None else free + (raw - size) - floor
+    if size < cap:
+        room = min(room, cap - size)
+    return min(interval, max(0.005, room / rate / 4))
+
+
+def _marker(a: Active, cap: int) -> bytes:
+    if a.log_cap is None:
+        return logs.marker(cap)
+    return (f"\n[taskrun] log capped at {cap} bytes: {a.disk_note}; "
+            "further output was discarded.\n").encode()
 
 def read_progress(sup: Supervisor, a: Active) -> dict:
     """Latest ``<fraction> <message>`` line the task wrote to TASKRUN_PROGRESS_FILE."""
@@ -291,7 +410,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
     else:
         # Whatever the task left behind in its group goes with it.
         procs.signal_group(a.pid, signal.SIGKILL)
-    logs.enforce_cap(a.log_path, sup.settings.log_max_bytes)
+    check_log(sup, a, time.monotonic())
     signame = procs.signal_name(code) if code is not None else None
     error = cancelled_by = None
     if a.kill_reason is not None:
@@ -311,17 +430,24 @@ def finalize(sup: Supervisor, a: Active) -> None:
         status = RunStatus.FAILED
         error = limit_reason(sup, a, signame, cpu) or (
             f"Killed by {signame}." if signame else f"Exited with code {code}.")
+        if a.disk_note:
+            error += f" Its log was capped: {a.disk_note}."
     spawned = a.spawned or {}
-    with sup.db.begin_fast() as c:
-        row = (_FINISH_SPAWNED if spawned else _FINISH).first(c, {
-            **spawned, "b_id": a.run_id, "b_status": status.value, "b_error": error,
-            "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
-            "b_exited_at": exited_at, "b_finished_at": utcnow(),
-            "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
-            "b_rss": a.peak_rss or None})
-    if row is not None:  # None: something else ended it first (waiters then read it)
-        a.final = RunPublic.from_row(row)
+    statement = _FINISH_SPAWNED if spawned else _FINISH
+    # finished_at is when the exit was seen, not when this write happens (it may be
+    # late: after the next run's launch, or retried after a storage fault).
+    values = {**spawned, "b_id": a.run_id, "b_status": status.value, "b_error": error,
+              "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
+              "b_exited_at": exited_at, "b_finished_at": exited_at,
+              "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
+              "b_rss": a.peak_rss or None}
+
+    def write() -> dict | None:
+        with sup.db.begin_fast() as c:
+            return statement.first(c, values)
+
     a.outcome = (status, code)  # logged once waiters are told
+    record_end(sup, a, write)
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
     """Why a run failed, when it was one of the limits its task declared."""
@@ -335,14 +461,24 @@ def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | N
     return None
 
 def finish_error(sup: Supervisor, a: Active) -> None:
+    if a.pending:
+        return  # its end was known and is kept to be recorded
     try:
         kill_hard(sup, a)
-        with sup.db.begin() as c:
-            c.execute(sa.update(Run).where(Run.id == a.run_id, Run.status == RunStatus.RUNNING)
-                   .values(status=RunStatus.FAILED, finished_at=utcnow(),
-                           error="The supervisor failed while watching this run; "
-                                 "see the application log."))
     except Exception:
-        log.exception("could not record the failure of run %d", a.run_id)
+        log.exception("could not end the processes of run %d", a.run_id)
+    ended = a.exited_at or utcnow()
+
+    def write() -> dict | None:
+        with sup.db.begin() as c:
+            row = c.execute(_BY_ID.where(_T.c.status == RunStatus.RUNNING.value).values(
+                status=RunStatus.FAILED.value, exited_at=ended, finished_at=ended,
+                error="The supervisor failed while watching this run; "
+                      "see the application log.").returning(*_T.c),
+                {"b_id": a.run_id}).first()
+        return None if row is None else dict(row._mapping)
+
+    a.outcome = (RunStatus.FAILED, None)
+    record_end(sup, a, write, "its failure")
 
 # ---- recovery --------------------------------------------------------
