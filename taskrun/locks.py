@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import storage
+
 
 @dataclass(frozen=True)
 class HeldLock:
@@ -52,10 +54,13 @@ class LockFile:
 
     def try_acquire(self, info: dict | None = None) -> int | None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:  # first use of this lock dir (not checked on every launch)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
+        except OSError as exc:
+            # A read-only or full data dir: a typed refusal (503), not a crash.
+            typed = storage.unavailable(exc, self.path.parent, "take a lock")
+            if typed is None:
+                raise
+            raise typed from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -67,13 +72,28 @@ class LockFile:
             write_info(fd, info)
         return fd
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # first use of this lock dir (not checked on every launch)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
     def is_held(self) -> bool:
-        if not self.path.exists():
+        # Opened read-only (flock works on any fd): a look, never a write, so it
+        # answers on a read-only data dir too.
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
             return False
-        fd = self.try_acquire()
-        if fd is None:
-            return True
-        os.close(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return True
+            raise
+        finally:
+            os.close(fd)
         return False
 
     def read_info(self) -> dict:

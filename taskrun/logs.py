@@ -96,7 +96,10 @@ class LogCreator:
             ready, self._ready = self._ready, []
         for ahead, fd in ready:
             os.close(fd)
-            ahead.unlink(missing_ok=True)
+            try:
+                ahead.unlink(missing_ok=True)
+            except OSError:  # a read-only data dir: the next start removes it
+                pass
 
     @staticmethod
     def remove_left_over(folder: Path, alive) -> None:

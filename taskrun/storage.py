@@ -54,7 +54,7 @@ def describe(exc: BaseException, folder: Path | None = None) -> str | None:
             return ("the database is locked by another process past the busy timeout "
                     "(TASKRUN_DB_BUSY_TIMEOUT)")
         if "i/o" in text or "disk" in text:
-            return f"the data dir's disk reports an I/O error ({exc})"
+            return _io_error(folder, str(exc))
         return None
     if isinstance(exc, OSError):
         if exc.errno in _FULL:
@@ -62,7 +62,29 @@ def describe(exc: BaseException, folder: Path | None = None) -> str | None:
         if exc.errno in _READ_ONLY:
             return "the data dir is read-only"
         if exc.errno in _BROKEN:
-            return f"the data dir's disk reports an I/O error ({exc.strerror})"
+            return _io_error(folder, exc.strerror)
+    return None
+
+
+def _io_error(folder: Path | None, what: str) -> str:
+    # SQLite reports a full disk as an I/O error when it cannot create its -shm file,
+    # and a file system that an error turned read-only likewise (statvfs does not say).
+    free = free_bytes(folder) if folder is not None else None
+    if free is not None and free < MB:
+        return _full(folder)
+    if folder is not None and _refuses_files(folder) == errno.EROFS:
+        return "the data dir is read-only (its file system refuses writes)"
+    return f"the data dir's disk reports an I/O error ({what})"
+
+
+def _refuses_files(folder: Path) -> int | None:
+    """The errno of creating a file in ``folder``, or None if that works."""
+    probe = folder / f".probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        return exc.errno
+    os.unlink(probe)
     return None
 
 

@@ -39,7 +39,7 @@ from sqlmodel import select as sql_select
 from . import logs, metadata, procs, retention, versions, watch
 from .automation import Automation
 from .db import Database
-from .errors import InvalidName, TaskRunError
+from .errors import InvalidName, StorageUnavailable, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
 from .models import Run, utcnow
@@ -177,7 +177,10 @@ class Supervisor:
         self.log_files.close()
         if self._owner_fd is not None:
             os.close(self._owner_fd)
-            (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
+            try:
+                (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
+            except OSError:  # a read-only data dir: unlocked is what counts
+                pass
             self._owner_fd = None
         log.info("supervisor %s stopped", self.owner)
 
@@ -276,7 +279,15 @@ class Supervisor:
     def _start_what_fits(self) -> int:
         started = 0
         while not self._stopping:
-            slot_fd = self.locks.acquire_slot()
+            try:
+                slot_fd = self.locks.acquire_slot()
+            except StorageUnavailable as exc:
+                # Nothing can start until the data dir takes writes again; health says
+                # why, and the next step looks again.
+                if self.storage_problem is None:
+                    log.error("runs cannot start: %s", exc)
+                self.storage_problem = (time.time(), str(exc))
+                break
             if slot_fd is None:
                 self.backlog = True  # (whether anything is queued was not asked)
                 break

@@ -152,7 +152,7 @@ def _done(sup: Supervisor, a: Active) -> None:
     for fd in (a.wake_fd, a.pidfd):
         if fd >= 0:
             os.close(fd)
-    a.progress_path.unlink(missing_ok=True)
+    _remove(a.progress_path)
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
@@ -174,9 +174,16 @@ def _release(sup: Supervisor, a: Active) -> None:
         if fd >= 0:
             os.close(fd)
     a.wake_fd = a.pidfd = -1
-    a.progress_path.unlink(missing_ok=True)
+    _remove(a.progress_path)
     if isinstance(a.popen, WarmChild):
         a.popen.close()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only data dir: a stale progress file is harmless
+        pass
 
 
 def landed(sup: Supervisor, a: Active, row: dict | None) -> None:
@@ -237,7 +244,10 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
     # First sample shortly after the start: right at the spawn we would measure the
     # forked server rather than the task.
     next_sample = time.monotonic() + min(0.1, interval)
-    next_log_check = time.monotonic() + min(0.05, interval)
+    # The log is first looked at soon after the start: a flood fills a disk in
+    # well under a sample interval (the checks then follow its growth).
+    a.log_seen = (time.monotonic(), a.log_seen[1])
+    next_log_check = a.log_seen[0] + min(0.02, interval)
     while True:
         now = time.monotonic()
         due = [next_sample, next_log_check,
@@ -308,7 +318,9 @@ def check_log(sup: Supervisor, a: Active, now: float) -> float:
     if free is not None and free < floor and a.log_cap is None:
         # Below the floor: this log stops growing (what was there at the last check
         # stays) so the database and the app log keep their room; the run goes on.
-        cap = min(cap, max(a.log_seen[1], raw - (floor - free)))
+        # It is cut a quarter of the floor further back, so the runs after it still
+        # find room for their own logs above the floor.
+        cap = min(cap, max(a.log_seen[1], raw - (floor - free) - floor // 4))
         a.log_cap = cap
         a.disk_note = (f"the data dir's disk was down to {free / storage.MB:.1f} MB free "
                        f"(floor TASKRUN_MIN_FREE_MB={settings.min_free_mb})")
