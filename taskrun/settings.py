@@ -333,6 +333,28 @@ class _AppLogHandler(RotatingFileHandler):
     appended too (the CLI logs here as well).
     """
 
+    _said_at = float("-inf")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line that cannot be written (a full or read-only disk) is dropped with one
+        short note on stderr a minute, not a traceback per line: a burst of those once
+        filled a pipe and held this handler's lock, and every thread that logs, forever."""
+        import sys
+        import time
+
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        now = time.monotonic()
+        if now - self._said_at >= 60:
+            self._said_at = now
+            try:
+                sys.stderr.write(f"taskrun: app.log cannot be written ({exc.strerror}); "
+                                 "its lines are dropped until it can\n")
+            except Exception:
+                pass
+
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         if self.stream is None:
             self.stream = self._open()

@@ -56,6 +56,7 @@ log = logging.getLogger("taskrun.supervisor")
 
 RECOVER_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
+PENDING_AT_STOP_S = 10.0  # how long a stop keeps trying to record the ends it knows
 
 # Statements on every run's path, built once: constructing SQLAlchemy expressions
 # per call cost more than executing them (see bench/, "launch overhead").
@@ -166,8 +167,12 @@ class Supervisor:
             while not (active.done.wait(0.05) or active.pending) and \
                     time.monotonic() < deadline:
                 pass
-        if self.pending:
-            self.pending.retry(force=True)
+        # Ends not yet recorded get a last chance (the storage may be back any moment);
+        # what still cannot land is marked lost by the next start, saying so.
+        give_up = time.monotonic() + PENDING_AT_STOP_S
+        while self.pending and time.monotonic() < give_up:
+            if not self.pending.retry(force=True):
+                time.sleep(0.25)
         for run_id in self._pending_ids():
             log.error("run %d: its end could not be recorded before the server stopped; "
                       "the next start marks it lost", run_id)
@@ -336,15 +341,21 @@ class Supervisor:
         if self._stopping or self.claim_only is not None or self._slots_all_ours() or \
                 not self._launching.acquire(blocking=False):
             return None
-        slot_fd = self.locks.acquire_slot()
-        task_fd = None
-        if slot_fd is not None and concurrency != Concurrency.PARALLEL:
-            task_fd = self.locks.acquire_task(task, 0)
-            if task_fd is None:
+        slot_fd = task_fd = None
+        try:
+            slot_fd = self.locks.acquire_slot()
+            if slot_fd is not None and concurrency != Concurrency.PARALLEL:
+                task_fd = self.locks.acquire_task(task, 0)
+                if task_fd is None:
+                    os.close(slot_fd)
+                    slot_fd = None
+                else:
+                    self._lock_taken(task)
+        except BaseException:  # a lock file the storage refused: nothing kept
+            if slot_fd is not None:
                 os.close(slot_fd)
-                slot_fd = None
-            else:
-                self._lock_taken(task)
+            self._launching.release()
+            raise
         if slot_fd is None:
             self._launching.release()
             return None
@@ -387,13 +398,17 @@ class Supervisor:
         if self.claim_only is not None and not self.claim_only:
             return False
         # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
-        if self.claim_only is None:
-            with self.db.read_fast() as c:
-                candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
-        else:
-            with self.db.connect() as c:
-                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
-                                                           "b_now": utcnow()}).all()
+        try:
+            if self.claim_only is None:
+                with self.db.read_fast() as c:
+                    candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
+            else:
+                with self.db.connect() as c:
+                    candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
+                                                               "b_now": utcnow()}).all()
+        except BaseException:
+            os.close(slot_fd)
+            raise
         busy: set[str] = set()
         # Left behind: runs waiting for their task's lock (or a retry of the claim).
         self.backlog = bool(candidates)
@@ -403,15 +418,27 @@ class Supervisor:
                 continue  # keep FIFO order within a task
             task_fd = None
             if concurrency != Concurrency.PARALLEL:
-                task_fd = self.locks.acquire_task(task, run_id)
+                try:
+                    task_fd = self.locks.acquire_task(task, run_id)
+                except BaseException:
+                    os.close(slot_fd)
+                    raise
                 if task_fd is None:
                     busy.add(task)
                     continue
                 self._lock_taken(task)
             # queued -> running: the compare-and-set that makes a claim exclusive.
-            with self.db.begin_fast() as c:
-                claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
-                                           "b_owner": self.owner, "b_host": self.host})
+            try:
+                with self.db.begin_fast() as c:
+                    claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+                                               "b_owner": self.owner, "b_host": self.host})
+            except BaseException:
+                # A claim the storage refused: the slot and the task's lock are given
+                # back (kept, they would block every later run until a restart).
+                for fd in (slot_fd, task_fd):
+                    if fd is not None:
+                        os.close(fd)
+                raise
             if claimed is None:
                 if task_fd is not None:
                     os.close(task_fd)

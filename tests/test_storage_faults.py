@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -455,3 +458,108 @@ def test_storage_faults_are_worded_for_the_user(tmp_path):
     assert "read-only" in storage.describe(OSError(errno.EROFS, "Read-only file system"))
     assert storage.describe(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
     assert storage.describe(FileNotFoundError(errno.ENOENT, "nope")) is None
+
+
+# ---- a soak: two servers and the CLI while the disk fills and empties -----
+
+
+def _fill_and_empty(disk: Path, stop: threading.Event, episodes: list[int]) -> None:
+    while not stop.wait(1.0):
+        filler = fill(disk)
+        episodes.append(1)
+        stop.wait(1.5)
+        filler.unlink()
+
+
+@pytest.mark.slow
+def test_two_servers_and_the_cli_while_the_disk_fills_and_empties_leave_nothing_stuck(
+        small_disk, tmp_path, write_task):
+    from .test_faults import MARK, SUBMITTER
+    from .test_recovery import settings_env
+
+    seconds = float(os.environ.get("TASKRUN_SOAK_SECONDS", "30"))
+    disk = small_disk(32)
+    marks = tmp_path / "marks"  # off the small disk: a run's execution is always seen
+    marks.mkdir()
+    write_task("soak_forbid", MARK.format(marks=str(marks)), concurrency="forbid")
+    for n in range(3):
+        write_task(f"soak_par{n}", MARK.format(marks=str(marks)), concurrency="parallel")
+    env = settings_env(tmp_path, TASKRUN_HOME=disk / "data", TASKRUN_MAX_CONCURRENCY=2,
+                       TASKRUN_MAX_QUEUE=50, TASKRUN_MIN_FREE_MB=2)
+    # Refusals are answers: the servers count them like a full queue.
+    submitter = SUBMITTER.replace("from taskrun.errors import AlreadyActive, QueueFull",
+                                  "from taskrun.errors import AlreadyActive, QueueFull, "
+                                  "StorageUnavailable").replace(
+        "except (AlreadyActive, QueueFull):", "except (AlreadyActive, QueueFull, "
+                                              "StorageUnavailable):")
+    assert "StorageUnavailable):" in submitter
+    # Their stderr goes to files: a pipe nobody reads until the end could fill and
+    # block them, which is not what this test is about.
+    outputs = [open(tmp_path / f"server-{n}.err", "w+") for n in range(2)]  # noqa: SIM115
+    servers = [subprocess.Popen([sys.executable, "-c", submitter, str(seconds)], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=out, text=True, cwd=tmp_path)
+               for out in outputs]
+    stop, episodes = threading.Event(), []
+    filler = threading.Thread(target=_fill_and_empty, args=(disk, stop, episodes))
+    try:
+        assert all(s.stdout.readline().strip() == "ready" for s in servers)
+        filler.start()
+        cli_ids, cli_errors, cli_refused = [], [], 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            done = subprocess.run([sys.executable, "-m", "taskrun", "run", "soak_par0"],
+                                  env=env, capture_output=True, text=True, timeout=180,
+                                  cwd=tmp_path)
+            if done.returncode == 0:
+                cli_ids.append(int(re.search(r"run (\d+) of", done.stderr)[1]))
+            elif done.returncode == 3 and "error: Cannot " in done.stderr:
+                cli_refused += 1  # a storage refusal, worded
+            elif done.returncode == 1 and (m := re.search(r"run (\d+) of", done.stderr)):
+                cli_ids.append(int(m[1]))  # its run failed (a storage reason, checked below)
+            elif "queue is full" not in done.stderr:
+                cli_errors.append(done.stderr)
+        stop.set()
+        filler.join()
+        reports = [json.loads(s.stdout.readline()) for s in servers]
+        watcher = Service(make_settings(tmp_path, TASKRUN_HOME=disk / "data")).open()
+        try:
+            for run_id in cli_ids + [i for r in reports for i in r["ids"]]:
+                watcher.wait(run_id, 180)
+        finally:
+            watcher.stop()
+        for s in servers:
+            s.communicate("stop\n", timeout=120)
+        errors = [out.seek(0) or out.read() for out in outputs]
+    finally:
+        stop.set()
+        for s in servers:
+            s.kill()
+            s.wait()
+        for out in outputs:
+            out.close()
+    assert episodes and not cli_errors, cli_errors[:3]
+    submitted = cli_ids + [i for r in reports for i in r["ids"]]
+    assert len(submitted) == len(set(submitted)) and len(submitted) > 20
+    svc = Service(make_settings(tmp_path, TASKRUN_HOME=disk / "data")).open()
+    try:
+        runs, page = {}, svc.list_runs(limit=500)
+        while page:
+            runs.update((r.id, r) for r in page)
+            page = svc.list_runs(limit=500, before_id=page[-1].id)
+    finally:
+        svc.stop()
+    assert set(submitted) <= set(runs)  # every accepted submit is in the history
+    assert not [r.id for r in runs.values() if r.status in ("queued", "running")]
+    failed = {r.id: r.error for r in runs.values() if r.status != "succeeded"}
+    # A run that did not succeed failed for the storage's sake, and says so.
+    assert all(r.status == "failed" and ("disk" in r.error or "log" in r.error)
+               for r in runs.values() if r.status != "succeeded"), failed
+    executed = sorted(int(p.name) for p in marks.iterdir())
+    assert len(executed) == len(set(executed))  # (O_EXCL: a second execution fails)
+    assert {r.id for r in runs.values() if r.status == "succeeded"} <= set(executed)
+    spans = sorted(tuple(map(float, (marks / str(r.id)).read_text().split()))
+                   for r in runs.values() if r.task == "soak_forbid" and r.status == "succeeded")
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # never overlapped
+    for text in errors:
+        assert "Traceback" not in text, text[-2000:]
