@@ -636,17 +636,20 @@ class Supervisor:
                 self._adopt(run)
             else:
                 # running -> lost: the server died and took no record of the end.
-                with self.db.begin() as c:
-                    c.execute(sa.update(Run).where(
-                        Run.id == run.id, Run.status == RunStatus.RUNNING,
-                        Run.owner == run.owner).values(
-                        status=RunStatus.LOST, finished_at=utcnow(),
-                        error="The server stopped while this run was active and its "
-                              "process is gone; its outcome is unknown."))
+                self._mark_lost(run, "The server stopped while this run was active and its "
+                                     "process is gone; its outcome is unknown.")
                 log.warning("run %d of %s marked lost (owner %s gone)", run.id, run.task,
                             run.owner)
             if run.owner:
                 (self.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
+
+    def _mark_lost(self, run: Run, error: str) -> None:
+        """running -> lost, unless its owner changed or it ended meanwhile."""
+        with self.db.begin() as c:
+            c.execute(sa.update(Run).where(
+                Run.id == run.id, Run.status == RunStatus.RUNNING,
+                Run.owner == run.owner).values(
+                status=RunStatus.LOST, finished_at=utcnow(), error=error))
 
     def _heal(self, runs: list[Run]) -> None:
         # Under the launch lock: a run claimed by this supervisor is in self.active
@@ -660,13 +663,8 @@ class Supervisor:
                 continue
             # running -> lost: its watcher died and took the outcome with it.
             try:
-                with self.db.begin() as c:
-                    c.execute(sa.update(Run).where(
-                        Run.id == run.id, Run.status == RunStatus.RUNNING,
-                        Run.owner == self.owner).values(
-                        status=RunStatus.LOST, finished_at=utcnow(),
-                        error="Its watcher failed and its process has ended; its outcome "
-                              "is unknown (see the application log)."))
+                self._mark_lost(run, "Its watcher failed and its process has ended; its "
+                                     "outcome is unknown (see the application log).")
             except Exception:
                 log.exception("run %d: could not mark it lost; retried at the next recovery",
                               run.id)
