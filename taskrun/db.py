@@ -57,13 +57,6 @@ def _sqlite_engine(url: str, begin: str | None, busy_timeout: float) -> sa.Engin
     return engine
 
 
-def _not_storage(exc: BaseException) -> bool:
-    """Errors that say something about the statement, never about the storage."""
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    return isinstance(orig, sqlite3.IntegrityError | sqlite3.ProgrammingError |
-                      sqlite3.InterfaceError) or isinstance(exc, sa.exc.IntegrityError)
-
-
 class Database:
     def __init__(self, url: str, lock_dir: Path, busy_timeout: float = BUSY_TIMEOUT_S):
         self.url = url
@@ -110,18 +103,9 @@ class Database:
         """Where a SQLite file lives (its disk's free space explains a full disk)."""
         return Path(self._file).parent if self._file else None
 
-    @contextmanager
-    def _storage_errors(self) -> Iterator[None]:
-        """A write that fails for the storage's sake raises StorageUnavailable, typed
-        and worded for the user (503), with the driver's error as its cause."""
-        try:
-            yield
-        except (sa.exc.DBAPIError, sqlite3.Error, OSError) as exc:
-            typed = None if _not_storage(exc) else storage.unavailable(
-                exc, self.folder, "write to the database")
-            if typed is None:
-                raise
-            raise typed from exc
+    def _storage_errors(self):
+        """A write that fails for the storage's sake raises StorageUnavailable (503)."""
+        return storage.refusing(self.folder, "write to the database")
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -53,14 +53,9 @@ class LockFile:
         self.path = path
 
     def try_acquire(self, info: dict | None = None) -> int | None:
-        try:
+        # A read-only or full data dir: a typed refusal (503), not a crash.
+        with storage.refusing(self.path.parent, "take a lock"):
             fd = self._open()
-        except OSError as exc:
-            # A read-only or full data dir: a typed refusal (503), not a crash.
-            typed = storage.unavailable(exc, self.path.parent, "take a lock")
-            if typed is None:
-                raise
-            raise typed from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sqlite3
 import sys
 import threading
 import time
@@ -88,7 +87,8 @@ class Service:
 
     def open(self) -> Service:
         """Prepare the data dir and the schema without supervising (CLI reads, tests)."""
-        try:
+        # A full, read-only or broken data dir at start: said so, typed (exit 3, 503).
+        with storage.refusing(self.settings.home, "open the data dir"):
             configure_logging(self.settings)
             for folder in (self.settings.home, self.settings.run_logs_dir,
                            self.settings.locks_dir):
@@ -96,12 +96,6 @@ class Service:
             self.store.ensure()
             self.db.migrate()
             password = self.auth.bootstrap()
-        except (sa.exc.DBAPIError, sqlite3.Error, OSError) as exc:
-            # A full, read-only or broken data dir at start: say so, typed (exit 3, 503).
-            typed = storage.unavailable(exc, self.settings.home, "open the data dir")
-            if typed is None:
-                raise
-            raise typed from exc
         if password:
             # Shown once, on the console only (never in app.log).
             print(f"\n  Task Run Service: created user 'admin' with password {password}\n"

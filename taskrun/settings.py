@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -339,9 +341,6 @@ class _AppLogHandler(RotatingFileHandler):
         """A line that cannot be written (a full or read-only disk) is dropped with one
         short note on stderr a minute, not a traceback per line: a burst of those once
         filled a pipe and held this handler's lock, and every thread that logs, forever."""
-        import sys
-        import time
-
         exc = sys.exc_info()[1]
         if not isinstance(exc, OSError):
             super().handleError(record)

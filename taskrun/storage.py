@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -78,13 +80,22 @@ def _io_error(folder: Path | None, what: str) -> str:
 
 
 def _refuses_files(folder: Path) -> int | None:
-    """The errno of creating a file in ``folder``, or None if that works."""
+    exc = _write_probe(folder)
+    return None if exc is None else exc.errno
+
+
+def _write_probe(folder: Path) -> OSError | None:
+    """What writing a small file in ``folder`` raised, or None if that works."""
     probe = folder / f".probe-{os.getpid()}"
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
     except OSError as exc:
-        return exc.errno
-    os.unlink(probe)
+        return exc
     return None
 
 
@@ -94,6 +105,26 @@ def unavailable(exc: BaseException, folder: Path | None, doing: str) -> StorageU
     if why is None:
         return None
     return StorageUnavailable(f"Cannot {doing}: {why}.")
+
+
+# Errors that say something about the statement, never about the storage.
+_NOT_STORAGE = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError,
+                sa.exc.IntegrityError)
+
+
+@contextmanager
+def refusing(folder: Path | None, doing: str) -> Iterator[None]:
+    """Storage faults inside become StorageUnavailable (503), worded for the user, with
+    the original error as their cause; every other error passes through unchanged."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, sqlite3.Error, OSError) as exc:
+        orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        typed = None if isinstance(exc, _NOT_STORAGE) or isinstance(orig, _NOT_STORAGE) \
+            else unavailable(exc, folder, doing)
+        if typed is None:
+            raise
+        raise typed from exc
 
 
 def check_floor(settings: Settings, doing: str) -> None:
@@ -109,15 +140,7 @@ def problems(settings: Settings) -> list[str]:
     """Human-readable reasons new runs may fail to record output; empty when all is well."""
     found = []
     for folder in (settings.home, settings.run_logs_dir):
-        probe = folder / f".probe-{os.getpid()}"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, b"ok")
-            finally:
-                os.close(fd)
-                probe.unlink(missing_ok=True)
-        except OSError as exc:
+        if (exc := _write_probe(folder)) is not None:
             found.append(f"cannot write in {folder.name}/: {exc.strerror}")
     free = free_bytes(settings.home)
     if free is None:

@@ -202,13 +202,8 @@ class TaskStore:
 
     def _write(self, path: Path, code: str) -> str:
         """Temp file in the same dir, fsync, rename over the target, fsync the dir."""
-        try:
+        with storage.refusing(self.root, f"save task '{path.stem}'"):
             return self._write_file(path, code)
-        except OSError as exc:
-            typed = storage.unavailable(exc, self.root, f"save task '{path.stem}'")
-            if typed is None:
-                raise
-            raise typed from exc
 
     def restore(self, name: str, code: str | None) -> None:
         """Undo a save whose record could not be written: the old code, or no file."""

@@ -28,15 +28,13 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import sqlalchemy as sa
-from sqlmodel import select as sql_select
 
-from . import logs, metadata, procs, retention, versions, watch
+from . import logs, metadata, procs, recovery, retention, versions, watch
 from .automation import Automation
 from .db import Database
 from .errors import InvalidName, StorageUnavailable, TaskRunError
@@ -395,20 +393,35 @@ class Supervisor:
             self.cancel_local(run_id, by)
 
     def _start_next(self, slot_fd: int) -> bool:
-        if self.claim_only is not None and not self.claim_only:
-            return False
-        # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
+        """Claim the next queued run that can start and launch it on ``slot_fd``.
+
+        The slot is ours to give back until ``_launch`` takes it: whatever fails before
+        that (a read, a lock file, a claim the storage refuses) must not keep it, or
+        every later run would wait for a restart.
+        """
         try:
-            if self.claim_only is None:
-                with self.db.read_fast() as c:
-                    candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
-            else:
-                with self.db.connect() as c:
-                    candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
-                                                               "b_now": utcnow()}).all()
+            picked = self._claim_next()
         except BaseException:
             os.close(slot_fd)
             raise
+        if picked is None:
+            return False
+        run, claimed, task_fd = picked
+        self._launch(run, claimed, slot_fd, task_fd)
+        return True
+
+    def _claim_next(self) -> tuple[SimpleNamespace, SimpleNamespace, int | None] | None:
+        """(run, claim, the task's lock fd) of the next run claimed here, or None."""
+        if self.claim_only is not None and not self.claim_only:
+            return None
+        # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
+        if self.claim_only is None:
+            with self.db.read_fast() as c:
+                candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
+        else:
+            with self.db.connect() as c:
+                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
+                                                           "b_now": utcnow()}).all()
         busy: set[str] = set()
         # Left behind: runs waiting for their task's lock (or a retry of the claim).
         self.backlog = bool(candidates)
@@ -418,11 +431,7 @@ class Supervisor:
                 continue  # keep FIFO order within a task
             task_fd = None
             if concurrency != Concurrency.PARALLEL:
-                try:
-                    task_fd = self.locks.acquire_task(task, run_id)
-                except BaseException:
-                    os.close(slot_fd)
-                    raise
+                task_fd = self.locks.acquire_task(task, run_id)
                 if task_fd is None:
                     busy.add(task)
                     continue
@@ -433,11 +442,8 @@ class Supervisor:
                     claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
                                                "b_owner": self.owner, "b_host": self.host})
             except BaseException:
-                # A claim the storage refused: the slot and the task's lock are given
-                # back (kept, they would block every later run until a restart).
-                for fd in (slot_fd, task_fd):
-                    if fd is not None:
-                        os.close(fd)
+                if task_fd is not None:
+                    os.close(task_fd)  # nor is the task's lock kept by a refused claim
                 raise
             if claimed is None:
                 if task_fd is not None:
@@ -445,9 +451,8 @@ class Supervisor:
                 continue
             run = SimpleNamespace(id=run_id, task=task, concurrency=concurrency,
                                   timeout=row[3], trigger=row[4])
-            self._launch(run, SimpleNamespace(**claimed), slot_fd, task_fd)
-            return True
-        return False
+            return run, SimpleNamespace(**claimed), task_fd
+        return None
 
     # ---- launching -------------------------------------------------------
 
@@ -557,7 +562,7 @@ class Supervisor:
                         memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                                  "b_spawned": spawned_at, "b_launch": launch})
-        self._watch(active)
+        self.start_watching(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
     def _finish_unstarted(self, run_id: int, error: str) -> None:
@@ -576,23 +581,18 @@ class Supervisor:
         try:
             write()
         except Exception as exc:
+            # Kept as ours (cancels, waiters and recovery see it) until the write lands.
             with self._lock:
                 self.active[run_id] = placeholder = Active(
                     run_id=run_id, task="", pid=0, deadline=float("inf"), timeout=0,
                     log_path=Path(), progress_path=Path(), key="", exited_at=ended,
                     holds_lock=False, pending=True)
-
-            def retried() -> None:
-                write()
-                self.forget(run_id)
-                placeholder.done.set()
-                self.notify_finished()
-
-            self.pending.add(run_id, retried, "that it could not start", exc)
+            self.pending.add(run_id, lambda: (write(), watch.landed(self, placeholder, None)),
+                             "that it could not start", exc)
             return
         self.notify_finished()
 
-    def _watch(self, active: Active) -> None:
+    def start_watching(self, active: Active) -> None:
         active.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             active.pidfd = os.pidfd_open(active.pid)
@@ -613,85 +613,20 @@ class Supervisor:
         watch.request_cancel(self, active, by, reason or f"Cancelled by {by}.")
         return True
 
-    # ---- recovery --------------------------------------------------------
+    # ---- recovery (in recovery.py) -----------------------------------------
 
     def recover(self) -> None:
-        """Runs left ``running`` by a dead server on this host: adopt if alive, else lost.
+        """Runs of dead servers on this host, and runs of ours without a watcher."""
+        recovery.recover(self)
 
-        Also runs of this supervisor that nothing here watches any more (a watcher
-        that died): watched again while their process lives, else marked lost.
+    def unwatched(self, run_ids: list[int]) -> set[int]:
+        """Of these runs owned here, the ones nothing here watches.
+
+        Under the launch lock: a run claimed by this supervisor is in ``self.active``
+        before that lock is released, so one missing from it has lost its watcher.
         """
-        with self.db.read() as s:
-            rows = s.exec(sql_select(Run).where(
-                Run.status == RunStatus.RUNNING, Run.host == self.host)).all()
-        own = [run for run in rows if run.owner == self.owner]
-        if own:
-            self._heal(own)
-        for run in rows:
-            if run.owner == self.owner:
-                continue
-            if run.owner and LockFile(self.owners_dir / f"{run.owner}.lock").is_held():
-                continue  # its supervisor is alive
-            if procs.is_same_process(run.pid, run.pid_created):
-                self._adopt(run)
-            else:
-                # running -> lost: the server died and took no record of the end.
-                self._mark_lost(run, "The server stopped while this run was active and its "
-                                     "process is gone; its outcome is unknown.")
-                log.warning("run %d of %s marked lost (owner %s gone)", run.id, run.task,
-                            run.owner)
-            if run.owner:
-                (self.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
-
-    def _mark_lost(self, run: Run, error: str) -> None:
-        """running -> lost, unless its owner changed or it ended meanwhile."""
-        with self.db.begin() as c:
-            c.execute(sa.update(Run).where(
-                Run.id == run.id, Run.status == RunStatus.RUNNING,
-                Run.owner == run.owner).values(
-                status=RunStatus.LOST, finished_at=utcnow(), error=error))
-
-    def _heal(self, runs: list[Run]) -> None:
-        # Under the launch lock: a run claimed by this supervisor is in self.active
-        # before that lock is released, so one missing from it has lost its watcher.
         with self._launching, self._lock:
-            orphans = [run for run in runs if run.id not in self.active]
-        for run in orphans:
-            if procs.is_same_process(run.pid, run.pid_created):
-                log.error("run %d of %s had no watcher; watching it again", run.id, run.task)
-                self._adopt(run, taken=True)
-                continue
-            # running -> lost: its watcher died and took the outcome with it.
-            try:
-                self._mark_lost(run, "Its watcher failed and its process has ended; its "
-                                     "outcome is unknown (see the application log).")
-            except Exception:
-                log.exception("run %d: could not mark it lost; retried at the next recovery",
-                              run.id)
-                continue
-            log.error("run %d of %s had no watcher and no process: marked lost", run.id,
-                      run.task)
-            self.notify_finished()
-
-    def _adopt(self, run: Run, taken: bool = False) -> None:
-        if not taken:
-            with self.db.begin() as c:
-                changed = c.execute(sa.update(Run).where(
-                    Run.id == run.id, Run.status == RunStatus.RUNNING,
-                    Run.owner == run.owner).values(owner=self.owner)).rowcount
-            if changed != 1:
-                return
-        started = run.started_at or utcnow()
-        left = (started + timedelta(seconds=run.timeout) - datetime.now(UTC)).total_seconds()
-        active = Active(run_id=run.id, task=run.task, pid=run.pid,
-                        deadline=time.monotonic() + left, timeout=run.timeout,
-                        log_path=Path(run.log_path or self.settings.run_logs_dir /
-                                      logs.log_name(run.task, run.id)),
-                        progress_path=self.progress_dir / f"{run.id}.progress",
-                        key=procs.run_key(self.settings.home, run.id),
-                        holds_lock=run.concurrency != Concurrency.PARALLEL)
-        self._watch(active)
-        log.warning("run %d of %s adopted after a restart (pid %d)", run.id, run.task, run.pid)
+            return {rid for rid in run_ids if rid not in self.active}
 
     # ---- status ----------------------------------------------------------
 

@@ -492,5 +492,3 @@ def finish_error(sup: Supervisor, a: Active) -> None:
 
     a.outcome = (RunStatus.FAILED, None)
     record_end(sup, a, write, "its failure")
-
-# ---- recovery --------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Recovery: runs left ``running`` with nobody watching them, on this host.
+
+Two kinds. Runs of a server that died (its owner lock is free): adopted while
+their process lives, else marked ``lost``. Runs of this supervisor whose watcher
+died: watched again while their process lives, else marked ``lost``. Every
+transition is guarded by the run's status and owner, so two supervisors
+recovering at once cannot both act on one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlmodel import select as sql_select
+
+from . import logs, procs
+from .locks import LockFile
+from .models import Run, utcnow
+from .status import Concurrency, RunStatus
+from .watch import Active
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("taskrun.supervisor")
+
+
+def recover(sup: Supervisor) -> None:
+    """One pass over the running runs of this host."""
+    with sup.db.read() as s:
+        rows = s.exec(sql_select(Run).where(
+            Run.status == RunStatus.RUNNING, Run.host == sup.host)).all()
+    own = [run for run in rows if run.owner == sup.owner]
+    if own:
+        _heal(sup, own)
+    for run in rows:
+        if run.owner == sup.owner:
+            continue
+        if run.owner and LockFile(sup.owners_dir / f"{run.owner}.lock").is_held():
+            continue  # its supervisor is alive
+        if procs.is_same_process(run.pid, run.pid_created):
+            _adopt(sup, run)
+        else:
+            # running -> lost: the server died and took no record of the end.
+            _mark_lost(sup, run, "The server stopped while this run was active and its "
+                                 "process is gone; its outcome is unknown.")
+            log.warning("run %d of %s marked lost (owner %s gone)", run.id, run.task,
+                        run.owner)
+        if run.owner:
+            (sup.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
+
+
+def _mark_lost(sup: Supervisor, run: Run, error: str) -> None:
+    """running -> lost, unless its owner changed or it ended meanwhile."""
+    with sup.db.begin() as c:
+        c.execute(sa.update(Run).where(
+            Run.id == run.id, Run.status == RunStatus.RUNNING,
+            Run.owner == run.owner).values(
+            status=RunStatus.LOST, finished_at=utcnow(), error=error))
+
+
+def _heal(sup: Supervisor, runs: list[Run]) -> None:
+    orphans = sup.unwatched([run.id for run in runs])
+    for run in runs:
+        if run.id not in orphans:
+            continue
+        if procs.is_same_process(run.pid, run.pid_created):
+            log.error("run %d of %s had no watcher; watching it again", run.id, run.task)
+            _adopt(sup, run, taken=True)
+            continue
+        # running -> lost: its watcher died and took the outcome with it.
+        try:
+            _mark_lost(sup, run, "Its watcher failed and its process has ended; its "
+                                 "outcome is unknown (see the application log).")
+        except Exception:
+            log.exception("run %d: could not mark it lost; retried at the next recovery",
+                          run.id)
+            continue
+        log.error("run %d of %s had no watcher and no process: marked lost", run.id,
+                  run.task)
+        sup.notify_finished()
+
+
+def _adopt(sup: Supervisor, run: Run, taken: bool = False) -> None:
+    """Watch a live process of a run recorded as running (``taken``: owned here already)."""
+    if not taken:
+        with sup.db.begin() as c:
+            changed = c.execute(sa.update(Run).where(
+                Run.id == run.id, Run.status == RunStatus.RUNNING,
+                Run.owner == run.owner).values(owner=sup.owner)).rowcount
+        if changed != 1:
+            return
+    started = run.started_at or utcnow()
+    left = (started + timedelta(seconds=run.timeout) - datetime.now(UTC)).total_seconds()
+    active = Active(run_id=run.id, task=run.task, pid=run.pid,
+                    deadline=time.monotonic() + left, timeout=run.timeout,
+                    log_path=Path(run.log_path or sup.settings.run_logs_dir /
+                                  logs.log_name(run.task, run.id)),
+                    progress_path=sup.progress_dir / f"{run.id}.progress",
+                    key=procs.run_key(sup.settings.home, run.id),
+                    holds_lock=run.concurrency != Concurrency.PARALLEL)
+    sup.start_watching(active)
+    log.warning("run %d of %s adopted after a restart (pid %d)", run.id, run.task, run.pid)
