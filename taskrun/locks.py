@@ -115,8 +115,13 @@ class Locks:
         return self._slot_locks[index]
 
     def acquire_task(self, task: str, run_id: int) -> int | None:
-        """The task's lock fd; who holds it is written by ``record_pid`` once it started."""
-        return self.task_lock(task).try_acquire()
+        """The task's lock fd, with the moment it was taken written in it (``since``).
+
+        The run that held the lock before had ended by then, whichever process
+        watches it and however late that watcher sees it (see ``taken_after``).
+        """
+        return self.task_lock(task).try_acquire(
+            {"task": task, "run_id": run_id, "since": time.time()})
 
     def acquire_slot(self) -> int | None:
         """A free slot's locked fd, or None when every slot is taken (by any process)."""
@@ -129,11 +134,20 @@ class Locks:
     @staticmethod
     def record_pid(fd: int, task: str, run_id: int, pid: int) -> None:
         """Note who holds the task's lock, so operators (and the System page) can see it."""
-        info = {"task": task, "run_id": run_id, "pid": pid, "since": time.time()}
         try:
-            write_info(fd, info)
-        except OSError:
+            taken = json.loads(os.pread(fd, INFO_SIZE, 0) or b"{}").get("since")
+            write_info(fd, {"task": task, "run_id": run_id, "pid": pid,
+                            "since": taken or time.time()})
+        except (OSError, ValueError):
             pass
+
+    def taken_after(self, task: str, run_id: int) -> float | None:
+        """When another run took the task's lock after ``run_id`` held it, or None."""
+        info = self.task_lock(task).read_info()
+        since = info.get("since")
+        if info.get("run_id") == run_id or not isinstance(since, int | float):
+            return None
+        return float(since)
 
     def slots_in_use(self) -> int:
         return sum(self.slot_lock(i).is_held() for i in range(self.slots))

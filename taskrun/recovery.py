@@ -103,6 +103,7 @@ def _adopt(sup: Supervisor, run: Run, taken: bool = False) -> None:
                                   logs.log_name(run.task, run.id)),
                     progress_path=sup.progress_dir / f"{run.id}.progress",
                     key=procs.run_key(sup.settings.home, run.id),
-                    holds_lock=run.concurrency != Concurrency.PARALLEL)
+                    holds_lock=run.concurrency != Concurrency.PARALLEL,
+                    started_at=run.started_at)
     sup.start_watching(active)
     log.warning("run %d of %s adopted after a restart (pid %d)", run.id, run.task, run.pid)

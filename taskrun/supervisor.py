@@ -206,21 +206,6 @@ class Supervisor:
         with self._lock:
             return [rid for rid in self.active if rid in self.pending]
 
-    def mark_exited(self, a: Active) -> None:
-        """Stamp the time a run's process was seen to end, once."""
-        with self._lock:
-            if a.exited_at is None:
-                a.exited_at = utcnow()
-
-    def _lock_taken(self, task: str) -> None:
-        """The task's lock was just taken here: a run of ours that held it has exited,
-        even if its watcher has not seen it yet. Its end is stamped now, so the history
-        never shows it ending after the next run started."""
-        with self._lock:
-            for a in self.active.values():
-                if a.task == task and a.holds_lock and a.exited_at is None:
-                    a.exited_at = utcnow()
-
     def forget(self, run_id: int) -> None:
         """A run's watcher is done with it."""
         with self._lock:
@@ -347,8 +332,6 @@ class Supervisor:
                 if task_fd is None:
                     os.close(slot_fd)
                     slot_fd = None
-                else:
-                    self._lock_taken(task)
         except BaseException:  # a lock file the storage refused: nothing kept
             if slot_fd is not None:
                 os.close(slot_fd)
@@ -435,7 +418,6 @@ class Supervisor:
                 if task_fd is None:
                     busy.add(task)
                     continue
-                self._lock_taken(task)
             # queued -> running: the compare-and-set that makes a claim exclusive.
             try:
                 with self.db.begin_fast() as c:
@@ -560,6 +542,7 @@ class Supervisor:
                         log_path=log_path,
                         progress_path=progress_path, key=key, popen=popen,
                         memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
+                        started_at=spawned_at,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                                  "b_spawned": spawned_at, "b_launch": launch})
         self.start_watching(active)

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,9 +99,8 @@ class Active:
     spawned: dict | None = None  # what to record about the new process
     memory_mb: int | None = None  # rlimits the task declared
     cpu_limit: int | None = None
-    # When the process was seen to end: by its watcher, or by the next run of its task
-    # taking the lock the process held (whichever came first; see Supervisor.mark_exited).
-    exited_at: datetime | None = None
+    started_at: datetime | None = None  # when its process was started
+    exited_at: datetime | None = None  # when its watcher saw the process end
     holds_lock: bool = True  # it holds its task's lock (not a parallel run)
     log_cap: int | None = None  # its log's cap, once the disk's floor has lowered it
     log_seen: tuple[float, int] = (0.0, 0)  # (monotonic time, size) at the last check
@@ -117,7 +116,7 @@ def run(sup: Supervisor, a: Active) -> None:
     """The body of a run's watcher (a thread of ``sup.watchers``)."""
     try:
         watch_until_exit(sup, a)
-        sup.mark_exited(a)  # stamped before the next run may claim the freed slot
+        a.exited_at = utcnow()  # stamped before the next run may claim the freed slot
         if sup.backlog:
             # Its slot was freed when the process exited: the next run is launched
             # from here, before this one is recorded (waking the supervisor's thread
@@ -413,6 +412,8 @@ def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
 
 def finalize(sup: Supervisor, a: Active) -> None:
     exited_at = a.exited_at or utcnow()
+    if a.holds_lock:
+        exited_at = ended_before_next(sup, a, exited_at)
     code, cpu = reap(sup, a)
     if a.kill_reason is not None:
         # Leftovers that ignore SIGTERM get the rest of the grace, then SIGKILL.
@@ -460,6 +461,20 @@ def finalize(sup: Supervisor, a: Active) -> None:
 
     a.outcome = (status, code)  # logged once waiters are told
     record_end(sup, a, write)
+
+def ended_before_next(sup: Supervisor, a: Active, seen: datetime) -> datetime:
+    """The run's end: when its watcher saw the exit, or, if earlier, when the next run
+    of its task took the lock its process held (in this or any process sharing the
+    data dir). The kernel frees the lock before the exit can be seen, so the next
+    run may start first; its start must not precede this run's end in the history."""
+    taken = sup.locks.taken_after(a.task, a.run_id)
+    if taken is None:
+        return seen
+    at = datetime.fromtimestamp(taken, UTC)
+    if a.started_at is not None and a.started_at <= at < seen:
+        return at
+    return seen
+
 
 def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
     """Why a run failed, when it was one of the limits its task declared."""

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -395,15 +396,49 @@ def test_consecutive_runs_of_a_queue_task_never_overlap_in_the_history(
         svc.stop()
 
 
-def test_the_exit_is_stamped_once_by_whoever_sees_it_first(service, write_task):
+def test_consecutive_runs_claimed_by_two_supervisors_never_overlap_in_the_history(
+        tmp_path, write_task):
+    """The next run may be claimed by another server than the one watching the run
+    before it: its end is bounded by the moment the next run took the task's lock."""
+    write_task("q", "import time\ntime.sleep(0.05)", concurrency="queue")
+    submitter = Service(make_settings(tmp_path)).open()  # queues, runs nothing
+    ids = [submitter.submit("q").id for _ in range(12)]
+    # Each supervisor claims every other run: each hand-over crosses supervisors.
+    first = Service(make_settings(tmp_path)).start(claim_only=set(ids[0::2]),
+                                                   sample_system=False)
+    second = Service(make_settings(tmp_path)).start(claim_only=set(ids[1::2]),
+                                                    sample_system=False)
+    try:
+        runs = [submitter.wait(i, 60) for i in ids]
+        runs = sorted(runs, key=lambda r: r.started_at)
+        assert all(r.status == "succeeded" for r in runs), [r.error for r in runs]
+        assert len({r.owner for r in runs}) == 2
+        for a, b in itertools.pairwise(runs):
+            assert a.finished_at <= b.started_at, (a.id, a.finished_at, b.id, b.started_at)
+    finally:
+        first.stop()
+        second.stop()
+        submitter.stop()
+
+
+def test_a_run_ends_no_later_than_the_next_run_took_its_lock(service, write_task):
     write_task("q", "import time\ntime.sleep(5)", concurrency="queue")
     run = service.submit("q")
     active = wait_for(lambda: service.supervisor.watched(run.id))
-    service.supervisor._lock_taken("q")  # the next run took the lock: it has exited
-    stamped = active.exited_at
-    assert stamped is not None
-    service.supervisor.mark_exited(active)  # its watcher, later: the first stamp stays
-    assert active.exited_at == stamped
+    seen = active.started_at + timedelta(seconds=2)
+    # Nobody else took the lock: the watcher's own sighting stands.
+    assert watch.ended_before_next(service.supervisor, active, seen) == seen
+    # The next run (of any process) took it 1 s in: the process had ended by then.
+    lock = service.locks.task_lock("q")
+    taken = active.started_at + timedelta(seconds=1)
+    lock.path.write_text(json.dumps({"task": "q", "run_id": run.id + 1,
+                                     "since": taken.timestamp()}))
+    assert watch.ended_before_next(service.supervisor, active, seen) == taken
+    # A record older than the run itself (its own was never written) is ignored.
+    lock.path.write_text(json.dumps({"task": "q", "run_id": run.id - 1,
+                                     "since": (active.started_at - timedelta(seconds=1))
+                                     .timestamp()}))
+    assert watch.ended_before_next(service.supervisor, active, seen) == seen
     service.cancel(run.id)
     service.wait(run.id, 20)
 
