@@ -64,7 +64,14 @@ class LockFile:
                 return None
             raise
         if info is not None:
-            write_info(fd, info)
+            try:
+                # A new lock file has no block yet: writing who holds it can meet a
+                # full disk. The lock is given back and the refusal is typed.
+                with storage.refusing(self.path.parent, "take a lock"):
+                    write_info(fd, info)
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
 
     def _open(self) -> int:

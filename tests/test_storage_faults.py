@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from taskrun import storage, watch
 from taskrun.api import create_api
 from taskrun.errors import NotFound, StorageUnavailable
+from taskrun.locks import Locks
 from taskrun.service import Service
 
 from .conftest import make_settings, wait_for
@@ -441,6 +442,21 @@ def test_a_run_ends_no_later_than_the_next_run_took_its_lock(service, write_task
     assert watch.ended_before_next(service.supervisor, active, seen) == seen
     service.cancel(run.id)
     service.wait(run.id, 20)
+
+
+def test_a_new_lock_on_a_full_disk_is_a_typed_refusal_and_stays_free(small_disk):
+    disk = small_disk(4)
+    locks = Locks(disk / "locks", 1)
+    (disk / "locks" / "tasks").mkdir(parents=True)
+    filler = fill(disk)
+    # The lock file can be created (an inode) but who holds it needs a block.
+    with pytest.raises(StorageUnavailable, match="Cannot take a lock: the data dir's disk"):
+        locks.acquire_task("t", 1)
+    assert not locks.task_lock("t").is_held()  # given back, not leaked
+    filler.unlink()
+    fd = locks.acquire_task("t", 2)
+    assert fd is not None and locks.task_lock("t").read_info()["run_id"] == 2
+    os.close(fd)
 
 
 # ---- the log floor, unit --------------------------------------------------
