@@ -8,7 +8,8 @@ process-wide service: one supervisor, one database.
 from contextlib import asynccontextmanager
 
 import streamlit as st
-from starlette.routing import Mount
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
 
 if __name__ == "__main__":
     from pages.common import run_navigation
@@ -19,6 +20,7 @@ else:
 
     from taskrun.api import create_api
     from taskrun.service import default_service, shutdown_default
+    from taskrun.web_login import LOGIN_PATH, SignInRequired, login_page
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -32,4 +34,6 @@ else:
     # with st.navigation only.
     PagesManager.uses_pages_directory = False
 
-    app = st.App(__file__, routes=[Mount("/api", app=create_api())], lifespan=lifespan)
+    app = st.App(__file__, routes=[Mount("/api", app=create_api()),
+                                   Route(LOGIN_PATH, login_page, methods=["GET"])],
+                 middleware=[Middleware(SignInRequired)], lifespan=lifespan)

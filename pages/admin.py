@@ -5,16 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import service, show_error, user
+from pages.common import service, show_error, signed_in
 from taskrun.auth import ROLES
 from taskrun.errors import TaskRunError
 
 svc = service()
-me = user()
+me = signed_in()
 st.title("Admin")
 
-users_tab, tokens_tab, secrets_tab, audit_tab = st.tabs(
-    ["Users", "API tokens", "Secrets", "Audit trail"])
+users_tab, sessions_tab, tokens_tab, secrets_tab, audit_tab = st.tabs(
+    ["Users", "Sessions", "API tokens", "Secrets", "Audit trail"])
 
 with users_tab:
     st.dataframe(pd.DataFrame(svc.auth.users()), hide_index=True, width="stretch")
@@ -40,6 +40,26 @@ with users_tab:
                 st.rerun()
             except TaskRunError as exc:
                 show_error(exc)
+
+with sessions_tab:
+    st.caption("Browsers signed in to the dashboard. Revoking one signs it out at its next "
+               "click; changing a user's password or deleting the user revokes all of theirs.")
+    live_sessions = svc.auth.sessions.active()
+    if live_sessions:
+        st.dataframe(pd.DataFrame(live_sessions), hide_index=True, width="stretch")
+        c1, c2 = st.columns([3, 1])
+        ended = c1.selectbox("Revoke a session", live_sessions, key="session_revoke",
+                             format_func=lambda x: f"{x['id']} · {x['user_name']} · "
+                                                   f"{x['client'] or '-'} · last used "
+                                                   f"{x['last_used_at']:%Y-%m-%d %H:%M}")
+        if c2.button("Revoke", key="session_revoke_btn"):
+            try:
+                svc.auth.sessions.revoke(ended["id"], actor=me.name)
+                st.rerun()
+            except TaskRunError as exc:
+                show_error(exc)
+    else:
+        st.caption("No live sessions.")
 
 with tokens_tab:
     tokens = svc.auth.tokens()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import streamlit as st
 
@@ -10,7 +12,9 @@ from taskrun import fmt
 from taskrun.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.errors import TaskRunError
 from taskrun.service import Service, default_service
+from taskrun.sessions import COOKIE
 from taskrun.status import ICONS, RunStatus
+from taskrun.web_login import LOGIN_PATH, safe_next
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,15 +39,36 @@ def visible_pages() -> list:
     return [p for key, p in PAGES.items() if key != "admin" or can("admin")]
 
 
-def user() -> Identity:
-    """Who is signed in to this browser session (everyone is a local admin with auth off)."""
+def user() -> Identity | None:
+    """Who is signed in to this browser (everyone is a local admin with auth off).
+
+    The session cookie is resolved on every rerun (cached for seconds by the
+    service): a session revoked or a user deleted is signed out at the next click.
+    """
     if not service().auth.enabled:
         return ANONYMOUS_ADMIN
-    return st.session_state.get("auth_user") or Identity("nobody", "viewer")
+    return service().auth.session_identity(session_token())
+
+
+def session_token() -> str | None:
+    """The browser's session cookie (set by the sign-in form, ``taskrun.web_login``)."""
+    value = st.context.cookies.get(COOKIE)
+    return value if isinstance(value, str) else None
+
+
+def signed_in() -> Identity:
+    """The user, or the page stops here with the way to sign in (a session ended
+    between two clicks of the same page, or while a fragment refreshes)."""
+    me = user()
+    if me is None:
+        signed_out()
+        st.stop()
+    return me
 
 
 def can(role: str) -> bool:
-    return user().can(role)
+    me = user()
+    return me is not None and me.can(role)
 
 
 def needs(role: str) -> str | None:
@@ -51,37 +76,43 @@ def needs(role: str) -> str | None:
     return None if can(role) else f"Needs the {role} role"
 
 
-def sign_in() -> None:
+# Plain HTML buttons (for real form posts) drawn like Streamlit's own.
+_BUTTON = ("padding: .3rem .8rem; border: 1px solid rgba(49, 51, 63, .2); border-radius: .5rem;"
+           " background: transparent; color: inherit; font: inherit; cursor: pointer")
+
+
+def here() -> str:
+    """This page's path and query, to come back to after signing in."""
+    parts = urlsplit(st.context.url or "/")
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def signed_out() -> None:
     st.title("Task Run Service")
-    with st.form("sign-in"):
-        name = st.text_input("User", key="signin_user")
-        password = st.text_input("Password", type="password", key="signin_password")
-        submitted = st.form_submit_button("Sign in", type="primary")
-    if submitted:
-        identity = service().auth.login(name.strip(), password)
-        if identity is None:
-            st.error("Wrong user or password.")
-        else:
-            st.session_state.auth_user = identity
-            st.rerun()
+    st.info("You are not signed in, or your session has ended.")
+    # A form, not a link: Streamlit takes a same-site link for a page of its own.
+    st.html(f'<form method="get" action="{LOGIN_PATH}">'
+            f'<input type="hidden" name="next" value="{html.escape(safe_next(here()))}">'
+            f'<button type="submit" style="{_BUTTON}">Sign in</button></form>')
 
 
 def run_navigation() -> None:
     st.set_page_config(page_title="Task Run Service", page_icon="⚙️", layout="wide")
-    if service().auth.enabled and not st.session_state.get("auth_user"):
-        # Route as usual (so the URL and its query survive the sign-in), but build
-        # nothing of the page itself for a session that has not signed in.
+    me = user()
+    if me is None:
+        # Route as usual (so the URL and its query survive), but build nothing of
+        # the page itself for a browser that is not signed in.
         st.navigation(list(PAGES.values()), position="hidden")
-        sign_in()
+        signed_out()
         st.stop()  # and no page runs after this script, whatever the runner does
     nav = st.navigation(visible_pages())
     with st.sidebar:
         if service().auth.enabled:
-            me = user()
             st.caption(f"Signed in as **{me.name}** ({me.role})")
-            if st.button("Sign out", key="sign-out"):
-                st.session_state.auth_user = None
-                st.rerun()
+            # A real form post: the session is revoked and the cookie cleared by the
+            # server (a script cannot touch an HttpOnly cookie), then the sign-in form.
+            st.html('<form method="post" action="/api/auth/logout">'
+                    f'<button type="submit" style="{_BUTTON}">Sign out</button></form>')
         sidebar_status()
     nav.run()
 

@@ -7,12 +7,13 @@ import difflib
 import streamlit as st
 from streamlit_ace import st_ace
 
-from pages.common import needs, run_summary, service, show_error, user
+from pages.common import needs, run_summary, service, show_error, signed_in
 from taskrun.errors import InvalidCode, StaleWrite, TaskRunError
 from taskrun.metadata import PARAM_TYPES
 from taskrun.status import ACTIVE
 
 svc = service()
+signed_in()  # a page never runs for a browser that is not signed in
 ss = st.session_state
 ss.setdefault("editor_run_id", None)
 ss.setdefault("editor_annotations", [])
@@ -73,7 +74,7 @@ def save(overwrite: bool = False) -> bool:
     """Save the buffer; on refusal remember why (shown, with gutter marks, after a rerun)."""
     try:
         saved = svc.update_task(name, code, None if overwrite else ss.editor_base[name],
-                                author=user().name)
+                                author=signed_in().name)
     except InvalidCode as exc:
         ss.editor_annotations = [{"row": max(0, (exc.line or 1) - 1),
                                   "column": max(0, (exc.column or 1) - 1),
@@ -97,7 +98,7 @@ def save(overwrite: bool = False) -> bool:
 
 def run_now() -> None:
     try:
-        run = svc.submit(name, {}, trigger="editor", user=user().name)
+        run = svc.submit(name, {}, trigger="editor", user=signed_in().name)
     except TaskRunError as exc:
         show_error(exc)
         return
@@ -192,7 +193,7 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
                     "concurrency": concurrency, "params": params}
         try:
             saved = svc.update_task_settings(name, new_meta, ss.editor_base[name],
-                                             author=user().name)
+                                             author=signed_in().name)
         except TaskRunError as exc:
             show_error(exc)
         else:
@@ -221,7 +222,7 @@ with st.expander("🕘 Version history", expanded=bool(linked)):
         if st.button("Restore this version", key="editor-restore",
                      disabled=bool(needs("admin"))):
             try:
-                restored = svc.restore_version(name, chosen, author=user().name)
+                restored = svc.restore_version(name, chosen, author=signed_in().name)
             except TaskRunError as exc:
                 show_error(exc)
             else:

@@ -8,13 +8,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import PAGES, needs, run_summary, service, show_error, status_label, user
+from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.service import RunFilter
 from taskrun.status import ACTIVE, RunStatus
 
 svc = service()
+signed_in()  # a page never runs for a browser that is not signed in
 ss = st.session_state
 ss.setdefault("runs_page", 0)
 
@@ -114,7 +115,7 @@ with history_tab:
             if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}",
                                                   disabled=bool(needs("operator"))):
                 try:
-                    svc.cancel(run.id, by=user().name)
+                    svc.cancel(run.id, by=signed_in().name)
                 except TaskRunError as exc:
                     show_error(exc)
 

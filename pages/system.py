@@ -8,10 +8,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import service
+from pages.common import service, signed_in
 from taskrun import fmt
 
 svc = service()
+signed_in()  # a page never runs for a browser that is not signed in
 st.title("System")
 
 

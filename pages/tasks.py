@@ -7,12 +7,13 @@ from datetime import UTC, date, datetime
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import PAGES, needs, run_summary, service, show_error, status_label, user
+from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.templates import TEMPLATES
 
 svc = service()
+signed_in()  # a page never runs for a browser that is not signed in
 st.session_state.setdefault("tasks_flash", None)
 # The open dialog, as ("run" | "delete", task name): kept across reruns so a
 # dialog's own widgets work whatever part of the page reruns.
@@ -93,7 +94,7 @@ def run_dialog(task: dict) -> None:
         submitted = st.form_submit_button("Run", type="primary")
     if submitted:
         try:
-            run = svc.submit(task["name"], values, trigger="manual", user=user().name)
+            run = svc.submit(task["name"], values, trigger="manual", user=signed_in().name)
         except TaskRunError as exc:
             show_error(exc)
             return
@@ -108,7 +109,7 @@ def delete_dialog(name: str) -> None:
              "and it can be restored from the editor's history.")
     if st.button("Delete", type="primary", key=f"confirm-delete-{name}"):
         try:
-            svc.delete_task(name, author=user().name)
+            svc.delete_task(name, author=signed_in().name)
         except TaskRunError as exc:
             show_error(exc)
             return
@@ -127,7 +128,7 @@ with st.expander("➕ New task", expanded=False):
         create = st.form_submit_button("Create", type="primary", disabled=bool(needs("admin")))
     if create:
         try:
-            svc.create_task(new_name.strip(), TEMPLATES[template], author=user().name)
+            svc.create_task(new_name.strip(), TEMPLATES[template], author=signed_in().name)
         except TaskRunError as exc:
             show_error(exc)
         else:
@@ -163,7 +164,7 @@ def active_runs() -> None:
             if c3.button("Cancel", key=f"cancel-{run.id}", disabled=bool(needs("operator")),
                          help=needs("operator")):
                 try:
-                    svc.cancel(run.id, by=user().name)
+                    svc.cancel(run.id, by=signed_in().name)
                 except TaskRunError as exc:
                     show_error(exc)
 
@@ -236,7 +237,7 @@ if scheduled:
         label = "Resume" if info["paused"] else "Pause"
         if c3.button(label, key=f"pause-{task['name']}", disabled=bool(needs("operator")),
                      help=needs("operator") or f"{label} the schedule of {task['name']}"):
-            svc.pause_schedule(task["name"], not info["paused"], actor=user().name)
+            svc.pause_schedule(task["name"], not info["paused"], actor=signed_in().name)
             st.rerun()
 
 edges = svc.dependencies()

@@ -13,18 +13,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as ApiPath
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from . import __version__, logs
+from . import __version__, logs, web_login
 from .auth import ANONYMOUS_ADMIN, Identity
 from .errors import (
     AlreadyActive,
     Forbidden,
     InvalidCode,
+    InvalidParams,
     NotReady,
     StaleWrite,
     TaskRunError,
+    TooManyAttempts,
     Unauthorized,
 )
 from .models import RunPublic, VersionPublic
@@ -131,7 +134,8 @@ class Health(BaseModel):
 
 # Who may call what. Reading needs a viewer, running and cancelling an operator;
 # every other change needs an admin, so a route added later is closed by default.
-PUBLIC_ROUTES = frozenset({("GET", "/system/health")})
+PUBLIC_ROUTES = frozenset({("GET", "/system/health"), ("POST", "/auth/login"),
+                           ("POST", "/auth/logout")})
 OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
                              ("POST", "/tasks/runs/{run_id}/cancel"),
                              ("POST", "/tasks/{task_id}/schedule/pause"),
@@ -141,7 +145,8 @@ OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
 def required_role(method: str, path: str) -> str | None:
     if (method, path) in PUBLIC_ROUTES:
         return None
-    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit", "/secrets")):
+    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit", "/secrets",
+                                                          "/auth")):
         return "viewer"
     if (method, path) in OPERATOR_ROUTES:
         return "operator"
@@ -151,6 +156,13 @@ def required_role(method: str, path: str) -> str | None:
 class SecretValue(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: str = Field(min_length=1, max_length=64 * 1024)
+
+
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=64)
+    password: str = Field(max_length=1024)
+    remember: bool = True
 
 
 class TokenCreate(BaseModel):
@@ -203,6 +215,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         if isinstance(exc, StaleWrite):
             body.update(current_sha=exc.current_sha)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
     @api.middleware("http")
@@ -389,6 +403,63 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         svc.auth.revoke_token(token_id, actor=who(request))
         return Response(status_code=204)
 
+    auth = APIRouter(prefix="/auth", tags=["auth"])
+
+    @auth.post("/login", responses={303: {"description": "signed in (the form): back to "
+                                               "the page, with the session cookie"}})
+    async def login(request: Request, svc: Service = Depends(service)):
+        """Sign in to the dashboard: sets the session cookie.
+
+        The form at ``/login`` posts ``user``, ``password``, ``remember`` and ``next``
+        (form-encoded) and is redirected back; a JSON body gets ``{user, role}``.
+        """
+        web_login.check_origin(request, svc.settings.base_url)
+        secure = web_login.is_https(request)
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = SignIn.model_validate_json(await request.body())
+            except ValueError as exc:
+                raise InvalidParams("a JSON body {user, password, remember} is "
+                                    "required") from exc
+            identity = await run_in_threadpool(
+                svc.auth.login, body.user.strip(), body.password,
+                web_login.client_address(request))
+            if identity is None:
+                raise Unauthorized("Wrong user or password.")
+            token = await run_in_threadpool(
+                svc.auth.sessions.create, identity.name, body.remember,
+                web_login.client_address(request), request.headers.get("user-agent"))
+            response = JSONResponse({"user": identity.name, "role": identity.role})
+            web_login.set_session_cookie(response, token, body.remember,
+                                         svc.settings.session_days, secure)
+            return response
+        form = dict(await request.form())
+        return await run_in_threadpool(web_login.form_login, request, form, svc, secure)
+
+    @auth.post("/logout", status_code=204,
+               responses={303: {"description": "signed out (the form): to the sign-in"}})
+    async def logout(request: Request, svc: Service = Depends(service)):
+        """Sign out: the session is revoked and its cookie cleared."""
+        web_login.check_origin(request, svc.settings.base_url)
+        await run_in_threadpool(svc.auth.sessions.end, request.cookies.get(web_login.COOKIE))
+        wants_page = "text/html" in request.headers.get("accept", "")
+        response = (RedirectResponse(f"{web_login.LOGIN_PATH}?out=1", status_code=303)
+                    if wants_page else Response(status_code=204))
+        web_login.clear_session_cookie(response, web_login.is_https(request))
+        return response
+
+    @auth.get("/sessions")
+    def list_sessions(svc: Service = Depends(service)) -> list[dict]:
+        """Live dashboard sessions (admins only); tokens are never shown."""
+        return svc.auth.sessions.active()
+
+    @auth.delete("/sessions/{session_id}", status_code=204)
+    def revoke_session(session_id: RowId, request: Request,
+                       svc: Service = Depends(service)):
+        """Sign a browser out: its next click asks for the password again."""
+        svc.auth.sessions.revoke(session_id, actor=who(request))
+        return Response(status_code=204)
+
     secrets = APIRouter(prefix="/secrets", tags=["secrets"])
 
     @secrets.get("")
@@ -421,6 +492,6 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Who did what and when (admins only)."""
         return svc.audit_events(limit, offset, actor, action)
 
-    for router in (tasks, logs_router, system, tokens, secrets):
+    for router in (tasks, logs_router, system, tokens, auth, secrets):
         api.include_router(router)
     return api

@@ -23,8 +23,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import audit, keys
 from .db import Database
-from .errors import Conflict, InvalidParams, NotFound
+from .errors import Conflict, InvalidParams, NotFound, TooManyAttempts
 from .models import ApiToken, User, utcnow
+from .sessions import Sessions, SignInGate
 from .settings import Settings
 
 log = logging.getLogger("taskrun.auth")
@@ -76,6 +77,8 @@ class Auth:
         self._env_token = settings.api_token
         self._settings = settings
         self._key: bytes | None = None
+        self.sessions = Sessions(db, settings.session_days)
+        self.gate = SignInGate()
 
     # ---- signed links (downloads from the dashboard, which holds no API token) --
 
@@ -131,12 +134,15 @@ class Auth:
             if not updated:
                 c.execute(sa.insert(User).values(name=name, password_hash=hashed, role=role,
                                                  created_at=utcnow()))
+            else:  # a new password signs out every browser that knew the old one
+                self.sessions.revoke_user(name, c)
             audit.record(self.db, actor or "system", "user.set", name, role, conn=c)
 
     def delete_user(self, name: str, actor: str | None = None) -> None:
         with self.db.begin() as c:
             if not c.execute(sa.delete(User).where(User.name == name)).rowcount:
                 raise NotFound(f"User '{name}' does not exist.")
+            self.sessions.revoke_user(name, c)
             audit.record(self.db, actor, "user.delete", name, conn=c)
 
     def users(self) -> list[dict]:
@@ -145,22 +151,39 @@ class Auth:
                              .order_by(User.name)).all()
         return [dict(r._mapping) for r in rows]
 
-    def login(self, name: str, password: str) -> Identity | None:
-        """The user if the password matches; None otherwise (same cost either way)."""
+    def login(self, name: str, password: str, client: str | None = None) -> Identity | None:
+        """The user if the password matches; None otherwise (same cost either way).
+
+        Raises ``TooManyAttempts`` without checking the password while the user or
+        the client address is backing off after repeated failures.
+        """
+        name = name[:64]
+        try:
+            self.gate.check(name, client)
+        except TooManyAttempts:
+            audit.record(self.db, name, "login.throttled", client)
+            raise
         with self.db.connect() as c:
             row = c.execute(sa.select(User.password_hash, User.role)
                             .where(User.name == name)).first()
         try:
             _HASHER.verify(row.password_hash if row else _dummy_hash(), password)
         except (VerificationError, InvalidHashError):
-            log.warning("failed sign-in for %r", name[:64])
-            audit.record(self.db, name[:64], "login.failure")
+            self.gate.failed(name, client)
+            log.warning("failed sign-in for %r from %s", name, client or "-")
+            audit.record(self.db, name, "login.failure", client)
             return None
         if row is None:
             return None
+        self.gate.succeeded(name)
         log.info("user %s signed in", name)
-        audit.record(self.db, name, "login.success")
+        audit.record(self.db, name, "login.success", client)
         return Identity(name, row.role)
+
+    def session_identity(self, token: str | None) -> Identity | None:
+        """Who a dashboard session cookie signs in, as the database has it now."""
+        found = self.sessions.resolve(token)
+        return Identity(found.name, found.role) if found else None
 
     # ---- tokens ----------------------------------------------------------
 

@@ -227,6 +227,19 @@ def cmd_user(args) -> int:
     return 0
 
 
+def cmd_session(args) -> int:
+    sessions = _open(args).auth.sessions
+    if args.action == "revoke":
+        sessions.revoke(args.id, actor="cli")
+        print(f"session {args.id} revoked")
+        return 0
+    rows = [[str(x["id"]), x["user_name"], x["client"] or "-",
+             f"{x['created_at']:%Y-%m-%d %H:%M}", f"{x['last_used_at']:%Y-%m-%d %H:%M}",
+             f"{x['expires_at']:%Y-%m-%d %H:%M}"] for x in sessions.active()]
+    print(_table(rows, ["ID", "USER", "CLIENT", "SIGNED IN (UTC)", "LAST USED", "EXPIRES"]))
+    return 0
+
+
 def cmd_secret(args) -> int:
     svc = _open(args)
     if args.action == "set":
@@ -347,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     u = usub.add_parser("delete", help="delete a user")
     u.add_argument("name")
     p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("session", help="dashboard sign-ins: list, revoke")
+    xsub = p.add_subparsers(dest="action", required=True)
+    xsub.add_parser("list", help="every live session")
+    t = xsub.add_parser("revoke", help="sign a browser out by session id")
+    t.add_argument("id", type=int)
+    p.set_defaults(func=cmd_session)
 
     p = sub.add_parser("secret", help="task secrets: set, list, delete (values never shown)")
     ssub = p.add_subparsers(dest="action", required=True)

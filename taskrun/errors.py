@@ -87,6 +87,16 @@ class QueueFull(TaskRunError):
     http_status = 429
 
 
+class TooManyAttempts(TaskRunError):
+    """Sign-ins refused for a while after repeated failures (``retry_after`` seconds)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class NotReady(TaskRunError):
     http_status = 503
 

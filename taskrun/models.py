@@ -196,6 +196,23 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = _time()
 
 
+class WebSession(SQLModel, table=True):
+    """A dashboard sign-in that lasts: the browser holds a random token in a cookie,
+    the database its sha256 (as for API tokens), its user and its lifetime."""
+
+    __tablename__ = "web_session"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    user_name: str = Field(max_length=64, index=True)
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    last_used_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    persistent: bool = True  # False: the cookie ends with the browser session
+    client: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=200)
+    revoked_at: datetime | None = _time()
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what and when: sign-ins, task changes, runs started and cancelled, access."""
 

@@ -178,6 +178,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`on`: sign-in for the dashboard, bearer tokens for the API. `off` opens both "
             "to anyone who reaches the port (local development only; logged loudly).",
             _on_off, "on or off"),
+    Setting("TASKRUN_SESSION_DAYS", "14",
+            "How long a dashboard sign-in lasts (days); \"remember me\" off ends it with "
+            "the browser session too.", _positive_float, "a number > 0"),
     Setting("TASKRUN_ADMIN_PASSWORD", "",
             "Password of the `admin` user created on first start when there are no users "
             "(default: a random one, printed once in the server output).", str, "a string"),
@@ -236,6 +239,7 @@ class Settings:
     retention_days: int
     retention_runs: int
     auth: bool
+    session_days: float
     admin_password: str
     api_token: str
     secret_key: str

@@ -92,13 +92,22 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def open_page(page, server, path: str = "") -> None:
-    """Load a page in a new browser session, which starts at the sign-in form."""
-    page.goto(f"{server.url}/{path}")
-    expect(page.get_by_test_id("stApp")).to_be_visible()
+def sign_in(page, password: str = ADMIN_PASSWORD, remember: bool = True) -> None:
+    """Fill in and send the sign-in form (``/login``) the browser was sent to."""
+    expect(page).to_have_url(re.compile(r"/login"))
     page.get_by_role("textbox", name="User").fill("admin")
-    page.get_by_role("textbox", name="Password").fill(ADMIN_PASSWORD)
+    page.get_by_label("Password").fill(password)
+    if not remember:
+        page.get_by_label("Keep me signed in").uncheck()
     page.get_by_role("button", name="Sign in").click()
+
+
+def open_page(page, server, path: str = "") -> None:
+    """Load a page; a browser not signed in yet is sent to the sign-in form first."""
+    signed = any(c["name"] == "taskrun_session" for c in page.context.cookies())
+    page.goto(f"{server.url}/{path}")
+    if not signed:
+        sign_in(page)
     expect(page.get_by_text("Signed in as")).to_be_visible()
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
 
@@ -127,11 +136,72 @@ def run_id_of(page_text: str) -> int:
 
 def test_wrong_password_is_refused(page, server):
     page.goto(server.url)
-    page.get_by_role("textbox", name="User").fill("admin")
-    page.get_by_role("textbox", name="Password").fill("not the password")
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, "not the password")
     expect(page.get_by_text("Wrong user or password.")).to_be_visible()
-    expect(page.get_by_text("hello", exact=True)).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/api/auth/login"))
+    page.goto(server.url)
+    expect(page).to_have_url(re.compile(r"/login"))  # still not signed in
+
+
+def session_cookie(page):
+    return next(c for c in page.context.cookies() if c["name"] == "taskrun_session")
+
+
+def test_a_sign_in_lasts_across_reloads_and_tabs_until_sign_out(page, server):
+    open_page(page, server, "runs")
+    expect(page).to_have_url(re.compile(r"/runs$"))  # back where the browser was going
+    cookie = session_cookie(page)
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["expires"] > 0
+    page.reload()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+    second = page.context.new_page()  # a second tab of the same browser
+    second.goto(f"{server.url}/editor?task=hello")
+    expect(second.get_by_text("Signed in as")).to_be_visible()
+    expect(second).to_have_url(re.compile(r"/editor\?task=hello"))
+    second.close()
+    idle(page)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_text("You have been signed out.")).to_be_visible()
+    assert not any(c["name"] == "taskrun_session" for c in page.context.cookies())
+    page.goto(f"{server.url}/runs")
+    expect(page).to_have_url(re.compile(r"/login\?next=/runs"))
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_without_remember_me_the_cookie_ends_with_the_browser(page, server):
+    page.goto(server.url)
+    sign_in(page, remember=False)
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+    assert session_cookie(page)["expires"] == -1  # no Max-Age, no Expires
+
+
+def test_a_session_revoked_by_an_admin_asks_again_at_the_next_click(page, server):
+    open_page(page, server)
+    status, sessions = server.json("GET", "/api/auth/sessions")
+    assert status == 200 and sessions
+    for session in sessions:  # every browser signed in so far
+        assert server.request("DELETE", f"/api/auth/sessions/{session['id']}")[0] == 204
+    page.get_by_role("link", name="Runs & logs").click()
+    expect(page.get_by_text("your session has ended")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs & logs")).to_have_count(0)
+    page.get_by_role("button", name="Sign in").click()
+    sign_in(page)
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+
+
+def test_repeated_wrong_passwords_back_off_then_the_right_one_works(page, server):
+    page.goto(server.url)
+    for _ in range(10):
+        sign_in(page, "a wrong guess")
+        expect(page.get_by_role("alert")).to_be_visible()
+    alert = page.get_by_role("alert")
+    expect(alert).to_have_text(re.compile(r"Too many failed sign-ins: try again in \d+ s\."))
+    wait_s = int(re.search(r"in (\d+) s", alert.inner_text())[1])
+    status, events = server.json("GET", "/api/audit?action=login.throttled")
+    assert status == 200 and events and events[0]["actor"] == "admin"
+    page.wait_for_timeout(wait_s * 1000 + 500)  # the back-off the message named
+    sign_in(page)
+    expect(page.get_by_text("Signed in as")).to_be_visible()
 
 
 def test_tasks_page_lists_the_examples(page, server):
