@@ -40,11 +40,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
     parser.add_argument("--only", nargs="*", help="suites to run (launch, throughput, kill, "
-                        "history, logs, ui, memory, warm)")
+                        "history, logs, ui, memory, warm, dashboards)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     q = args.quick
-    from . import history, kill, launch, logfollow, memory, throughput, ui, warm
+    from . import dashboards, history, kill, launch, logfollow, memory, throughput, ui, warm
 
     suites = {
         "launch": lambda: launch.run(5 if q else 100),
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
         "ui": lambda: ui.run(5_000 if q else 1_000_000, 5 if q else 30, 10 if q else 300),
         "memory": memory.run,
         "warm": lambda: warm.run(5 if q else 100),
+        "dashboards": lambda: dashboards.run([1, 2] if q else [1, 10, 25], 2 if q else 20,
+                                             2 if q else 10),
     }
     chosen = args.only or list(suites)
     if "throughput" in chosen:

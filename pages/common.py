@@ -120,7 +120,7 @@ def run_navigation() -> None:
 @st.fragment(run_every=2.0)
 def sidebar_status() -> None:
     try:
-        status = service().supervisor_status()
+        status = service().view.status()
     except TaskRunError as exc:
         st.error(str(exc))
         return
@@ -131,6 +131,23 @@ def sidebar_status() -> None:
     c2.metric("Queued", status["queued"])
     st.progress(min(1.0, status["slots_in_use"] / max(1, status["max_concurrency"])),
                 text=f"Slots {status['slots_in_use']} of {status['max_concurrency']}")
+
+
+def following(key: str, active: bool, every: float):
+    """A fragment decorator that reruns every ``every`` s only while ``active``.
+
+    A fragment cannot change its own timer, so one that follows a run calls
+    ``ended(key, …)`` on each refresh: once the run is over, one full rerun
+    draws its final state and leaves the fragment without a timer.
+    """
+    st.session_state[key] = active
+    return st.fragment(run_every=every if active else None)
+
+
+def ended(key: str, active: bool) -> None:
+    if st.session_state.get(key) and not active:
+        st.session_state[key] = False
+        st.rerun(scope="app")
 
 
 def status_label(status: str) -> str:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import difflib
 
 import streamlit as st
-from streamlit_ace import st_ace
+from code_editor import code_editor
 
-from pages.common import needs, run_summary, service, show_error, signed_in
+from pages.common import (
+    can,
+    ended,
+    following,
+    needs,
+    run_summary,
+    service,
+    show_error,
+    signed_in,
+)
 from taskrun.errors import InvalidCode, StaleWrite, TaskRunError
 from taskrun.metadata import PARAM_TYPES
 from taskrun.status import ACTIVE
@@ -23,7 +32,7 @@ ss.setdefault("editor_message", None)
 ss.setdefault("editor_error", None)  # (code it was about, message)
 
 st.title("Editor")
-names = [t["name"] for t in svc.list_tasks()]
+names = svc.view.task_names()
 if not names:
     st.info("No tasks yet: create one on the Tasks page.")
     st.stop()
@@ -49,18 +58,40 @@ if ss.editor_message:
     st.success(ss.editor_message)
     ss.editor_message = None
 
+# The editor's own buttons (and Ctrl/Cmd-S) send its text together with the
+# command, so a save always has what is on screen; a button outside the editor
+# would act on the text last sent, which trails typing by the editor's debounce.
+SAVE, SAVE_RUN = "save", "save-run"
+_BUTTON = {"hasText": True, "alwaysOn": True, "showWithIcon": True}
+BUTTONS = [
+    {**_BUTTON, "name": "Save", "feather": "Save", "primary": True,
+     "commands": [["response", SAVE]], "style": {"bottom": "0.5rem", "right": "0.5rem"}},
+    {**_BUTTON, "name": "Save & Run", "feather": "Play", "commands": [["response", SAVE_RUN]],
+     "style": {"bottom": "0.5rem", "right": "6.2rem"}},
+]
+CTRL_S = {"commands": [{"name": "submit", "bindkey": {"win": "Ctrl-S", "mac": "Command-S"}}]}
+
 # The widget key follows the sha it was loaded from, so loading another version
 # (restore, "take theirs") replaces the buffer instead of keeping the old text.
-code = st_ace(value=task["code"] if base_sha == task["sha"] else ss.get(f"buffer-{name}", ""),
-              language="python", theme="github", keybinding="vscode", min_lines=18,
-              max_lines=40, font_size=14, tab_size=4, show_gutter=True, wrap=False,
-              annotations=ss.editor_annotations, auto_update=True,
-              key=f"ace-{name}-{base_sha[:12]}")
-if code is None:
-    code = task["code"]
+loaded = task["code"] if base_sha == task["sha"] else ss.get(f"buffer-{name}", "")
+event = code_editor(loaded, lang="python", theme="default", shortcuts="vscode",
+                    height=[18, 40], response_mode="debounce",
+                    buttons=BUTTONS if can("admin") else [],
+                    keybindings=CTRL_S if can("admin") else {},
+                    options={"wrap": False, "tabSize": 4, "showLineNumbers": True,
+                             "fontSize": 14},
+                    props={"annotations": ss.editor_annotations},
+                    key=f"editor-{name}-{base_sha[:12]}")
+code = event["text"] if event and event.get("id") else ss.get(f"buffer-{name}", loaded)
+# An event is handled once: the component repeats its last value on every rerun.
+command = None
+if event and event.get("id") and event["id"] != ss.get("editor_event"):
+    ss.editor_event = event["id"]
+    command = {"submit": SAVE}.get(event["type"], event["type"])
 ss[f"buffer-{name}"] = code
 dirty = code != task["code"]
-st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'][:12]}")
+st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'][:12]}"
+           + (" · Save (Ctrl/Cmd-S) and Save & Run are in the editor" if can("admin") else ""))
 wanted = (task["metadata"] or {}).get("secrets") or []
 if wanted:
     stored = {s.name for s in svc.list_secrets(name)}
@@ -105,15 +136,12 @@ def run_now() -> None:
     ss.editor_run_id = run.id
 
 
-c1, c2, c3, _ = st.columns([1, 1, 1.3, 4])
-if c1.button("💾 Save", key="editor-save", type="primary", disabled=bool(needs("admin")),
-             help=needs("admin")) and save():
+if command == SAVE and can("admin") and save():
     st.rerun()
-if c2.button("▶ Run", key="editor-run", help=needs("operator") or "Run the saved code",
-             disabled=bool(needs("operator"))):
+if command == SAVE_RUN and can("admin") and save():
     run_now()
-if c3.button("💾▶ Save & Run", key="editor-save-run", disabled=bool(needs("admin")),
-             help=needs("admin")) and save():
+if st.button("▶ Run", key="editor-run", help=needs("operator") or "Run the saved code",
+             disabled=bool(needs("operator"))):
     run_now()
 
 if ss.editor_error:
@@ -139,13 +167,13 @@ if ss.editor_stale:
             st.rerun()
 
 
-@st.fragment(run_every=0.5)
 def output() -> None:
     run_id = ss.editor_run_id
     if run_id is None:
         st.caption("Run the task to see its output here.")
         return
     run = svc.get_run(run_id)
+    ended("editor_output_live", run.status in ACTIVE)
     chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
     st.markdown(f"**Output** · {run_summary(run)}")
     if run.progress is not None and run.status in ACTIVE:
@@ -155,7 +183,12 @@ def output() -> None:
         st.caption(run.error)
 
 
-output()
+# Polled only while its run is active: an Editor left open costs nothing.
+try:
+    _last = svc.get_run(ss.editor_run_id) if ss.editor_run_id is not None else None
+except TaskRunError:  # pruned meanwhile
+    _last = ss.editor_run_id = None
+following("editor_output_live", _last is not None and _last.status in ACTIVE, 0.5)(output)()
 
 with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
     meta = task["metadata"] or {}

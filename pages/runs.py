@@ -8,7 +8,17 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
+from pages.common import (
+    PAGES,
+    ended,
+    following,
+    needs,
+    run_summary,
+    service,
+    show_error,
+    signed_in,
+    status_label,
+)
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.service import RunFilter
@@ -23,7 +33,7 @@ st.title("Runs & logs")
 history_tab, log_tab, query_tab = st.tabs(["History", "Application log", "Query"])
 
 with history_tab:
-    task_names = sorted({t["name"] for t in svc.list_tasks()})
+    task_names = sorted(svc.view.task_names())
     f1, f2, f3, f4 = st.columns([2, 3, 2, 3])
     task = f1.selectbox("Task", ["(all)", *task_names], key="runs_task")
     statuses = f2.multiselect("Status", [s.value for s in RunStatus], key="runs_status")
@@ -119,9 +129,9 @@ with history_tab:
                 except TaskRunError as exc:
                     show_error(exc)
 
-            @st.fragment(run_every=1.0)
             def log_view(run_id: int) -> None:
                 current = svc.get_run(run_id)
+                ended("runs_log_live", current.status in ACTIVE)
                 chunk = svc.read_log(run_id, tail_bytes=256 * 1024)
                 needle = st.text_input("Filter lines", key=f"log_filter_{run_id}",
                                        placeholder="text to search for")
@@ -133,7 +143,7 @@ with history_tab:
                            + (" · showing the last 256 KiB" if chunk.offset else ""))
                 st.code(content or "(empty)", language="text")
 
-            log_view(run.id)
+            following("runs_log_live", run.status in ACTIVE, 1.0)(log_view)(run.id)
             name = f"{run.task}_{run.id}.log"
             url = f"/api/logs/{name}/download"
             st.link_button("⬇ Download the whole log", f"{url}?{svc.auth.sign(url)}")

@@ -18,8 +18,8 @@ st.title("System")
 
 @st.fragment(run_every=2.0)
 def live() -> None:
-    info = svc.system_info()
-    sup = svc.supervisor_status()
+    info = svc.view.system_info()
+    sup = svc.view.status()
     c = st.columns(6)
     c[0].metric("CPU", f"{info['cpu_percent']:.0f} %", help=f"{info['cpu_count']} cores")
     c[1].metric("Memory", f"{info['memory']['percent']:.0f} %",
@@ -30,17 +30,25 @@ def live() -> None:
     c[4].metric("Uptime", fmt.duration(info["uptime"]))
     c[5].metric("Slots in use", f"{sup['slots_in_use']} / {sup['max_concurrency']}",
                 help=f"{sup['queued']} queued")
-    samples = pd.DataFrame(svc.system_samples())
-    if not samples.empty:
-        samples["time"] = pd.to_datetime(samples["t"], unit="s")
-        fig = go.Figure()
-        fig.add_scatter(x=samples["time"], y=samples["cpu_percent"], name="CPU %")
-        fig.add_scatter(x=samples["time"], y=samples["memory_percent"], name="Memory %")
-        fig.update_layout(title="CPU and memory, last minutes", yaxis_range=[0, 100],
-                          height=320, margin={"t": 40, "b": 20})
+    # The same chart for every open tab: drawn once per interval for the process.
+    fig = svc.view.cache.get("system_chart", _chart, 2.0)
+    if fig is not None:
         st.plotly_chart(fig, key="system_chart")
     else:
         st.caption("Collecting samples…")
+
+
+def _chart() -> go.Figure | None:
+    samples = pd.DataFrame(svc.view.system_samples())
+    if samples.empty:
+        return None
+    samples["time"] = pd.to_datetime(samples["t"], unit="s")
+    fig = go.Figure()
+    fig.add_scatter(x=samples["time"], y=samples["cpu_percent"], name="CPU %")
+    fig.add_scatter(x=samples["time"], y=samples["memory_percent"], name="Memory %")
+    fig.update_layout(title="CPU and memory, last minutes", yaxis_range=[0, 100],
+                      height=320, margin={"t": 40, "b": 20})
+    return fig
 
 
 live()
@@ -59,7 +67,8 @@ with left:
     me = svc.process_info()
     st.markdown(f"PID **{me['pid']}** · memory **{fmt.size(me['rss'])}** · "
                 f"threads **{me['threads']}** · up **{fmt.duration(me['uptime'])}**")
-    st.caption(f"Python {svc.system_info()['python']} · {svc.system_info()['platform']}")
+    st.caption(f"Python {svc.view.system_info()['python']} · "
+               f"{svc.view.system_info()['platform']}")
 with right:
     st.subheader("Held task locks")
     held = svc.held_locks()

@@ -137,7 +137,7 @@ with st.expander("➕ New task", expanded=False):
 
 @st.fragment(run_every=1.0)
 def active_runs() -> None:
-    runs = svc.active_runs()
+    runs = svc.view.active_runs()
     key = tuple((r.id, r.status) for r in runs)
     st.session_state.tasks_active_key = key
     # Refreshing on its own (not inside a full page run) and a run has started or
@@ -173,7 +173,7 @@ st.session_state.tasks_rendering = True
 active_runs()
 
 st.subheader("All tasks")
-tasks = svc.list_tasks()
+tasks = svc.view.tasks()
 if not tasks:
     st.info("No tasks yet: create one above.")
 

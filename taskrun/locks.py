@@ -99,10 +99,16 @@ class LockFile:
         return False
 
     def read_info(self) -> dict:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
+        # A read while the holder rewrites the record (``record_pid``, right after
+        # its spawn) can see half of each: read again rather than find no record.
+        for _ in range(3):
+            try:
+                return json.loads(self.path.read_text() or "{}")
+            except OSError:
+                return {}
+            except ValueError:
+                continue
+        return {}
 
 
 class Locks:

@@ -7,6 +7,7 @@ below. Errors are the typed exceptions of ``taskrun.errors``.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import sys
 import threading
@@ -49,6 +50,7 @@ from .history import MAX_PAGE, RunFilter, find_run
 from .locks import Locks
 from .models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
 from .settings import Settings, configure_logging, load
+from .shared import DashboardView
 from .status import ACTIVE, RunStatus
 from .store import TaskInfo, TaskStore, check_name
 from .supervisor import Supervisor
@@ -69,6 +71,18 @@ _RECENT = (sa.select(_T.c.status)
            .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
 
 
+def _changes_view(method):
+    """After a change every dashboard shows (a run, a task), the shared view expires,
+    so whoever made it sees it on the next draw rather than up to a second later."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.view.cache.changed()
+    return wrapper
+
+
 class Service:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load()
@@ -82,6 +96,7 @@ class Service:
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
         self.started = False
+        self.view = DashboardView(self)  # what every open dashboard polls, shared
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -192,6 +207,7 @@ class Service:
             raise InvalidMetadata("after: this would chain tasks in a cycle: "
                                   + " -> ".join(reversed(cycle)))
 
+    @_changes_view
     def create_task(self, name: str, code: str, author: str | None = None) -> dict:
         self._check_chain(name, code)
         storage.check_floor(self.settings, f"create task '{name}'")
@@ -202,6 +218,7 @@ class Service:
         log.info("task %s created by %s", name, author or "-")
         return self.get_task(name)
 
+    @_changes_view
     def update_task(self, name: str, code: str, base_sha: str | None = None,
                     author: str | None = None, note: str | None = None) -> dict:
         if not self.store.exists(name):
@@ -239,6 +256,7 @@ class Service:
         metadata.parse(new_code)
         return self.update_task(name, new_code, base_sha, author, note="settings changed")
 
+    @_changes_view
     def delete_task(self, name: str, author: str | None = None) -> None:
         check_name(name)
         with self.db.read() as s:
@@ -261,6 +279,7 @@ class Service:
         check_name(name)
         return versions.get(self.db, name, ref)
 
+    @_changes_view
     def restore_version(self, name: str, ref: int | str, author: str | None = None) -> dict:
         version = self.get_version(name, ref)
         note = f"restored version {version.id} ({version.sha[:12]})"
@@ -274,6 +293,7 @@ class Service:
 
     # ---- runs ------------------------------------------------------------
 
+    @_changes_view
     def submit(self, task: str, params: dict[str, Any] | None = None, trigger: str = "manual",
                user: str | None = None) -> RunPublic:
         """Queue a run; refuses by the task's concurrency policy and the queue bound."""
@@ -310,6 +330,7 @@ class Service:
             sup.start_now()
         return public
 
+    @_changes_view
     def cancel(self, run_id: int, by: str = "user") -> RunPublic:
         run = find_run(self.db, run_id)
         if run.status == RunStatus.QUEUED:
@@ -422,6 +443,7 @@ class Service:
                 "next": [] if state["paused"] else scheduler.next_ticks(meta, self.settings),
                 **state}
 
+    @_changes_view
     def pause_schedule(self, task: str, paused: bool = True, actor: str | None = None) -> dict:
         meta = self.store.info(task).meta
         if meta is None or not meta.schedules:

@@ -100,7 +100,7 @@ def _third_party_imports() -> set[str]:
 
 def test_requirements_cover_every_import():
     reqs = (PROJECT / "requirements.txt").read_text().lower()
-    names = {"streamlit_ace": "streamlit-ace", "sqlalchemy": "sqlalchemy",
+    names = {"code_editor": "streamlit-code-editor", "sqlalchemy": "sqlalchemy",
              "argon2": "argon2-cffi", "cron_descriptor": "cron-descriptor"}
     for module in _third_party_imports():
         dist = names.get(module, module).lower()

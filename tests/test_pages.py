@@ -75,20 +75,27 @@ def test_create_task_with_a_bad_name_then_a_good_one(env):
     assert at.title[0].value == "Editor"
 
 
+def editor_event(kind: str, text: str) -> dict:
+    """What the editor component sends: a command (its Save button: "save") with its text."""
+    editor_event.n = getattr(editor_event, "n", 0) + 1
+    return {"id": f"ev{editor_event.n}", "type": kind, "text": text, "lang": "python",
+            "selected": "", "cursor": ""}
+
+
 def test_editor_refuses_a_syntax_error_and_saves_valid_code(env):
     at = goto(app(), "editor", task="hello")
     before = (env / "hello.py").read_text()
-    ace_key = f"ace-hello-{sha256(before)[:12]}"
-    assert ace_key in at.session_state
-    at.session_state[ace_key] = "def broken(:\n    pass\n"
+    key = f"editor-hello-{sha256(before)[:12]}"
+    assert key in at.session_state
+    at.session_state[key] = editor_event("change", "def broken(:\n    pass\n")
     at.run()
-    at.button(key="editor-save").click()
+    assert "unsaved changes" in texts(at) and (env / "hello.py").read_text() == before
+    at.session_state[key] = editor_event("save", "def broken(:\n    pass\n")
     at.run()
     assert "Not saved" in texts(at) and "line 1" in texts(at)
     assert (env / "hello.py").read_text() == before
-    at.session_state[ace_key] = "print('edited in the browser')\n"
-    at.run()
-    at.button(key="editor-save").click()
+    at.run()  # an event is handled once, not again on the next rerun
+    at.session_state[key] = editor_event("submit", "print('edited in the browser')\n")  # Ctrl-S
     at.run()
     assert not at.exception, at.exception
     assert (env / "hello.py").read_text() == "print('edited in the browser')\n"
