@@ -59,15 +59,14 @@ class _Server:
         end = time.monotonic() + 60
         while time.monotonic() < end:
             try:
-                if self.get("/api/system/health") < 1000:
-                    break
-            except OSError:
+                self.get("/api/system/health")
+                break
+            except OSError:  # not listening yet, or not healthy yet (an HTTPError)
                 time.sleep(0.2)
         else:
             raise RuntimeError("the server did not start")
-        # Its first runs (history for the pages to show).
-        for _ in range(3):
-            self.request("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
+        # A first run (history for the pages to show).
+        self.request("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
 
     def request(self, method: str, path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
@@ -117,8 +116,11 @@ def _poll_api(server: _Server, seconds: float) -> list[float]:
 def _open_tabs(server: _Server, seconds: float, counts: list[int]) -> list[Figure]:
     from playwright.sync_api import sync_playwright
 
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
     figures = [Figure("dashboards", "GET /api/tasks, no tab open (baseline)", "ms",
                       _poll_api(server, seconds))]
+    # The server's CPU with no tab, serving the polled API: what the tabs add is on top.
+    idle_cpu = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
     base = figures[0].name
     token = server.session_cookie()
     with sync_playwright() as p:
@@ -147,8 +149,9 @@ def _open_tabs(server: _Server, seconds: float, counts: list[int]) -> list[Figur
                 Figure("dashboards", f"GET /api/tasks, {n} tabs open", "ms", latencies,
                        baseline=base, target="p95 <= 50 ms" if n >= 25 else ""),
                 Figure("dashboards", f"server CPU per open tab, {n} tabs", "% of a core",
-                       value=cpu / n, target="<= 1 %",
-                       note=f"{cpu:.1f} % in all, while GET /api/tasks was polled"),
+                       value=max(0.0, cpu - idle_cpu) / n, target="<= 1 %",
+                       note=f"{cpu:.1f} % in all, {idle_cpu:.1f} % of it with no tab "
+                            "(serving the polled API)"),
             ]
         browser.close()
     return figures

@@ -113,11 +113,11 @@ def run_navigation() -> None:
             # server (a script cannot touch an HttpOnly cookie), then the sign-in form.
             st.html('<form method="post" action="/api/auth/logout">'
                     f'<button type="submit" style="{_BUTTON}">Sign out</button></form>')
-        sidebar_status()
+        # Counts move only while runs are active; idle, a look every 5 s will do.
+        st.fragment(run_every=2.0 if service().view.active_runs() else 5.0)(sidebar_status)()
     nav.run()
 
 
-@st.fragment(run_every=2.0)
 def sidebar_status() -> None:
     try:
         status = service().view.status()

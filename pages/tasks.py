@@ -135,7 +135,6 @@ with st.expander("➕ New task", expanded=False):
             st.switch_page(PAGES["editor"], query_params={"task": new_name.strip()})
 
 
-@st.fragment(run_every=1.0)
 def active_runs() -> None:
     runs = svc.view.active_runs()
     key = tuple((r.id, r.status) for r in runs)
@@ -170,7 +169,9 @@ def active_runs() -> None:
 
 
 st.session_state.tasks_rendering = True
-active_runs()
+# Every second while runs are active (their elapsed time, progress); with none, a
+# look every 3 s notices one started elsewhere (and redraws the page for it).
+st.fragment(run_every=1.0 if svc.view.active_runs() else 3.0)(active_runs)()
 
 st.subheader("All tasks")
 tasks = svc.view.tasks()

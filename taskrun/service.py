@@ -16,26 +16,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import func, select
 
 from . import (
     audit,
-    followups,
     history,
     logs,
     metadata,
-    monitor,
-    notify,
     queueing,
     scheduler,
     storage,
     versions,
 )
 from .auth import Auth
-from .automation import Automation
 from .db import Database
 from .errors import (
     Conflict,
@@ -53,8 +49,12 @@ from .settings import Settings, configure_logging, load
 from .shared import DashboardView
 from .status import ACTIVE, RunStatus
 from .store import TaskInfo, TaskStore, check_name
-from .supervisor import Supervisor
 from .vault import SecretInfo, Vault
+
+if TYPE_CHECKING:  # the supervising half is imported when the service starts: the CLI's
+    # reads (list, status, logs) do without it
+    from . import monitor
+    from .supervisor import Supervisor
 
 log = logging.getLogger("taskrun.service")
 
@@ -123,6 +123,10 @@ class Service:
         if self.started:
             return self
         self.open()
+        from . import monitor
+        from .automation import Automation
+        from .supervisor import Supervisor
+
         automation = None if claim_only is not None else Automation(
             self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
@@ -202,6 +206,8 @@ class Service:
             return  # the store's own validation reports it
         graph = {i.name: i.meta.after for i in self.store.list() if i.meta}
         graph[name] = after
+        from . import followups
+
         cycle = followups.find_cycle(graph)
         if cycle and name in cycle:
             raise InvalidMetadata("after: this would chain tasks in a cycle: "
@@ -462,6 +468,8 @@ class Service:
 
     def deliveries(self, run_id: int) -> list[dict]:
         find_run(self.db, run_id)
+        from . import notify
+
         return notify.deliveries(self.db, run_id)
 
     # ---- logs ------------------------------------------------------------
@@ -566,12 +574,18 @@ class Service:
     # ---- system ----------------------------------------------------------
 
     def system_info(self) -> dict:
+        from . import monitor
+
         return monitor.system_info(self.settings.home)
 
     def process_info(self) -> dict:
+        from . import monitor
+
         return monitor.process_info()
 
     def python_processes(self) -> list[dict]:
+        from . import monitor
+
         return monitor.python_processes({r.pid: r.id for r in self.active_runs() if r.pid})
 
     def held_locks(self) -> list[dict]:

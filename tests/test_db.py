@@ -72,3 +72,24 @@ def test_upgrading_an_old_database_keeps_its_history(tmp_path):
     assert [(r.task, r.status, r.spawned_at) for r in runs] == [("old", "succeeded", None)]
     assert runs[0].queued_at.tzinfo is not None
     db.dispose()
+
+
+def test_the_head_read_from_the_files_is_alembics(tmp_path):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from taskrun.db import MIGRATIONS_DIR, Database, head_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "locks")
+    assert not db._at_head()  # a new file: migrated by alembic
+    db.migrate()
+    assert db._at_head()
+    with db.write_engine.begin() as c:  # an older schema: alembic again
+        c.exec_driver_sql("DROP TABLE web_session")
+        c.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
+    assert not db._at_head()
+    db.migrate()
+    assert db._at_head()
