@@ -30,7 +30,10 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels -r requirements.t
 
 COPY . .
 # The service user owns only its state and the task scripts; the code stays root's.
-RUN mkdir -p data tasks && chown -R taskrun:taskrun data tasks
+# Its bytecode is compiled here (the code is read-only to the service, and
+# PYTHONDONTWRITEBYTECODE is set): every CLI command would compile it again.
+RUN mkdir -p data tasks && chown -R taskrun:taskrun data tasks \
+    && python -m compileall -q app.py pages taskrun
 
 USER 10001
 EXPOSE 8501

@@ -31,6 +31,11 @@ def make_settings(tmp_path: Path, **overrides):
         # TASKRUN_TEST_LAUNCH=warm runs the suite with every task launched warm.
         "TASKRUN_LAUNCH": os.environ.get("TASKRUN_TEST_LAUNCH", "auto"),
     }
+    if os.environ.get("TASKRUN_TEST_DATABASE") == "postgres":
+        # The suite against PostgreSQL: a database of its own per test dir.
+        from .pg import cluster
+
+        env["TASKRUN_DATABASE_URL"] = cluster().database(str(tmp_path))
     env.update({k: str(v) for k, v in overrides.items()})
     return settings_mod.load(env)
 

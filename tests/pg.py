@@ -1,0 +1,111 @@
+"""A throwaway PostgreSQL cluster for the tests: Debian's binaries, a temp dir, a free port.
+
+``initdb`` refuses to run as root, so as root the cluster is made and run as
+the ``postgres`` user. Where PostgreSQL is missing the tests that need it are
+skipped with a notice, unless ``TASKRUN_REQUIRE_POSTGRES=1`` (set by
+``.ci/run``) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(os.environ.get("TASKRUN_PG_BIN", "/usr/lib/postgresql/15/bin"))
+REQUIRED = os.environ.get("TASKRUN_REQUIRE_POSTGRES") == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """One cluster for the whole test session, removed when it ends."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="taskrun-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        self._run(BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-sync")
+        self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-w",
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                        "-c max_connections=300", "start")
+        atexit.register(self.stop)
+        self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._made: set[str] = set()
+
+    def _run(self, *args) -> None:
+        done = subprocess.run([*self._as_user, *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr or done.stdout}")
+
+    def database(self, key: str) -> str:
+        """The URL of a database of its own for ``key`` (made on first use)."""
+        import psycopg
+
+        name = "t_" + hashlib.sha1(key.encode()).hexdigest()[:20]
+        if name not in self._made:
+            with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres "
+                                 "dbname=postgres", autocommit=True) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                      (name,)).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+            self._made.add(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run([*self._as_user, str(BIN / "pg_ctl"), "-D", str(self.data), "-m",
+                            "immediate", "-w", "stop"], capture_output=True, timeout=60)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+_cluster: Cluster | None = None
+
+
+def cluster() -> Cluster:
+    """The session's cluster, started on first use; skips (or fails) where it cannot be."""
+    global _cluster
+    if _cluster is None:
+        why = None
+        if not (BIN / "initdb").exists():
+            why = f"PostgreSQL not found in {BIN} (apt-get install postgresql-15)"
+        else:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                why = "psycopg is not installed"
+        if why is None:
+            t = time.monotonic()
+            try:
+                _cluster = Cluster()
+            except (RuntimeError, KeyError, OSError) as exc:
+                why = f"cannot start PostgreSQL: {exc}"
+            else:
+                print(f"PostgreSQL {_cluster.port} up in {time.monotonic() - t:.1f} s")
+        if why is not None:
+            if REQUIRED:
+                pytest.fail(why + "; TASKRUN_REQUIRE_POSTGRES=1 requires it", pytrace=False)
+            pytest.skip(why)
+    return _cluster
