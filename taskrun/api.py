@@ -11,13 +11,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as ApiPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from . import __version__, logs, web_login
+from . import __version__, logs, storage, web_login
 from .auth import ANONYMOUS_ADMIN, Identity
 from .errors import (
     AlreadyActive,
@@ -218,6 +219,15 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         if isinstance(exc, TooManyAttempts):
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+    @api.exception_handler(sa.exc.DBAPIError)
+    async def _database_down(_request: Request, exc: sa.exc.DBAPIError) -> JSONResponse:
+        # A read that met the database down (its server unreachable, a disk full):
+        # the same worded 503 as a refused write, not a 500.
+        typed = storage.unavailable(exc, None, "read the run history")
+        if typed is None:
+            raise exc
+        return JSONResponse({"detail": str(typed)}, status_code=typed.http_status)
 
     @api.middleware("http")
     async def _limit_body(request: Request, call_next):

@@ -124,6 +124,15 @@ class Database:
                 command.upgrade(cfg, "head")
                 conn.commit()
 
+    def insert_ignore(self, table: sa.Table):
+        """An INSERT that does nothing where the row exists (SQLite and PostgreSQL
+        both say ``ON CONFLICT DO NOTHING``; SQLAlchemy has it per dialect)."""
+        if self.write_engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table).on_conflict_do_nothing()
+
     def _at_head(self) -> bool:
         """Whether the database already has the newest revision (one indexed read)."""
         try:

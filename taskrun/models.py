@@ -101,11 +101,14 @@ class Run(RunBase, table=True):
         sa.Index("ix_run_status_task", "status", "task"),
         sa.Index("ix_run_queued_at", "queued_at"),
         # Only the few finished-but-not-followed-up rows are in this index.
-        sa.Index("ix_run_follow_up", "id", sqlite_where=sa.text("followed_up = 0")),
-        sa.Index("ix_run_retry_of", "retry_of", sqlite_where=sa.text("retry_of IS NOT NULL")),
+        sa.Index("ix_run_follow_up", "id", sqlite_where=sa.text("followed_up = 0"),
+                 postgresql_where=sa.text("NOT followed_up")),
+        sa.Index("ix_run_retry_of", "retry_of", sqlite_where=sa.text("retry_of IS NOT NULL"),
+                 postgresql_where=sa.text("retry_of IS NOT NULL")),
         # One run per schedule tick, even if two supervisors raced for it.
         sa.Index("ux_run_task_tick", "task", "scheduled_for", unique=True,
-                 sqlite_where=sa.text("scheduled_for IS NOT NULL")),
+                 sqlite_where=sa.text("scheduled_for IS NOT NULL"),
+                 postgresql_where=sa.text("scheduled_for IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
 

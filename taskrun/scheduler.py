@@ -122,7 +122,7 @@ class Scheduler:
     def _first_sight(self, task: str, now: datetime) -> None:
         """A schedule seen for the first time starts from now: nothing is 'missed'."""
         with self.db.begin() as c:
-            c.execute(sa.insert(_S).prefix_with("OR IGNORE").values(
+            c.execute(self.db.insert_ignore(_S).values(
                 task=task, paused=False, last_tick=now, updated_at=now))
 
     def _due(self, task: str, meta: TaskMeta, last: datetime | None,

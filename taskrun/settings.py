@@ -63,6 +63,17 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def _database_url(raw: str) -> str:
+    """SQLite or PostgreSQL; a plain ``postgresql://`` (or ``postgres://``, as hosting
+    platforms write it) goes through psycopg 3, the driver installed."""
+    for plain in ("postgresql://", "postgres://"):
+        if raw.startswith(plain):
+            return "postgresql+psycopg://" + raw[len(plain):]
+    if not raw.startswith(("sqlite:", "postgresql+psycopg://")):
+        raise ValueError(raw)
+    return raw
+
+
 def _on_off(raw: str) -> bool:
     value = raw.strip().lower()
     if value not in ("on", "off", "true", "false", "1", "0"):
@@ -131,8 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_TASKS_DIR", str(PROJECT_ROOT / "tasks"),
             "Directory holding the task scripts (`<name>.py`).", _path, "a directory path"),
     Setting("TASKRUN_DATABASE_URL", lambda s: f"sqlite:///{s['home'] / 'taskrun.db'}",
-            "SQLAlchemy URL of the run history (default: SQLite file in the data dir).",
-            str, "an SQLAlchemy URL"),
+            "SQLAlchemy URL of the run history (default: SQLite file in the data dir); "
+            "PostgreSQL: `postgresql://user:password@host:5432/db`.",
+            _database_url, "a sqlite:/// or postgresql:// URL"),
     Setting("TASKRUN_MAX_CONCURRENCY", str(os.cpu_count() or 1),
             "Most runs executing at once, across every process sharing the data dir "
             "(default: CPU count).", _positive_int, "an integer >= 1"),

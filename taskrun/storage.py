@@ -58,6 +58,8 @@ def describe(exc: BaseException, folder: Path | None = None) -> str | None:
         if "i/o" in text or "disk" in text:
             return _io_error(folder, str(exc))
         return None
+    if type(exc).__module__.startswith("psycopg"):
+        return _postgres(exc)
     if isinstance(exc, OSError):
         if exc.errno in _FULL:
             return _full(folder)
@@ -65,6 +67,32 @@ def describe(exc: BaseException, folder: Path | None = None) -> str | None:
             return "the data dir is read-only"
         if exc.errno in _BROKEN:
             return _io_error(folder, exc.strerror)
+    return None
+
+
+# SQLSTATE classes and codes of PostgreSQL's refusals that are the server's state,
+# not the statement's fault (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_PG_STATES = {
+    "53100": "the database server's disk is full",
+    "53200": "the database server is out of memory",
+    "53300": "the database server has too many connections",
+    "25006": "the database is read-only (a standby, or in recovery)",
+    "57P01": "the database server is shutting down",
+    "57P03": "the database server is starting up",
+    "55P03": "the database is locked by another transaction past the timeout",
+    "57014": "the database did not answer in time (a statement timeout)",
+}
+
+
+def _postgres(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None)
+    if state in _PG_STATES:
+        return _PG_STATES[state]
+    connection_lost = state is not None and state.startswith("08")  # class 08: connection
+    if connection_lost or (state is None and type(exc).__name__ in ("OperationalError",
+                                                                    "InterfaceError")):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the database server cannot be reached ({first})"
     return None
 
 

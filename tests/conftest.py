@@ -18,6 +18,15 @@ PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLES = PROJECT / "tasks"
 
 
+def database_env(tmp_path: Path) -> dict[str, str]:
+    """What a subprocess needs in its environment to use the test's database."""
+    if os.environ.get("TASKRUN_TEST_DATABASE") == "postgres":
+        from .pg import cluster
+
+        return {"TASKRUN_DATABASE_URL": cluster().database(str(tmp_path))}
+    return {}
+
+
 def make_settings(tmp_path: Path, **overrides):
     env = {
         "TASKRUN_HOME": str(tmp_path / "data"),
@@ -31,11 +40,7 @@ def make_settings(tmp_path: Path, **overrides):
         # TASKRUN_TEST_LAUNCH=warm runs the suite with every task launched warm.
         "TASKRUN_LAUNCH": os.environ.get("TASKRUN_TEST_LAUNCH", "auto"),
     }
-    if os.environ.get("TASKRUN_TEST_DATABASE") == "postgres":
-        # The suite against PostgreSQL: a database of its own per test dir.
-        from .pg import cluster
-
-        env["TASKRUN_DATABASE_URL"] = cluster().database(str(tmp_path))
+    env.update(database_env(tmp_path))  # PostgreSQL: a database of its own per test dir
     env.update({k: str(v) for k, v in overrides.items()})
     return settings_mod.load(env)
 

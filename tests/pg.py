@@ -34,7 +34,10 @@ def _free_port() -> int:
 class Cluster:
     """One cluster for the whole test session, removed when it ends."""
 
-    def __init__(self):
+    def __init__(self, crashable: bool = False):
+        # A server the tests stop as a crash would keeps every commit it acknowledged
+        # (synchronous commits); the shared one trades that for speed.
+        self._sync = "on" if crashable else "off"
         self.root = Path(tempfile.mkdtemp(prefix="taskrun-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -45,10 +48,7 @@ class Cluster:
             self._as_user = ["runuser", "-u", "postgres", "--"]
         self._run(BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                   "-E", "UTF8", "--no-sync")
-        self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-w",
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                        "-c max_connections=300", "start")
+        self.resume()
         atexit.register(self.stop)
         self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self._made: set[str] = set()
@@ -73,6 +73,18 @@ class Cluster:
                     conn.execute(f'CREATE DATABASE "{name}"')
             self._made.add(name)
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def resume(self) -> None:
+        """Start the server (again)."""
+        self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-w",
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                        f"-c fsync=off -c synchronous_commit={self._sync} "
+                        "-c full_page_writes=off "
+                        "-c max_connections=300", "start")
+
+    def pause(self) -> None:
+        """Stop the server, as a crash or a restart would (its connections are cut)."""
+        self._run(BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         if self.data.exists():

@@ -17,7 +17,7 @@ from taskrun import web_login
 from taskrun.api import create_api
 from taskrun.service import Service
 
-from .conftest import PROJECT, make_settings, wait_for
+from .conftest import PROJECT, database_env, make_settings, wait_for
 
 
 @pytest.fixture
@@ -147,6 +147,7 @@ def test_dashboard_asks_to_sign_in_and_gates_actions_by_role(secured, monkeypatc
 def test_cli_manages_tokens_and_users(tmp_path, examples):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(examples),
+               **database_env(tmp_path),
                TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="first-admin-pw", PYTHONPATH=str(PROJECT))
 
     def cli(*args, stdin=None):

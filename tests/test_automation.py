@@ -297,6 +297,7 @@ def test_schedules_over_the_api_and_the_cli(tmp_path, tasks_dir):
         assert client.post("/tasks/nope/schedule/pause").status_code == 404
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
         env.update(TASKRUN_HOME=str(settings.home), TASKRUN_TASKS_DIR=str(tasks_dir),
+                   TASKRUN_DATABASE_URL=settings.database_url,
                    TASKRUN_AUTH="off", PYTHONPATH=str(PROJECT))
 
         def cli(*args):

@@ -16,7 +16,7 @@ from taskrun.errors import AlreadyActive
 from taskrun.service import Service
 from taskrun.status import RunStatus
 
-from .conftest import PROJECT, make_settings, wait_for
+from .conftest import PROJECT, database_env, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,7 @@ def settings_env(tmp_path: Path, **extra) -> dict[str, str]:
         "TASKRUN_HOME": str(tmp_path / "data"), "TASKRUN_TASKS_DIR": str(tmp_path / "tasks"),
         "TASKRUN_POLL_INTERVAL": "0.1", "TASKRUN_SAMPLE_INTERVAL": "0.2",
         "TASKRUN_KILL_GRACE": "1", "PYTHONPATH": str(PROJECT), "TASKRUN_AUTH": "off",
+        **database_env(tmp_path),
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env

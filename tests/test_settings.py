@@ -62,3 +62,13 @@ def test_the_app_log_rolls_over_at_its_size_limit(tmp_path):
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def test_a_postgres_url_goes_through_psycopg_and_others_are_refused(tmp_path):
+    for given in ("postgresql://u:p@db:5432/runs", "postgres://u:p@db:5432/runs",
+                  "postgresql+psycopg://u:p@db:5432/runs"):
+        got = settings.load({"TASKRUN_HOME": str(tmp_path), "TASKRUN_DATABASE_URL": given})
+        assert got.database_url == "postgresql+psycopg://u:p@db:5432/runs"
+        assert not got.is_sqlite
+    with pytest.raises(SettingsError, match=r"TASKRUN_DATABASE_URL=.*sqlite:/// or postgresql"):
+        settings.load({"TASKRUN_DATABASE_URL": "mysql://u@db/runs"})

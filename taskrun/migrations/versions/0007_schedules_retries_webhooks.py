@@ -24,12 +24,18 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('followed_up', sa.Boolean(), nullable=False,
                                       server_default='0'))
     # Runs that ended before this version have nothing left to follow up.
-    op.execute("UPDATE run SET followed_up = 1")
-    op.create_index('ix_run_follow_up', 'run', ['id'], sqlite_where=sa.text('followed_up = 0'))
+    # (A bound boolean: SQLite takes 1, PostgreSQL only true.)
+    run = sa.table('run', sa.column('followed_up', sa.Boolean()))
+    op.execute(run.update().values(followed_up=True))
+    # Partial indexes, in each dialect's words for the same condition.
+    op.create_index('ix_run_follow_up', 'run', ['id'], sqlite_where=sa.text('followed_up = 0'),
+                    postgresql_where=sa.text('NOT followed_up'))
     op.create_index('ix_run_retry_of', 'run', ['retry_of'],
-                    sqlite_where=sa.text('retry_of IS NOT NULL'))
+                    sqlite_where=sa.text('retry_of IS NOT NULL'),
+                    postgresql_where=sa.text('retry_of IS NOT NULL'))
     op.create_index('ux_run_task_tick', 'run', ['task', 'scheduled_for'], unique=True,
-                    sqlite_where=sa.text('scheduled_for IS NOT NULL'))
+                    sqlite_where=sa.text('scheduled_for IS NOT NULL'),
+                    postgresql_where=sa.text('scheduled_for IS NOT NULL'))
     op.create_table('task_schedule',
     sa.Column('task', sa.String(length=64), nullable=False),
     sa.Column('paused', sa.Boolean(), nullable=False),
