@@ -19,12 +19,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from . import __version__, logs, storage, web_login
+from . import oidc as oidc_mod
 from .auth import ANONYMOUS_ADMIN, Identity
 from .errors import (
     AlreadyActive,
     Forbidden,
     InvalidCode,
     InvalidParams,
+    NotFound,
     NotReady,
     StaleWrite,
     TaskRunError,
@@ -136,7 +138,8 @@ class Health(BaseModel):
 # Who may call what. Reading needs a viewer, running and cancelling an operator;
 # every other change needs an admin, so a route added later is closed by default.
 PUBLIC_ROUTES = frozenset({("GET", "/system/health"), ("POST", "/auth/login"),
-                           ("POST", "/auth/logout")})
+                           ("POST", "/auth/logout"), ("GET", "/auth/oidc/start"),
+                           ("GET", "/auth/oidc/callback")})
 OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
                              ("POST", "/tasks/runs/{run_id}/cancel"),
                              ("POST", "/tasks/{task_id}/schedule/pause"),
@@ -456,6 +459,42 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         response = (RedirectResponse(f"{web_login.LOGIN_PATH}?out=1", status_code=303)
                     if wants_page else Response(status_code=204))
         web_login.clear_session_cookie(response, web_login.is_https(request))
+        return response
+
+    @auth.get("/oidc/start", include_in_schema=False)
+    def oidc_start(request: Request, svc: Service = Depends(service), next: str = "/"):
+        """Single sign-on: off to the provider (the sign-in form's "Sign in with …")."""
+        oidc = svc.auth.oidc
+        if oidc is None:
+            raise NotFound("Single sign-on is not configured (TASKRUN_OIDC_ISSUER).")
+        url, state = oidc.start(web_login.safe_next(next))
+        response = RedirectResponse(url, status_code=302)
+        response.set_cookie(oidc_mod.STATE_COOKIE, state, max_age=oidc_mod.STATE_TTL_S,
+                            path="/api/auth/oidc", httponly=True, samesite="lax",
+                            secure=web_login.is_https(request))
+        return response
+
+    @auth.get("/oidc/callback", include_in_schema=False)
+    def oidc_callback(request: Request, svc: Service = Depends(service), code: str = "",
+                      state: str = "", error: str = ""):
+        """Back from the provider: signed in with a session cookie, or the form says why."""
+        oidc = svc.auth.oidc
+        if oidc is None:
+            raise NotFound("Single sign-on is not configured (TASKRUN_OIDC_ISSUER).")
+        try:
+            if error:
+                raise Unauthorized(f"The provider did not sign you in ({error[:100]}).")
+            identity, target = oidc.finish(code, state,
+                                           request.cookies.get(oidc_mod.STATE_COOKIE))
+            user = svc.auth.sso_login(identity)
+        except (Unauthorized, Forbidden) as exc:
+            return web_login.render(error=str(exc), sso=oidc.config.label)
+        token = svc.auth.sessions.create(user.name, True, web_login.client_address(request),
+                                         request.headers.get("user-agent"))
+        response = RedirectResponse(target, status_code=303)
+        web_login.set_session_cookie(response, token, True, svc.settings.session_days,
+                                     web_login.is_https(request))
+        response.delete_cookie(oidc_mod.STATE_COOKIE, path="/api/auth/oidc")
         return response
 
     @auth.get("/sessions")

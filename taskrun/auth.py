@@ -23,7 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import audit, keys
 from .db import Database
-from .errors import Conflict, InvalidParams, NotFound, TooManyAttempts
+from .errors import Conflict, Forbidden, InvalidParams, NotFound, TooManyAttempts
 from .models import ApiToken, User, utcnow
 from .sessions import Sessions, SignInGate
 from .settings import Settings
@@ -79,6 +79,39 @@ class Auth:
         self._key: bytes | None = None
         self.sessions = Sessions(db, settings.session_days)
         self.gate = SignInGate()
+        self._oidc = None
+
+    @property
+    def oidc(self):
+        """Single sign-on, when ``TASKRUN_OIDC_ISSUER`` is set (else None)."""
+        if self._oidc is None and self._settings.oidc_issuer:
+            from .oidc import Oidc, OidcConfig
+
+            s = self._settings
+            self._oidc = Oidc(OidcConfig(
+                issuer=s.oidc_issuer, client_id=s.oidc_client_id,
+                client_secret=s.oidc_client_secret, label=s.oidc_label,
+                default_role=s.oidc_default_role or None,
+                redirect_uri=s.base_url.rstrip("/") + "/api/auth/oidc/callback"),
+                keys.derive(keys.master_key(s.home, s.secret_key), "oidc-state"))
+        return self._oidc
+
+    def sso_login(self, identity: str) -> Identity:
+        """The local user a signed-on identity is; created with the default role if
+        one is set; refused (Forbidden) otherwise."""
+        with self.db.connect() as c:
+            row = c.execute(sa.select(User.role).where(User.name == identity)).first()
+        if row is None:
+            role = self._settings.oidc_default_role
+            if not role:
+                audit.record(self.db, identity, "login.sso_refused", "no local user")
+                raise Forbidden(f"{identity} has no account here; ask an admin to add the "
+                                "user (named by that e-mail).")
+            self.set_user(identity, secrets.token_urlsafe(32), role, actor="sso")
+            row = type("Row", (), {"role": role})
+        log.info("user %s signed in (single sign-on)", identity)
+        audit.record(self.db, identity, "login.success", "sso")
+        return Identity(identity, row.role)
 
     # ---- signed links (downloads from the dashboard, which holds no API token) --
 

@@ -74,6 +74,12 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _optional_role(raw: str) -> str:
+    if raw not in ("", "viewer", "operator", "admin"):
+        raise ValueError(raw)
+    return raw
+
+
 def _on_off(raw: str) -> bool:
     value = raw.strip().lower()
     if value not in ("on", "off", "true", "false", "1", "0"):
@@ -134,7 +140,7 @@ class Setting:
 
 
 SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN", "TASKRUN_SECRET_KEY",
-                             "TASKRUN_SMTP_URL"})
+                             "TASKRUN_SMTP_URL", "TASKRUN_OIDC_CLIENT_SECRET"})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
@@ -193,6 +199,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_SESSION_DAYS", "14",
             "How long a dashboard sign-in lasts (days); \"remember me\" off ends it with "
             "the browser session too.", _positive_float, "a number > 0"),
+    Setting("TASKRUN_OIDC_ISSUER", "",
+            "Single sign-on: the OpenID Connect provider's issuer URL (its "
+            "`/.well-known/openid-configuration` is read); empty: local users only.",
+            _optional_url, "an http(s) URL or empty"),
+    Setting("TASKRUN_OIDC_CLIENT_ID", "", "This service's client id at the provider.",
+            str, "a string"),
+    Setting("TASKRUN_OIDC_CLIENT_SECRET", "", "This service's client secret at the provider.",
+            str, "a string"),
+    Setting("TASKRUN_OIDC_LABEL", "single sign-on",
+            "The provider's name on the sign-in button (\"Sign in with …\").", str, "a string"),
+    Setting("TASKRUN_OIDC_DEFAULT_ROLE", "",
+            "Role of a signed-on identity with no local user yet (created at its first "
+            "sign-in); empty: refused until an admin creates the user (named by its e-mail).",
+            _optional_role, "viewer, operator, admin or empty"),
     Setting("TASKRUN_ADMIN_PASSWORD", "",
             "Password of the `admin` user created on first start when there are no users "
             "(default: a random one, printed once in the server output).", str, "a string"),
@@ -252,6 +272,11 @@ class Settings:
     retention_runs: int
     auth: bool
     session_days: float
+    oidc_issuer: str
+    oidc_client_id: str
+    oidc_client_secret: str
+    oidc_label: str
+    oidc_default_role: str
     admin_password: str
     api_token: str
     secret_key: str

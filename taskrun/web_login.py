@@ -98,6 +98,8 @@ _PAGE = """<!doctype html>
           border-radius: .4rem; background: #ff4b4b; color: #fff; cursor: pointer; }}
  .error {{ background: #fde8e8; color: #8a1c1c; padding: .6rem; border-radius: .4rem; }}
  .note {{ color: #555; font-size: .9rem; }}
+ .sso {{ display: block; margin-top: 1rem; text-align: center; padding: .6rem;
+        border: 1px solid #bbb; border-radius: .4rem; color: inherit; text-decoration: none; }}
 </style></head>
 <body><main>
 <h1>⚙️ Task Run Service</h1>
@@ -114,28 +116,42 @@ _PAGE = """<!doctype html>
       {checked}><label for="remember" style="margin:0">Keep me signed in</label></div>
  <button type="submit">Sign in</button>
 </form>
+{sso}
 </main></body></html>
 """
 
 
 def render(next_path: str | None = None, error: str | None = None, note: str | None = None,
-           user: str = "", remember: bool = True) -> HTMLResponse:
+           user: str = "", remember: bool = True, sso: str | None = None) -> HTMLResponse:
     message = ""
     if error:
         message = f'<p class="error" role="alert">{html.escape(error)}</p>'
     elif note:
         message = f'<p class="note">{html.escape(note)}</p>'
-    body = _PAGE.format(message=message, next=html.escape(safe_next(next_path)),
-                        user=html.escape(user[:64]), checked="checked" if remember else "")
+    target = safe_next(next_path)
+    button = "" if not sso else (
+        f'<a class="sso" href="/api/auth/oidc/start?next={quote(target, safe="/")}">'
+        f"Sign in with {html.escape(sso)}</a>")
+    body = _PAGE.format(message=message, next=html.escape(target),
+                        user=html.escape(user[:64]), checked="checked" if remember else "",
+                        sso=button)
     return HTMLResponse(body, headers={
         "Cache-Control": "no-store", "X-Frame-Options": "DENY",
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
                                    "form-action 'self'; frame-ancestors 'none'"})
 
 
+def sso_label(svc) -> str | None:
+    oidc = svc.auth.oidc if svc is not None else None
+    return oidc.config.label if oidc is not None else None
+
+
 async def login_page(request: Request) -> HTMLResponse:
     note = "You have been signed out." if request.query_params.get("out") else None
-    return render(request.query_params.get("next"), note=note)
+    from .service import default_service
+
+    return render(request.query_params.get("next"), note=note,
+                  sso=sso_label(await run_in_threadpool(default_service)))
 
 
 def form_login(request: Request, form: dict, svc, secure: bool) -> Response:
@@ -151,9 +167,11 @@ def form_login(request: Request, form: dict, svc, secure: bool) -> Response:
     try:
         identity = svc.auth.login(name, password, client_address(request))
     except TooManyAttempts as exc:
-        return render(target, error=str(exc), user=name, remember=remember)
+        return render(target, error=str(exc), user=name, remember=remember,
+                      sso=sso_label(svc))
     if identity is None:
-        return render(target, error="Wrong user or password.", user=name, remember=remember)
+        return render(target, error="Wrong user or password.", user=name, remember=remember,
+                      sso=sso_label(svc))
     token = svc.auth.sessions.create(identity.name, remember, client_address(request),
                                      request.headers.get("user-agent"))
     response = RedirectResponse(target, status_code=303)

@@ -41,7 +41,7 @@ class Server:
         self.env.update(TASKRUN_HOME=str(root / "data"), TASKRUN_TASKS_DIR=str(tasks),
                         TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2",
                         TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD=ADMIN_PASSWORD,
-                        TASKRUN_API_TOKEN=API_TOKEN, **env)
+                        TASKRUN_API_TOKEN=API_TOKEN, TASKRUN_BASE_URL=self.url, **env)
         streamlit = Path(sys.executable).with_name("streamlit")
         self.log = (root / "server.log").open("wb")
         self.proc = subprocess.Popen(

@@ -15,6 +15,7 @@ from taskrun import service as service_mod
 from taskrun import sessions as sessions_mod
 from taskrun import web_login
 from taskrun.api import create_api
+from taskrun.errors import Forbidden, Unauthorized
 from taskrun.service import Service
 
 from .conftest import PROJECT, database_env, make_settings, wait_for
@@ -310,3 +311,27 @@ def test_pages_redirect_to_the_form_and_the_form_escapes_what_it_shows(secured):
         assert client.get("/editor", headers=html_accept).text == "page"
     page = web_login.render('/x"><script>', error="<b>no</b>", user='"><img src=x>').body
     assert b"<script>" not in page and b"<img" not in page and b"&lt;b&gt;" in page
+
+
+def test_single_sign_on_state_is_sealed_and_unknown_identities_need_a_default_role(tmp_path):
+    from taskrun.oidc import Oidc, OidcConfig
+
+    oidc = Oidc(OidcConfig("https://idp.example", "c", "s", "IdP", None,
+                           "https://dash.example/api/auth/oidc/callback"), b"k" * 32)
+    sealed = oidc._seal({"state": "abc", "exp": 2**40})
+    assert oidc._open(sealed)["state"] == "abc"
+    raw, mac = sealed.split(".")
+    assert oidc._open(raw[:-2] + "xx." + mac) is None  # tampered
+    assert oidc._open(oidc._seal({"state": "abc", "exp": 1})) is None  # expired
+    with pytest.raises(Unauthorized, match="did not start here"):
+        oidc.finish("code", "abc", raw + ".bad")
+    strict = Service(make_settings(tmp_path / "a", TASKRUN_AUTH="on"))
+    strict.db.migrate()
+    with pytest.raises(Forbidden, match="no account here"):
+        strict.auth.sso_login("new@example.com")
+    open_door = Service(make_settings(tmp_path / "b", TASKRUN_AUTH="on",
+                                      TASKRUN_OIDC_DEFAULT_ROLE="viewer"))
+    open_door.db.migrate()
+    assert open_door.auth.sso_login("new@example.com").role == "viewer"
+    assert [u["name"] for u in open_door.auth.users()] == ["new@example.com"]
+    assert open_door.auth.login("new@example.com", "") is None  # no password works
