@@ -46,6 +46,22 @@ def submit(db: Database, settings: Settings, task: str, meta: TaskMeta, params: 
     return run_id, values
 
 
+_TASK_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+
+
+def serialize_task(c: Connection, task: str) -> None:
+    """Make this transaction the only one deciding about ``task`` until it ends.
+
+    SQLite's IMMEDIATE transactions are serialized already. PostgreSQL's READ
+    COMMITTED ones are not: two replicas could each see no active run and each
+    insert one. A transaction-scoped advisory lock on the task's name orders them;
+    the second then sees the first one's run. (Any replica, any host: the lock
+    lives in the database.)
+    """
+    if isinstance(c, sa.Connection) and c.dialect.name == "postgresql":
+        c.execute(_TASK_LOCK, {"key": f"taskrun.task:{task}"})
+
+
 def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
               params: dict[str, Any], trigger: str, user: str | None,
               check_policy: bool = True, claim: dict[str, str] | None = None,
@@ -57,6 +73,7 @@ def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
     the launch path, and no run is overtaken.
     """
     if check_policy and meta.concurrency == Concurrency.FORBID:
+        serialize_task(c, task)
         active = _TASK_ACTIVE.first(c, {"t": task})
         if active is not None:
             raise AlreadyActive(task, active["id"], active["status"])

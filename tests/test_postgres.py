@@ -7,6 +7,11 @@ suites run against it as well with ``TASKRUN_TEST_DATABASE=postgres`` (``.ci/run
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -18,11 +23,11 @@ from sqlmodel import SQLModel
 
 from taskrun.api import create_api
 from taskrun.db import MIGRATIONS_DIR, Database
-from taskrun.errors import StorageUnavailable
+from taskrun.errors import AlreadyActive, StorageUnavailable
 from taskrun.models import Run
 from taskrun.service import Service
 
-from .conftest import make_settings, wait_for
+from .conftest import PROJECT, make_settings, wait_for
 from .pg import Cluster, cluster
 
 pytestmark = pytest.mark.postgres
@@ -65,6 +70,13 @@ def test_upgrading_an_old_postgres_database_keeps_its_history(tmp_path):
     db.dispose()
 
 
+def settings_env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env.update(TASKRUN_HOME=str(settings.home), TASKRUN_TASKS_DIR=str(settings.tasks_dir),
+               TASKRUN_DATABASE_URL=settings.database_url, TASKRUN_AUTH="off")
+    return env
+
+
 TICK = "import time\nprint('tick', flush=True)\ntime.sleep({s})\n"
 
 
@@ -98,3 +110,80 @@ def test_a_database_server_that_goes_away_is_a_worded_refusal_and_nothing_is_los
             svc.stop()
     finally:
         own.stop()
+
+
+SUBMITTER = """
+import sys
+from taskrun.errors import AlreadyActive
+from taskrun.service import Service
+svc = Service().open()
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    print("run", svc.submit("once").id, flush=True)
+except AlreadyActive as exc:
+    print("refused", exc.run_id, flush=True)
+"""
+
+
+def test_concurrent_submits_of_a_forbid_task_from_several_processes_make_one_run(
+        tmp_path, write_task):
+    """Ten processes with their own connections and data dirs, as replicas on several
+    hosts: no file lock is shared, the database decides which submit wins."""
+    write_task("once", "print('once')\n", concurrency="forbid")
+    settings = make_settings(tmp_path, TASKRUN_DATABASE_URL=cluster().database(str(tmp_path)))
+    Service(settings).open().stop()  # the schema, made once
+    # Each with a data dir of its own (its locks, its logs), as replicas on other hosts.
+    envs = [{**settings_env(settings), "PYTHONPATH": str(PROJECT),
+             "TASKRUN_HOME": str(tmp_path / f"replica-{n}")} for n in range(10)]
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for env in envs]
+    try:
+        assert all(p.stdout.readline().strip() == "ready" for p in procs)
+        for p in procs:  # as close together as a pipe write each
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        said = sorted(p.stdout.readline().split() for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    accepted = [int(n) for kind, n in said if kind == "run"]
+    refused = [int(n) for kind, n in said if kind == "refused"]
+    assert len(accepted) == 1 and refused == accepted * 9, said
+
+
+def test_a_submit_waits_for_another_transaction_deciding_about_the_same_task(
+        tmp_path, write_task):
+    """The order two replicas' submits are decided in: while one transaction holds the
+    task (its advisory lock), another submit waits and then sees its run."""
+    import psycopg
+
+    write_task("once", "print('once')\n", concurrency="forbid")
+    svc = Service(make_settings(
+        tmp_path, TASKRUN_DATABASE_URL=cluster().database(str(tmp_path)))).open()
+    dsn = svc.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    outcome = []
+    try:
+        with psycopg.connect(dsn) as other:  # "the other replica", mid-submit
+            other.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("taskrun.task:once",))
+            worker = threading.Thread(target=lambda: outcome.append(_try_submit(svc)))
+            worker.start()
+            worker.join(1.0)
+            assert worker.is_alive() and not outcome  # it waits for the decision
+            other.execute(
+                "INSERT INTO run (task, status, trigger, params, concurrency, timeout, "
+                "queued_at, attempt, followed_up) VALUES ('once', 'queued', 'manual', '{}', "
+                "'forbid', 60, now(), 1, false) RETURNING id")
+            other.commit()
+        worker.join(10)
+        assert outcome and isinstance(outcome[0], AlreadyActive), outcome
+    finally:
+        svc.stop()
+
+
+def _try_submit(svc):
+    try:
+        return svc.submit("once")
+    except AlreadyActive as exc:
+        return exc
