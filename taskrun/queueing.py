@@ -62,6 +62,21 @@ def serialize_task(c: Connection, task: str) -> None:
         c.execute(_TASK_LOCK, {"key": f"taskrun.task:{task}"})
 
 
+_TASK_RUNNING = Fast(sa.select(_T.c.id).where(_T.c.task == sa.bindparam("t"),
+                                               _T.c.status == RunStatus.RUNNING.value,
+                                               _T.c.owner != sa.bindparam("o")).limit(1))
+
+
+def task_running_elsewhere(c: Connection, task: str, owner: str) -> bool:
+    """On a database shared by several hosts: whether another supervisor's run of
+    ``task`` is running, decided under the task's lock. This supervisor's own runs
+    hold its host's file lock (its last one may still be ``running`` in the table
+    for a moment after its process released the lock); another host's runs hold
+    nothing here but this row."""
+    serialize_task(c, task)
+    return _TASK_RUNNING.first(c, {"t": task, "o": owner}) is not None
+
+
 def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
               params: dict[str, Any], trigger: str, user: str | None,
               check_policy: bool = True, claim: dict[str, str] | None = None,
@@ -86,7 +101,9 @@ def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
               "requested_by": user, "params": params, "concurrency": meta.concurrency.value,
               "timeout": meta.timeout or settings.default_timeout, "queued_at": now,
               **extra}
-    if claim is not None and queued == 0:
+    if claim is not None and queued == 0 and not (
+            meta.concurrency == Concurrency.QUEUE and isinstance(c, sa.Connection)
+            and task_running_elsewhere(c, task, claim["owner"])):
         values.update(status=RunStatus.RUNNING.value, started_at=now, **claim)
     return _INSERT.insert(c, values), values
 

@@ -38,10 +38,18 @@ def recover(sup: Supervisor) -> None:
     own = [run for run in rows if run.owner == sup.owner]
     if own:
         _heal(sup, own)
+    shared = not sup.db.is_sqlite  # a database other data dirs may use as well
+    gone: set[Path] = set()  # owner locks of dead servers, removed once all is done
     for run in rows:
         if run.owner == sup.owner:
             continue
-        if run.owner and LockFile(sup.owners_dir / f"{run.owner}.lock").is_held():
+        owner_lock = LockFile(sup.owners_dir / f"{run.owner}.lock")
+        if shared and run.owner and not owner_lock.path.exists():
+            # Claimed by a supervisor of another data dir on a host of the same name
+            # (a replica beside this one): not ours to judge. Its own data dir says
+            # whether it lives.
+            continue
+        if run.owner and owner_lock.is_held():
             continue  # its supervisor is alive
         if procs.is_same_process(run.pid, run.pid_created):
             _adopt(sup, run)
@@ -52,7 +60,9 @@ def recover(sup: Supervisor) -> None:
             log.warning("run %d of %s marked lost (owner %s gone)", run.id, run.task,
                         run.owner)
         if run.owner:
-            (sup.owners_dir / f"{run.owner}.lock").unlink(missing_ok=True)
+            gone.add(owner_lock.path)
+    for path in gone:
+        path.unlink(missing_ok=True)
 
 
 def _mark_lost(sup: Supervisor, run: Run, error: str) -> None:

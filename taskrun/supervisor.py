@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 import sqlalchemy as sa
 
-from . import logs, metadata, procs, recovery, retention, versions, watch
+from . import logs, metadata, procs, queueing, recovery, retention, versions, watch
 from .automation import Automation
 from .db import Database
 from .errors import InvalidName, StorageUnavailable, TaskRunError
@@ -421,8 +421,14 @@ class Supervisor:
             # queued -> running: the compare-and-set that makes a claim exclusive.
             try:
                 with self.db.begin_fast() as c:
-                    claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
-                                               "b_owner": self.owner, "b_host": self.host})
+                    if task_fd is not None and not self.db.is_sqlite \
+                            and queueing.task_running_elsewhere(c, task, self.owner):
+                        claimed, busy_elsewhere = None, True
+                    else:
+                        busy_elsewhere = False
+                        claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+                                                   "b_owner": self.owner,
+                                                   "b_host": self.host})
             except BaseException:
                 if task_fd is not None:
                     os.close(task_fd)  # nor is the task's lock kept by a refused claim
@@ -430,6 +436,8 @@ class Supervisor:
             if claimed is None:
                 if task_fd is not None:
                     os.close(task_fd)
+                if busy_elsewhere:
+                    busy.add(task)
                 continue
             run = SimpleNamespace(id=run_id, task=task, concurrency=concurrency,
                                   timeout=row[3], trigger=row[4])

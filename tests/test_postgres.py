@@ -7,6 +7,7 @@ suites run against it as well with ``TASKRUN_TEST_DATABASE=postgres`` (``.ci/run
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -187,3 +188,32 @@ def _try_submit(svc):
         return svc.submit("once")
     except AlreadyActive as exc:
         return exc
+
+
+def test_a_queue_task_runs_one_at_a_time_across_replicas_that_share_no_data_dir(
+        tmp_path, write_task):
+    """Two supervisors with data dirs of their own (no shared file lock), one database:
+    the runs of a queue task never overlap; runs queued on one replica that has no
+    free slot are taken by the other."""
+    write_task("one_by_one", "import time\ntime.sleep(0.3)\n", concurrency="queue")
+    write_task("wide", "import time\ntime.sleep(0.5)\n", concurrency="parallel")
+    url = cluster().database(str(tmp_path))
+    replicas = [Service(make_settings(tmp_path, TASKRUN_DATABASE_URL=url,
+                                      TASKRUN_HOME=tmp_path / f"host-{n}",
+                                      TASKRUN_MAX_CONCURRENCY=1,
+                                      TASKRUN_POLL_INTERVAL=0.05)).start(sample_system=False)
+                for n in range(2)]
+    try:
+        ids = [replicas[n % 2].submit("one_by_one").id for n in range(6)]
+        runs = [replicas[0].wait(i, 60) for i in ids]
+        wide = [replicas[0].submit("wide").id for _ in range(4)]  # all on the first
+        wide_runs = [replicas[0].wait(i, 60) for i in wide]
+    finally:
+        for svc in replicas:
+            svc.stop()
+    assert all(r.status == "succeeded" for r in runs + wide_runs), [
+        (r.id, r.error) for r in runs + wide_runs]
+    spans = sorted((r.started_at, r.finished_at) for r in runs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, spans
+    assert len({r.owner for r in wide_runs}) == 2  # the second replica took some
