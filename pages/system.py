@@ -79,3 +79,15 @@ with right:
             for h in held]), hide_index=True, width="stretch")
     else:
         st.caption("No task holds a lock.")
+
+st.subheader("Servers sharing the database")
+st.caption("Each renews its lease every few seconds; on a database shared by several hosts, "
+           "the running runs of one whose lease ran out (TASKRUN_LEASE_SECONDS) are marked "
+           "lost by another.")
+servers = svc.replicas()
+if servers:
+    st.dataframe(pd.DataFrame([{
+        "server": r["owner"], "host": r["host"], "data dir": r["home"],
+        "reached at": r["advertise_url"], "last heartbeat": r["heartbeat_at"],
+        "running": r["running"], "state": "stopped" if r["stopped_at"] else "up"}
+        for r in servers]), hide_index=True, width="stretch")

@@ -389,6 +389,11 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     def locks(svc: Service = Depends(service)) -> list[dict]:
         return svc.held_locks()
 
+    @system.get("/replicas")
+    def replicas(svc: Service = Depends(service)) -> list[dict]:
+        """Servers sharing the database: host, data dir, last heartbeat, runs held."""
+        return svc.replicas()
+
     @system.get("/samples")
     def samples(svc: Service = Depends(service)) -> list[dict]:
         return svc.system_samples()

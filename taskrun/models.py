@@ -216,6 +216,19 @@ class WebSession(SQLModel, table=True):
     revoked_at: datetime | None = _time()
 
 
+class Replica(SQLModel, table=True):
+    """A supervisor sharing the database: where it is, and its lease (heartbeat)."""
+
+    __tablename__ = "replica"
+    owner: str = Field(primary_key=True, max_length=120)
+    host: str = Field(max_length=255)
+    home: str = Field(max_length=500)
+    advertise_url: str = Field(max_length=500)
+    started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    heartbeat_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    stopped_at: datetime | None = _time()
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what and when: sign-ins, task changes, runs started and cancelled, access."""
 

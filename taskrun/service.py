@@ -609,6 +609,13 @@ class Service:
         return {**base, "running": counts.get(RunStatus.RUNNING, 0),
                 "queued": counts.get(RunStatus.QUEUED, 0)}
 
+    def replicas(self) -> list[dict]:
+        """Every server sharing this database: host, data dir, advertise URL, last
+        heartbeat, runs it holds."""
+        from . import replicas
+
+        return replicas.listing(self.db)
+
     def health(self) -> dict:
         """What /api/system/health reports.
 

@@ -176,6 +176,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a write waits for another process's lock on the SQLite database "
             "before it is refused (503) or, for a run's end, retried later.",
             _positive_float, "a number of seconds > 0"),
+    Setting("TASKRUN_LEASE_SECONDS", "30",
+            "On a database shared by several hosts: a server that has not renewed its "
+            "lease for this long is taken for dead, and its running runs are marked "
+            "`lost` by another.", _positive_float, "a number > 0"),
     Setting("TASKRUN_SAMPLE_INTERVAL", "1",
             "Seconds between resource samples (CPU, memory) of each running run.",
             _positive_float, "a number of seconds > 0"),
@@ -265,6 +269,7 @@ class Settings:
     log_max_bytes: int
     min_free_mb: int
     db_busy_timeout: float
+    lease_seconds: float
     sample_interval: float
     poll_interval: float
     monitor_interval: float

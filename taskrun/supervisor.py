@@ -34,7 +34,17 @@ from types import SimpleNamespace
 
 import sqlalchemy as sa
 
-from . import logs, metadata, procs, queueing, recovery, retention, versions, watch
+from . import (
+    logs,
+    metadata,
+    procs,
+    queueing,
+    recovery,
+    replicas,
+    retention,
+    versions,
+    watch,
+)
 from .automation import Automation
 from .db import Database
 from .errors import InvalidName, StorageUnavailable, TaskRunError
@@ -104,6 +114,8 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
         self._last_recover = 0.0
+        self._last_lease = float("-inf")  # when the lease was last renewed (monotonic)
+        self._lease_held_at: float | None = None
         self._last_cancels = float("-inf")
         self._last_prune = float("-inf")
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
@@ -134,6 +146,11 @@ class Supervisor:
         # Held for our whole life: peers treat our runs as alive while it is locked.
         self._owner_fd = LockFile(self.owners_dir / f"{self.owner}.lock").try_acquire(
             {"pid": os.getpid(), "since": time.time()})
+        try:
+            replicas.register(self)
+        except Exception:  # the next renewal registers it
+            log.exception("could not register this server in the replica table")
+        self._lease_held_at = self._last_lease = time.monotonic()
         self.recover()
         logs.LogCreator.remove_left_over(
             self.settings.run_logs_dir,
@@ -176,6 +193,10 @@ class Supervisor:
                       "the next start marks it lost", run_id)
         if self.automation is not None:
             self.automation.close()
+        try:
+            replicas.stopped(self)
+        except Exception:  # the database gone: the lease simply runs out
+            log.warning("could not record this server's stop in the replica table")
         self.zygotes.stop()
         self.log_files.close()
         if self._owner_fd is not None:
@@ -240,6 +261,8 @@ class Supervisor:
         self.last_step_at = time.time()
         if self.pending:
             self.pending.retry()
+        if now - self._last_lease >= self.settings.lease_seconds / 3:
+            self._renew_lease(now)
         if now - self._last_recover >= RECOVER_EVERY_S:
             self._last_recover = now
             self.recover()
@@ -607,8 +630,33 @@ class Supervisor:
     # ---- recovery (in recovery.py) -----------------------------------------
 
     def recover(self) -> None:
-        """Runs of dead servers on this host, and runs of ours without a watcher."""
+        """Runs of dead servers on this host, and runs of ours without a watcher; on a
+        database other hosts share, runs of servers whose lease ran out."""
         recovery.recover(self)
+        if not self.db.is_sqlite:
+            replicas.reap(self)
+
+    def _renew_lease(self, now: float) -> None:
+        self._last_lease = now
+        try:
+            replicas.heartbeat(self)
+        except Exception:
+            log.exception("could not renew this server's lease")
+            return
+        held = self._lease_held_at
+        self._lease_held_at = now
+        if not self.db.is_sqlite and held is not None and \
+                now - held > self.settings.lease_seconds:
+            # Away longer than the lease (the database unreachable, the process
+            # frozen): other servers may have taken our runs for lost and started
+            # their tasks again. Ours stop, rather than run twice.
+            with self._lock:
+                actives = list(self.active.values())
+            for active in actives:
+                log.error("run %d: this server's lease ran out (%.0f s without renewal); "
+                          "stopping it, as its task may run elsewhere now", active.run_id,
+                          now - held)
+                watch.request_cancel(self, active, "system", "lease lost")
 
     def unwatched(self, run_ids: list[int]) -> set[int]:
         """Of these runs owned here, the ones nothing here watches.

@@ -87,9 +87,12 @@ def test_the_head_read_from_the_files_is_alembics(tmp_path):
     assert not db._at_head()  # a new file: migrated by alembic
     db.migrate()
     assert db._at_head()
-    with db.write_engine.begin() as c:  # an older schema: alembic again
-        c.exec_driver_sql("DROP TABLE web_session")
-        c.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
+    from alembic import command
+
+    with db.write_engine.connect() as conn:  # an older schema: alembic again
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008")
+        conn.commit()
     assert not db._at_head()
     db.migrate()
     assert db._at_head()

@@ -217,3 +217,48 @@ def test_a_queue_task_runs_one_at_a_time_across_replicas_that_share_no_data_dir(
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, spans
     assert len({r.owner for r in wide_runs}) == 2  # the second replica took some
+
+
+def test_a_replica_killed_with_its_processes_has_its_runs_marked_lost_after_its_lease(
+        tmp_path, write_task):
+    """Replica A (its own process and data dir) dies with every process it started;
+    replica B marks A's run lost once A's lease has run out, saying who did it, and
+    the forbid task runs again. A replica that was merely away stops its runs."""
+    import psutil
+
+    from .test_recovery import start_server, submit_via
+
+    write_task("long", "import time\nprint('up', flush=True)\ntime.sleep(120)\n",
+               concurrency="forbid")
+    url = cluster().database(str(tmp_path))
+    a = start_server(tmp_path, TASKRUN_DATABASE_URL=url, TASKRUN_HOME=tmp_path / "host-a",
+                     TASKRUN_LEASE_SECONDS=2)
+    run_id = submit_via(a, "long")
+    b = Service(make_settings(tmp_path, TASKRUN_DATABASE_URL=url,
+                              TASKRUN_HOME=tmp_path / "host-b",
+                              TASKRUN_LEASE_SECONDS=2)).start(sample_system=False)
+    try:
+        wait_for(lambda: b.get_run(run_id).pid, timeout=30)  # running on A
+        with pytest.raises(AlreadyActive):
+            b.submit("long")
+        assert {r["owner"] for r in b.replicas()} >= {b.get_run(run_id).owner}
+        tree = [*psutil.Process(a.pid).children(recursive=True), psutil.Process(a.pid)]
+        for proc in tree:  # the host goes: the server and everything it started
+            proc.kill()
+        a.wait()
+        lost = wait_for(lambda: (r := b.get_run(run_id)).status == "lost" and r,
+                        timeout=2 + 5 + 10)  # the lease, a recovery pass, slack
+        assert f"marked lost by {b.supervisor.owner}" in lost.error
+        assert "stopped renewing its lease" in lost.error and lost.finished_at
+        assert b.audit_events(action="run.lost")[0]["actor"] == b.supervisor.owner
+        again = b.submit("long")  # its task is free again
+        wait_for(lambda: b.get_run(again.id).status == "running", timeout=30)
+        # B now goes quiet past its lease (as if cut off): it stops its own run.
+        b.supervisor._lease_held_at -= 10
+        b.supervisor._last_lease = float("-inf")
+        b.supervisor.wake()
+        stopped = b.wait(again.id, 30)
+        assert stopped.status == "cancelled" and stopped.cancelled_by == "system"
+    finally:
+        a.kill()
+        b.stop()

@@ -1,0 +1,109 @@
+"""Replicas sharing one database: each holds a lease on its runs by a heartbeat.
+
+Every supervisor has a row (its owner id, host, data dir, advertise URL) and
+renews ``heartbeat_at`` a few times per lease. On a database other hosts share
+(PostgreSQL), a supervisor whose lease has run out is taken for dead with its
+host: a live one marks its running runs ``lost``, saying who did it and when,
+which frees their tasks. Every change is guarded by the run's status and owner,
+so a replica that comes back after its lease was taken finds its runs ended
+and can neither finish them again nor bring them back.
+
+On SQLite every process shares the data dir, whose owner locks say at once
+whether a supervisor lives (``recovery``); the rows only show who is there.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from . import audit
+from .models import Replica, Run, utcnow
+from .status import RunStatus
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("taskrun.supervisor")
+
+_R = Replica.__table__
+_T = Run.__table__
+
+
+KEEP_STOPPED = timedelta(days=1)  # rows of replicas gone this long are removed
+
+
+def register(sup: Supervisor) -> None:
+    now = utcnow()
+    with sup.db.begin() as c:
+        c.execute(sa.delete(_R).where(sa.or_(_R.c.owner == sup.owner,
+                                             _R.c.heartbeat_at < now - KEEP_STOPPED)))
+        c.execute(sa.insert(_R).values(
+            owner=sup.owner, host=sup.host, home=str(sup.settings.home)[:500],
+            advertise_url=sup.settings.base_url[:500], started_at=now, heartbeat_at=now))
+
+
+def heartbeat(sup: Supervisor) -> None:
+    """Renew this supervisor's lease (and come back in the table if it was removed)."""
+    with sup.db.begin() as c:
+        renewed = c.execute(sa.update(_R).where(_R.c.owner == sup.owner).values(
+            heartbeat_at=utcnow(), stopped_at=None)).rowcount
+    if not renewed:
+        register(sup)
+
+
+def stopped(sup: Supervisor) -> None:
+    with sup.db.begin() as c:
+        c.execute(sa.update(_R).where(_R.c.owner == sup.owner).values(stopped_at=utcnow()))
+
+
+def reap(sup: Supervisor) -> list[int]:
+    """Mark ``lost`` the running runs of supervisors whose lease has run out; their ids."""
+    lease = timedelta(seconds=sup.settings.lease_seconds)
+    now = utcnow()
+    with sup.db.connect() as c:
+        alive = {r.owner for r in c.execute(sa.select(_R.c.owner).where(
+            _R.c.heartbeat_at >= now - lease, _R.c.stopped_at.is_(None)))}
+        rows = c.execute(sa.select(_T.c.id, _T.c.task, _T.c.owner, _T.c.host).where(
+            _T.c.status == RunStatus.RUNNING.value)).all()
+        seen = {r.owner: r.heartbeat_at for r in c.execute(
+            sa.select(_R.c.owner, _R.c.heartbeat_at))}
+    reaped = []
+    for run_id, task, owner, host in rows:
+        # Only a supervisor that held a lease can lose it: one that never had a row
+        # (a version before leases, mid-upgrade) is left to its own data dir.
+        if owner is None or owner == sup.owner or owner in alive or owner not in seen:
+            continue
+        last = seen[owner]
+        why = (f"Its replica {owner} (host {host}) stopped renewing its lease"
+               + f" (last at {last:%Y-%m-%d %H:%M:%S} UTC)"
+               + f"; marked lost by {sup.owner} after {sup.settings.lease_seconds:g} s "
+               "(TASKRUN_LEASE_SECONDS). Its outcome is unknown.")
+        with sup.db.begin() as c:
+            changed = c.execute(sa.update(_T).where(
+                _T.c.id == run_id, _T.c.status == RunStatus.RUNNING.value,
+                _T.c.owner == owner).values(
+                status=RunStatus.LOST.value, finished_at=utcnow(), error=why)).rowcount
+            if changed:
+                audit.record(sup.db, sup.owner, "run.lost", f"{task} #{run_id}",
+                             f"lease of {owner} expired", conn=c)
+        if changed:
+            reaped.append(run_id)
+            log.warning("run %d of %s marked lost: the lease of %s expired", run_id, task,
+                        owner)
+    return reaped
+
+
+def listing(db) -> list[dict]:
+    """Every replica seen, the newest heartbeat first, with the runs it holds."""
+    with db.connect() as c:
+        replicas = [dict(r._mapping) for r in c.execute(
+            sa.select(_R).order_by(_R.c.heartbeat_at.desc()))]
+        held = dict(c.execute(sa.select(_T.c.owner, sa.func.count()).where(
+            _T.c.status == RunStatus.RUNNING.value).group_by(_T.c.owner)).all())
+    for r in replicas:
+        r["running"] = held.get(r["owner"], 0)
+    return replicas
