@@ -174,7 +174,11 @@ def output() -> None:
         return
     run = svc.get_run(run_id)
     ended("editor_output_live", run.status in ACTIVE)
-    chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
+    try:
+        chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
+    except TaskRunError as exc:  # kept by a server that cannot be reached
+        show_error(exc)
+        return
     st.markdown(f"**Output** · {run_summary(run)}")
     if run.progress is not None and run.status in ACTIVE:
         st.progress(run.progress, text=run.progress_message or "")

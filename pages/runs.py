@@ -132,7 +132,11 @@ with history_tab:
             def log_view(run_id: int) -> None:
                 current = svc.get_run(run_id)
                 ended("runs_log_live", current.status in ACTIVE)
-                chunk = svc.read_log(run_id, tail_bytes=256 * 1024)
+                try:
+                    chunk = svc.read_log(run_id, tail_bytes=256 * 1024)
+                except TaskRunError as exc:  # kept by a server that cannot be reached
+                    show_error(exc)
+                    return
                 needle = st.text_input("Filter lines", key=f"log_filter_{run_id}",
                                        placeholder="text to search for")
                 content = chunk.content

@@ -34,6 +34,7 @@ from .errors import (
     Unauthorized,
 )
 from .models import RunPublic, VersionPublic
+from .peers import PEER_HEADER
 from .service import RunFilter, Service, default_service
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -355,13 +356,14 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.app_log(lines, level).as_dict()
 
     @logs_router.get("/{name}", response_model=LogChunkOut)
-    def read_log(name: str, svc: Service = Depends(service),
+    def read_log(name: str, request: Request, svc: Service = Depends(service),
                  offset: int = Query(0, ge=0, le=MAX_INT),
                  max_bytes: int = Query(logs.MAX_READ, ge=1, le=logs.MAX_READ),
                  tail: int | None = Query(None, ge=1, le=logs.MAX_READ),
                  lines: int | None = Query(None, ge=1, le=10000)):
         run = svc.run_for_log(name)
-        return svc.read_log(run.id, offset, max_bytes, tail, lines).as_dict()
+        forward = PEER_HEADER not in request.headers  # a peer's read: our file only
+        return svc.read_log(run.id, offset, max_bytes, tail, lines, forward=forward).as_dict()
 
     @logs_router.get("/{name}/download")
     def download_log(name: str, svc: Service = Depends(service)):

@@ -43,7 +43,7 @@ def register(sup: Supervisor) -> None:
                                              _R.c.heartbeat_at < now - KEEP_STOPPED)))
         c.execute(sa.insert(_R).values(
             owner=sup.owner, host=sup.host, home=str(sup.settings.home)[:500],
-            advertise_url=sup.settings.base_url[:500], started_at=now, heartbeat_at=now))
+            advertise_url=sup.settings.advertise_url[:500], started_at=now, heartbeat_at=now))
 
 
 def heartbeat(sup: Supervisor) -> None:
@@ -107,3 +107,12 @@ def listing(db) -> list[dict]:
     for r in replicas:
         r["running"] = held.get(r["owner"], 0)
     return replicas
+
+
+def keeper(db, owner: str | None) -> dict | None:
+    """The replica row of the server that claimed a run (whose data dir has its log)."""
+    if not owner:
+        return None
+    with db.connect() as c:
+        row = c.execute(sa.select(_R).where(_R.c.owner == owner)).first()
+    return dict(row._mapping) if row else None

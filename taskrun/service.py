@@ -487,12 +487,23 @@ class Service:
         return run
 
     def read_log(self, run_id: int, offset: int = 0, max_bytes: int = logs.MAX_READ,
-                 tail_bytes: int | None = None, lines: int | None = None) -> logs.LogChunk:
-        """A piece of a run's log as people may see it: stored secrets show as ``***``."""
+                 tail_bytes: int | None = None, lines: int | None = None,
+                 forward: bool = True) -> logs.LogChunk:
+        """A piece of a run's log as people may see it: stored secrets show as ``***``.
+
+        A run of another server sharing the database (its own data dir) is read from
+        that server (``peers``), unless ``forward`` is off (a peer is asking).
+        """
         run = find_run(self.db, run_id)
         path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         complete = run.status not in ACTIVE
         if not path.exists():
+            if forward and not self.db.is_sqlite and run.owner:
+                from . import peers
+
+                remote = peers.read_log(self, run, offset, max_bytes, tail_bytes, lines)
+                if remote is not None:
+                    return remote
             # Not started yet, or claimed a moment ago and the process is being spawned.
             return logs.LogChunk("", 0, 0, 0, complete)
         cap, masker = self.settings.log_max_bytes, self.vault.masker()

@@ -231,6 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_BASE_URL", "http://localhost:8501",
             "Where the dashboard is reached; links in notifications start with it.",
             _url, "an http(s) URL"),
+    Setting("TASKRUN_ADVERTISE_URL", lambda s: s["base_url"],
+            "Where the other servers sharing the database reach this one (they read the "
+            "logs of its runs there; default: `TASKRUN_BASE_URL`).", _url, "an http(s) URL"),
     Setting("TASKRUN_WEBHOOK_URL", "",
             "A webhook every task notifies (JSON POST), besides its own `webhook`.",
             _optional_url, "an http(s) URL or empty"),
@@ -287,6 +290,7 @@ class Settings:
     secret_key: str
     timezone: str
     base_url: str
+    advertise_url: str
     webhook_url: str
     webhook_on: str
     smtp_url: str
@@ -345,7 +349,9 @@ def defaults_table() -> list[tuple[str, str, str]]:
     """(name, default as documented, help) for the README and the CLI."""
     rows = []
     for s in SETTINGS:
-        if callable(s.default):
+        if s.name == "TASKRUN_ADVERTISE_URL":
+            default = "`TASKRUN_BASE_URL`"
+        elif callable(s.default):
             default = "SQLite file `taskrun.db` in the data dir"
         elif s.name == "TASKRUN_MAX_CONCURRENCY":
             default = "CPU count"

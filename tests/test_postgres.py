@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from sqlmodel import SQLModel
 
 from taskrun.api import create_api
 from taskrun.db import MIGRATIONS_DIR, Database
-from taskrun.errors import AlreadyActive, StorageUnavailable
+from taskrun.errors import AlreadyActive, NotReady, StorageUnavailable
 from taskrun.models import Run
 from taskrun.service import Service
 
@@ -262,3 +263,35 @@ def test_a_replica_killed_with_its_processes_has_its_runs_marked_lost_after_its_
     finally:
         a.kill()
         b.stop()
+
+
+def test_a_run_of_another_server_has_its_log_read_through_this_one(tmp_path, write_task):
+    """Server A (a real server, its own data dir) runs a task; server B, sharing only
+    the database and the secret key, reads the log live and after the end, and says
+    which server has it once A is gone."""
+    from .server import Server
+
+    url = cluster().database(str(tmp_path))
+    key = "a-key-every-server-of-this-service-shares"
+    a = Server(tmp_path / "a", TASKRUN_DATABASE_URL=url, TASKRUN_SECRET_KEY=key)
+    tasks = Path(a.env["TASKRUN_TASKS_DIR"])
+    (tasks / "chatty.py").write_text(
+        "import sys, time\nfor i in range(30):\n    print('line', i, flush=True)\n"
+        "    time.sleep(0.1)\n")
+    b = Service(make_settings(tmp_path / "b", TASKRUN_DATABASE_URL=url, TASKRUN_SECRET_KEY=key,
+                              TASKRUN_TASKS_DIR=tasks)).open()
+    try:
+        status, run = a.json("POST", "/api/tasks/chatty/execute", {})
+        assert status == 202, run
+        live = wait_for(lambda: (c := b.read_log(run["run_id"])).content and c, timeout=30)
+        assert live.content.startswith("line 0\n") and not live.complete
+        more = b.read_log(run["run_id"], offset=live.next_offset)  # the offset protocol
+        assert more.offset == live.next_offset
+        b.wait(run["run_id"], 60)
+        whole = wait_for(lambda: (c := b.read_log(run["run_id"])).complete and c, timeout=10)
+        assert whole.content.count("line") == 30
+    finally:
+        a.stop()
+    with pytest.raises(NotReady, match=r"kept by the server .* which cannot be reached"):
+        b.read_log(run["run_id"])
+    b.stop()

@@ -1,0 +1,56 @@
+"""Reading a run's log from the server that ran it, when that is another server.
+
+A run's log lives in the data dir of the server that claimed it. Servers that
+share a database but not a data dir read each other's logs over HTTP, with the
+same offset protocol as the API (``GET /api/logs/{name}?offset=…``), on a link
+signed with the key every server derives from ``TASKRUN_SECRET_KEY`` (so the
+servers of one service must share it). The answering server reads its own file
+and never forwards again.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING
+
+from . import logs, replicas
+from .errors import NotReady
+
+if TYPE_CHECKING:
+    from .models import Run
+    from .service import Service
+
+PEER_HEADER = "x-taskrun-peer"  # a read asked by another server: answered from here only
+TIMEOUT_S = 5
+
+
+def read_log(svc: Service, run: Run, offset: int, max_bytes: int, tail_bytes: int | None,
+             lines: int | None) -> logs.LogChunk | None:
+    """The piece of ``run``'s log its server has, or None when the log is not elsewhere."""
+    keeper = replicas.keeper(svc.db, run.owner)
+    if keeper is None or keeper["home"] == str(svc.settings.home):
+        return None
+    name = logs.log_name(run.task, run.id)
+    resource = f"/api/logs/{name}"
+    query = {"offset": offset, "max_bytes": max_bytes}
+    if tail_bytes is not None:
+        query["tail"] = tail_bytes
+    if lines is not None:
+        query["lines"] = lines
+    url = (keeper["advertise_url"].rstrip("/") + resource + "?" + urllib.parse.urlencode(query)
+           + "&" + svc.auth.sign(resource, ttl=60))
+    req = urllib.request.Request(url, headers={PEER_HEADER: "1", "accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            data = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            return None
+        raise NotReady(
+            f"The log of run {run.id} is kept by the server {run.owner} on {keeper['host']} "
+            f"({keeper['advertise_url']}), which cannot be reached now ({exc}).") from exc
+    return logs.LogChunk(data["content"], data["offset"], data["next_offset"], data["size"],
+                         data["complete"])
