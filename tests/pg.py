@@ -34,7 +34,9 @@ def _free_port() -> int:
 class Cluster:
     """One cluster for the whole test session, removed when it ends."""
 
-    def __init__(self, crashable: bool = False):
+    def __init__(self, crashable: bool = False, listen: tuple[str, ...] = ("127.0.0.1",)):
+        """``listen``: addresses to serve on (other hosts reach it on theirs)."""
+        self._listen = ",".join(listen)
         # A server the tests stop as a crash would keeps every commit it acknowledged
         # (synchronous commits); the shared one trades that for speed.
         self._sync = "on" if crashable else "off"
@@ -48,6 +50,9 @@ class Cluster:
             self._as_user = ["runuser", "-u", "postgres", "--"]
         self._run(BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                   "-E", "UTF8", "--no-sync")
+        if listen != ("127.0.0.1",):  # other hosts on private networks, as in a data center
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 10.0.0.0/8 trust\n")
         self.resume()
         atexit.register(self.stop)
         self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
@@ -77,7 +82,7 @@ class Cluster:
     def resume(self) -> None:
         """Start the server (again)."""
         self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-w",
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses={self._listen} "
                         f"-c fsync=off -c synchronous_commit={self._sync} "
                         "-c full_page_writes=off "
                         "-c max_connections=300", "start")

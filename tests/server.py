@@ -29,10 +29,11 @@ def free_port() -> int:
 class Server:
     """A real server process in a temporary data and tasks dir."""
 
-    def __init__(self, root: Path, **env):
+    def __init__(self, root: Path, address: str = "127.0.0.1", prefix: tuple = (), **env):
+        """``prefix`` runs the server under a command (``ip netns exec …``: another host)."""
         self.root = root
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{address}:{self.port}"
         tasks = root / "tasks"
         tasks.mkdir(parents=True, exist_ok=True)
         for path in EXAMPLES.glob("*.py"):
@@ -41,12 +42,13 @@ class Server:
         self.env.update(TASKRUN_HOME=str(root / "data"), TASKRUN_TASKS_DIR=str(tasks),
                         TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2",
                         TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD=ADMIN_PASSWORD,
-                        TASKRUN_API_TOKEN=API_TOKEN, TASKRUN_BASE_URL=self.url, **env)
+                        TASKRUN_API_TOKEN=API_TOKEN, TASKRUN_BASE_URL=self.url)
+        self.env.update(env)
         streamlit = Path(sys.executable).with_name("streamlit")
         self.log = (root / "server.log").open("wb")
         self.proc = subprocess.Popen(
-            [str(streamlit), "run", "app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            [*prefix, str(streamlit), "run", "app.py", "--server.port", str(self.port),
+             "--server.address", address, "--server.headless", "true"],
             cwd=PROJECT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.wait_healthy()
