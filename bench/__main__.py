@@ -42,8 +42,19 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="suites to run (launch, throughput, kill, "
                         "history, logs, ui, memory, warm, dashboards)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--postgres", action="store_true",
+                        help="the service on a throwaway PostgreSQL (Debian's postgresql-15) "
+                             "instead of SQLite: launch and throughput")
     args = parser.parse_args(argv)
     q = args.quick
+    if args.postgres:
+        from tests.pg import Cluster
+
+        from . import common
+
+        db = Cluster()
+        common.database_factory = db.database
+        args.only = args.only or ["launch", "throughput"]
     from . import dashboards, history, kill, launch, logfollow, memory, throughput, ui, warm
 
     suites = {

@@ -112,6 +112,10 @@ def settings_env(home: Path, **extra) -> dict[str, str]:
     return env
 
 
+# Set by ``python -m bench --postgres``: a new database URL for each service home.
+database_factory: Callable[[str], str] | None = None
+
+
 @contextmanager
 def service_home(tasks: dict[str, str], start: bool = True, **settings):
     """A started Service in a temporary data dir with the given task files."""
@@ -119,6 +123,8 @@ def service_home(tasks: dict[str, str], start: bool = True, **settings):
     from taskrun.settings import load
 
     home = scratch_dir("taskrun-bench-")
+    if database_factory is not None and "TASKRUN_DATABASE_URL" not in settings:
+        settings["TASKRUN_DATABASE_URL"] = database_factory(str(home))
     (home / "tasks").mkdir()
     for name, code in tasks.items():
         (home / "tasks" / f"{name}.py").write_text(code)
