@@ -116,3 +116,11 @@ def keeper(db, owner: str | None) -> dict | None:
     with db.connect() as c:
         row = c.execute(sa.select(_R).where(_R.c.owner == owner)).first()
     return dict(row._mapping) if row else None
+
+
+def live_count(db, lease_seconds: float) -> int:
+    """Servers whose lease is current (for the health report)."""
+    with db.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(_R).where(
+            _R.c.heartbeat_at >= utcnow() - timedelta(seconds=lease_seconds),
+            _R.c.stopped_at.is_(None))).scalar_one()

@@ -650,6 +650,13 @@ class Service:
         checks["storage"] = not problems
         if problems:
             checks["storage_problems"] = problems
+        if checks["database"] and not self.db.is_sqlite:  # servers sharing the database
+            try:
+                from . import replicas
+
+                checks["replicas"] = replicas.live_count(self.db, self.settings.lease_seconds)
+            except Exception:  # the listing is information, never a reason to be down
+                pass
         ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
         status = "unavailable" if not ok else "degraded" if problems else "ok"
         return {"status": status, "ok": ok, "checks": checks}

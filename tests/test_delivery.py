@@ -62,6 +62,20 @@ def test_compose_file():
     assert (PROJECT / ".env.example").exists()
 
 
+def test_replicas_compose_file_shares_the_database_tasks_and_key_but_no_data_dir():
+    compose = yaml.safe_load((PROJECT / "compose.replicas.yml").read_text())
+    servers = {n: s for n, s in compose["services"].items() if n.startswith("taskrun-")}
+    assert len(servers) == 2 and "postgres" in compose["services"]
+    data = [next(v for v in s["volumes"] if v.endswith(":/app/data")) for s in servers.values()]
+    assert len(set(data)) == 2  # a data dir each
+    for svc in servers.values():
+        env = svc["environment"]
+        assert env["TASKRUN_DATABASE_URL"].startswith("postgresql://")
+        assert "TASKRUN_SECRET_KEY" in env and env["TASKRUN_ADVERTISE_URL"].endswith(":8501")
+        assert "taskrun-tasks:/app/tasks" in svc["volumes"]
+        assert "/api/system/health" in " ".join(svc["healthcheck"]["test"])
+
+
 @pytest.mark.parametrize("name", ["ci.yml", "build-and-push.yml", "release.yml"])
 def test_workflows_are_valid_and_reference_real_files(name):
     text = (PROJECT / ".github" / "workflows" / name).read_text()

@@ -126,6 +126,8 @@ def test_the_hosts_see_each_other_only_through_the_database_and_their_addresses(
     homes = {r["home"] for r in replicas if not r["stopped_at"]}
     assert homes == {a.env["TASKRUN_HOME"], b.env["TASKRUN_HOME"]}
     assert {r["advertise_url"] for r in replicas} >= {a.url, b.url}
+    status, health = b.json("GET", "/api/system/health")
+    assert status == 200 and health["checks"]["replicas"] == 2
 
 
 def test_ten_submits_of_a_forbid_task_across_both_hosts_make_one_run(hosts):
