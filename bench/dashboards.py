@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,66 +23,33 @@ from pathlib import Path
 
 import psutil
 
+from tests.server import ADMIN_PASSWORD, Server
+
 from .common import ROOT, Figure, scratch_dir
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "bench-admin-password"
-TOKEN = "bench-api-token"
 PAGES = ("tasks", "runs", "editor?task=hello", "system")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class _Server(Server):
+    """The tests' real server (``streamlit run app.py``, sign-in on) with a first run."""
 
-
-class _Server:
     def __init__(self, home: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        tasks = home / "tasks"
-        tasks.mkdir()
-        for name in ("hello.py", "data_process.py"):
-            (tasks / name).write_text((ROOT / "tasks" / name).read_text())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-        env.update(TASKRUN_HOME=str(home / "data"), TASKRUN_TASKS_DIR=str(tasks),
-                   TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD=PASSWORD, TASKRUN_API_TOKEN=TOKEN)
-        self.log = (home / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("streamlit")), "run", "app.py",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--server.headless", "true"], cwd=ROOT, env=env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            try:
-                self.get("/api/system/health")
-                break
-            except OSError:  # not listening yet, or not healthy yet (an HTTPError)
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("the server did not start")
-        # A first run (history for the pages to show).
+        super().__init__(home)
         self.request("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
 
-    def request(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "authorization": f"Bearer {TOKEN}", "content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read(), resp.headers
-
-    def get(self, path: str) -> float:
+    def timed_get(self, path: str) -> float:
         """Milliseconds of one GET (raises on an error status)."""
         t = time.perf_counter()
-        self.request("GET", path)
+        status, _, _ = self.request("GET", path)
+        if status >= 400:
+            raise RuntimeError(f"GET {path}: {status}")
         return (time.perf_counter() - t) * 1000
 
     def session_cookie(self) -> str:
         req = urllib.request.Request(
             self.url + "/api/auth/login", method="POST",
-            data=json.dumps({"user": "admin", "password": PASSWORD}).encode(),
+            data=json.dumps({"user": "admin", "password": ADMIN_PASSWORD}).encode(),
             headers={"content-type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             cookie = resp.headers["set-cookie"]
@@ -94,21 +59,11 @@ class _Server:
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
 
 def _poll_api(server: _Server, seconds: float) -> list[float]:
     out, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
-        out.append(server.get("/api/tasks"))
+        out.append(server.timed_get("/api/tasks"))
         time.sleep(0.1)
     return out
 
