@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import audit
+from . import audit, watch
 from .models import Replica, Run, utcnow
 from .status import RunStatus
 
@@ -53,6 +53,27 @@ def heartbeat(sup: Supervisor) -> None:
             heartbeat_at=utcnow(), stopped_at=None)).rowcount
     if not renewed:
         register(sup)
+
+
+def renew(sup: Supervisor, now: float) -> None:
+    """The heartbeat, from the supervisor's steps (``now``: monotonic)."""
+    try:
+        heartbeat(sup)
+    except Exception:
+        log.exception("could not renew this server's lease")
+        return
+    held, sup._lease_held_at = sup._lease_held_at, now
+    if not sup.db.is_sqlite and held is not None and now - held > sup.settings.lease_seconds:
+        # Away longer than the lease (the database unreachable, the process frozen):
+        # other servers may have taken our runs for lost and started their tasks
+        # again. Ours stop, rather than run twice.
+        with sup._lock:
+            actives = list(sup.active.values())
+        for active in actives:
+            log.error("run %d: this server's lease ran out (%.0f s without renewal); "
+                      "stopping it, as its task may run elsewhere now", active.run_id,
+                      now - held)
+            watch.request_cancel(sup, active, "system", "lease lost")
 
 
 def stopped(sup: Supervisor) -> None:

@@ -262,7 +262,8 @@ class Supervisor:
         if self.pending:
             self.pending.retry()
         if now - self._last_lease >= self.settings.lease_seconds / 3:
-            self._renew_lease(now)
+            self._last_lease = now
+            replicas.renew(self, now)
         if now - self._last_recover >= RECOVER_EVERY_S:
             self._last_recover = now
             self.recover()
@@ -635,28 +636,6 @@ class Supervisor:
         recovery.recover(self)
         if not self.db.is_sqlite:
             replicas.reap(self)
-
-    def _renew_lease(self, now: float) -> None:
-        self._last_lease = now
-        try:
-            replicas.heartbeat(self)
-        except Exception:
-            log.exception("could not renew this server's lease")
-            return
-        held = self._lease_held_at
-        self._lease_held_at = now
-        if not self.db.is_sqlite and held is not None and \
-                now - held > self.settings.lease_seconds:
-            # Away longer than the lease (the database unreachable, the process
-            # frozen): other servers may have taken our runs for lost and started
-            # their tasks again. Ours stop, rather than run twice.
-            with self._lock:
-                actives = list(self.active.values())
-            for active in actives:
-                log.error("run %d: this server's lease ran out (%.0f s without renewal); "
-                          "stopping it, as its task may run elsewhere now", active.run_id,
-                          now - held)
-                watch.request_cancel(self, active, "system", "lease lost")
 
     def unwatched(self, run_ids: list[int]) -> set[int]:
         """Of these runs owned here, the ones nothing here watches.
