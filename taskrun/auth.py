@@ -23,7 +23,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import audit, keys
 from .db import Database
-from .errors import Conflict, Forbidden, InvalidParams, NotFound, TooManyAttempts
+from .errors import (
+    Conflict,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    TaskRunError,
+    TooManyAttempts,
+)
 from .models import ApiToken, User, utcnow
 from .sessions import Sessions, SignInGate
 from .settings import Settings
@@ -263,7 +270,10 @@ class Auth:
             return None
         now = utcnow()
         if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
-            with self.db.begin() as c:
-                c.execute(sa.update(ApiToken).where(ApiToken.id == row.id)
-                          .values(last_used_at=now))
+            try:
+                with self.db.begin() as c:
+                    c.execute(sa.update(ApiToken).where(ApiToken.id == row.id)
+                              .values(last_used_at=now))
+            except TaskRunError:  # a full or read-only disk: reads go on, unnoted
+                pass
         return Identity(f"token:{row.name}", row.role)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from . import audit
 from .db import Database
-from .errors import NotFound, TooManyAttempts
+from .errors import NotFound, TaskRunError, TooManyAttempts
 from .models import User, WebSession, utcnow
 
 COOKIE = "taskrun_session"
@@ -88,8 +88,11 @@ class Sessions:
                        _T.c.expires_at > now)).first()
         found = SessionUser(row.id, row.name, row.role) if row else None
         if row is not None and now - row.last_used_at > _TOUCH_EVERY:
-            with self.db.begin() as c:
-                c.execute(sa.update(_T).where(_T.c.id == row.id).values(last_used_at=now))
+            try:
+                with self.db.begin() as c:
+                    c.execute(sa.update(_T).where(_T.c.id == row.id).values(last_used_at=now))
+            except TaskRunError:  # a full or read-only disk: still signed in, not noted
+                pass
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from taskrun import storage, watch
@@ -208,6 +209,35 @@ def test_the_cli_prints_the_refusal_and_exits_non_zero_on_a_full_disk(
     assert "the data dir's disk is full: 0.0 MB free" in refused.stderr
     assert refused.stderr.startswith("error: Cannot ")
     assert "Traceback" not in refused.stderr
+
+
+def test_signed_in_browsers_and_api_tokens_still_read_on_a_full_disk(small_disk, tmp_path):
+    """Their last use is noted at most once a minute; on a full disk the note is
+    skipped, not the read (every page and API call of theirs would fail)."""
+    disk = small_disk(32)
+    svc = Service(make_settings(tmp_path, TASKRUN_HOME=disk / "data", TASKRUN_AUTH="on",
+                                TASKRUN_MIN_FREE_MB=4)).open()
+    try:
+        svc.auth.set_user("vera", "vera-password", "viewer")
+        cookie = svc.auth.sessions.create("vera", remember=True)
+        _, token = svc.auth.create_token("cron", "viewer")
+        with svc.db.begin() as c:  # long enough ago to be noted again
+            old = datetime(2020, 1, 1, tzinfo=UTC)
+            c.execute(sa.text("UPDATE web_session SET last_used_at = :t"), {"t": old})
+            c.execute(sa.text("UPDATE api_token SET last_used_at = :t"), {"t": old})
+        filler = fill(disk)
+        try:
+            with pytest.raises(StorageUnavailable):  # the disk is full indeed
+                svc.auth.set_user("olga", "olga-password", "viewer")
+            assert svc.auth.session_identity(cookie).name == "vera"
+            assert svc.auth.check_token(token).role == "viewer"
+            with TestClient(create_api(lambda: svc)) as client:
+                assert client.get("/tasks", headers={"authorization": f"Bearer {token}"}
+                                  ).status_code == 200
+        finally:
+            filler.unlink()
+    finally:
+        svc.stop()
 
 
 # ---- a read-only data dir -----------------------------------------------
