@@ -81,6 +81,9 @@ def main(argv=None) -> int:
         figures += suites[name]()
         print(f"  {name} took {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"  {f.suite} · {f.name.strip()}: {f.note}")
     by_name = {(f.suite, f.name): f for f in figures}
     out = {"machine": machine(), "quick": q, "seconds": round(time.time() - started, 1),
            "figures": []}
