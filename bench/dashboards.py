@@ -36,7 +36,11 @@ class _Server(Server):
 
     def __init__(self, home: Path):
         super().__init__(home)
-        self.request("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
+        try:
+            self.request("POST", "/api/tasks/hello/execute", {"params": {"delay": 0}})
+        except BaseException:
+            self.stop()
+            raise
 
     def timed_get(self, path: str) -> float:
         """Milliseconds of one GET (raises on an error status)."""

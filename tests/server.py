@@ -51,7 +51,11 @@ class Server:
              "--server.address", address, "--server.headless", "true"],
             cwd=PROJECT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:  # never leave a server running that nobody will stop
+            self.stop()
+            raise
 
     def wait_healthy(self, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
