@@ -34,10 +34,10 @@ from .errors import (
 from .models import ApiToken, User, utcnow
 from .sessions import Sessions, SignInGate
 from .settings import Settings
+from .status import ROLES
 
 log = logging.getLogger("taskrun.auth")
 
-ROLES = ("viewer", "operator", "admin")
 TOKEN_PREFIX = "trk_"
 _HASHER = PasswordHasher()
 

@@ -13,13 +13,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
+from typing import TYPE_CHECKING
 
-from . import fmt
-from .auth import ROLES
+from . import fmt, lite
 from .errors import TaskRunError
-from .service import RunFilter, Service
 from .settings import SECRET_SETTINGS, SETTINGS, load
-from .status import ACTIVE, RunStatus
+from .status import ACTIVE, ROLES, RunStatus
+
+if TYPE_CHECKING:
+    from .service import Service
 
 EXIT_ERROR = 2  # bad input, unknown task or run, refused run
 EXIT_NOT_READY = 3
@@ -41,15 +44,25 @@ def _param(text: str) -> tuple[str, str]:
 
 
 def _open(args) -> Service:
+    # Imported here: the database layer is most of a command's start, and the
+    # commonest reads do without it (``taskrun.lite``).
+    from .service import Service
+
     return Service(load()).open()
 
 
 def cmd_list(args) -> int:
-    svc = _open(args)
+    settings = load()
+    conn = lite.connect(settings)
+    if conn is not None:
+        with closing(conn):
+            tasks = lite.list_tasks(conn, settings)
+    else:
+        tasks = [{**t, "last_status": t["last_run"]["status"] if t["last_run"] else None}
+                 for t in _open(args).list_tasks()]
     rows = []
-    for t in svc.list_tasks():
-        last = t["last_run"]
-        rows.append([t["name"], t["state"], last["status"] if last else "-",
+    for t in tasks:
+        rows.append([t["name"], t["state"], t["last_status"] or "-",
                      "-" if t["success_rate"] is None else f"{t['success_rate']:.0%}",
                      (f"ERROR: {t['error']}" if t["error"] else t["description"])[:60]])
     print(_table(rows, ["TASK", "STATE", "LAST RUN", "SUCCESS", "DESCRIPTION"]))
@@ -102,6 +115,8 @@ def _exit_code(run) -> int:
 
 def cmd_run(args) -> int:
     params = dict(args.param or [])
+    from .service import Service
+
     svc = Service(load())
     if args.detach:
         svc.open()
@@ -129,6 +144,8 @@ def cmd_run(args) -> int:
 
 def cmd_runs(args) -> int:
     svc = _open(args)
+    from .service import RunFilter
+
     runs = svc.list_runs(RunFilter(task=args.task, status=args.status, trigger=args.trigger),
                          args.limit, args.offset)
     rows = [[str(r.id), r.task, r.status, r.trigger, f"{r.queued_at:%Y-%m-%d %H:%M:%S}",
@@ -139,14 +156,19 @@ def cmd_runs(args) -> int:
 
 
 def cmd_status(args) -> int:
-    run = _open(args).get_run(args.run_id)
-    if args.json:
-        print(run.model_dump_json(indent=2))
-        return 0
+    conn = None if args.json else lite.connect(load())
+    if conn is None:
+        run = _open(args).get_run(args.run_id)
+        if args.json:
+            print(run.model_dump_json(indent=2))
+            return 0
+        data = run.model_dump()
+    else:
+        with closing(conn):
+            data = lite.get_run(conn, args.run_id)
     fields = ["id", "task", "status", "trigger", "requested_by", "params", "queued_at",
               "started_at", "finished_at", "duration", "exit_code", "signal", "error",
               "cancelled_by", "pid", "code_sha", "peak_rss", "cpu_seconds", "progress"]
-    data = run.model_dump()
     for key in fields:
         if data.get(key) not in (None, {}, ""):
             print(f"{key:13} {data[key]}")

@@ -8,8 +8,6 @@ locked" when another process writes at the same moment.
 
 from __future__ import annotations
 
-import functools
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -25,10 +23,10 @@ from . import (
     models,  # noqa: F401  (registers the tables on SQLModel.metadata)
     storage,
 )
+from .schema import MIGRATIONS_DIR, head_revision
 
 BUSY_TIMEOUT_S = 30
 MAX_IDLE_READERS = 8
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def _sqlite_engine(url: str, begin: str | None, busy_timeout: float) -> sa.Engine:
@@ -57,28 +55,6 @@ def _sqlite_engine(url: str, begin: str | None, busy_timeout: float) -> sa.Engin
             conn.exec_driver_sql(begin)
 
     return engine
-
-
-@functools.cache
-def head_revision() -> str:
-    """The newest migration's revision, read from the files (without alembic).
-
-    Each file names its ``revision`` and ``down_revision``; the head is the one
-    no other file names as its parent.
-    """
-    revisions, parents = set(), set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        text = path.read_text()
-        rev = re.search(r"^revision = ['\"]([^'\"]+)", text, re.M)
-        down = re.search(r"^down_revision = ['\"]([^'\"]+)", text, re.M)
-        if rev:
-            revisions.add(rev[1])
-        if down:
-            parents.add(down[1])
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise RuntimeError(f"the migrations have {len(heads)} heads: {sorted(heads)}")
-    return heads.pop()
 
 
 class Database:

@@ -40,3 +40,7 @@ class Concurrency(StrEnum):
     FORBID = "forbid"  # refuse the new run
     QUEUE = "queue"  # wait for the active run to end
     PARALLEL = "parallel"  # run side by side
+
+# Who may do what, weakest first (``taskrun.auth``): here so the CLI's parser has
+# them without importing what signing in needs.
+ROLES = ("viewer", "operator", "admin")

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from .errors import StorageUnavailable
 from .settings import Settings
 
@@ -44,8 +42,7 @@ def _full(folder: Path | None) -> str:
 
 def describe(exc: BaseException, folder: Path | None = None) -> str | None:
     """What a storage fault means for the user, or None when ``exc`` is not one."""
-    if isinstance(exc, sa.exc.DBAPIError):
-        exc = exc.orig if exc.orig is not None else exc
+    exc = _driver_error(exc)
     if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
         text = str(exc).lower()
         if "full" in text:  # "database or disk is full"
@@ -135,9 +132,28 @@ def unavailable(exc: BaseException, folder: Path | None, doing: str) -> StorageU
     return StorageUnavailable(f"Cannot {doing}: {why}.")
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error inside SQLAlchemy's wrapper (``DBAPIError.orig``)."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException) and type(exc).__module__.startswith("sqlalchemy"):
+        return orig
+    return exc
+
+
+def _sqlalchemy_error() -> type[BaseException]:
+    # Imported once an error is being looked at, not with this module: the CLI's
+    # reads (``taskrun.lite``) never load SQLAlchemy.
+    import sqlalchemy as sa
+
+    return sa.exc.DBAPIError
+
+
 # Errors that say something about the statement, never about the storage.
-_NOT_STORAGE = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError,
-                sa.exc.IntegrityError)
+_NOT_STORAGE = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def _about_the_statement(exc: BaseException) -> bool:
+    return isinstance(exc, _NOT_STORAGE) or type(exc).__name__ == "IntegrityError"
 
 
 @contextmanager
@@ -146,9 +162,8 @@ def refusing(folder: Path | None, doing: str) -> Iterator[None]:
     the original error as their cause; every other error passes through unchanged."""
     try:
         yield
-    except (sa.exc.DBAPIError, sqlite3.Error, OSError) as exc:
-        orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-        typed = None if isinstance(exc, _NOT_STORAGE) or isinstance(orig, _NOT_STORAGE) \
+    except (sqlite3.Error, OSError, _sqlalchemy_error()) as exc:
+        typed = None if _about_the_statement(exc) or _about_the_statement(_driver_error(exc)) \
             else unavailable(exc, folder, doing)
         if typed is None:
             raise

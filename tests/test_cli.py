@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import PROJECT
+from taskrun.errors import NotFound
+from taskrun.service import Service
+
+from .conftest import PROJECT, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +82,55 @@ def test_detach_runs_status_logs_cancel_versions(cli):
 def test_help_for_each_command(cli):
     for command in ["list", "show", "run", "runs", "status", "logs", "cancel", "versions"]:
         assert "usage:" in cli(command, "--help").stdout
+
+
+def test_the_lean_reads_answer_as_the_service_does(service, settings, write_task):
+    """``list`` and ``status`` read with the stdlib driver alone (``taskrun.lite``):
+    the same answers as the service's, for every kind of run and task."""
+    from taskrun import lite
+
+    write_task("good", "print('ok')")
+    write_task("bad", "raise SystemExit(2)")
+    write_task("slow", "import time\ntime.sleep(30)")
+    write_task("broken", "def broken(:\n")
+    ids = [service.submit(name, {}).id for name in ("good", "bad", "good")]
+    for run_id in ids:
+        service.wait(run_id, 30)
+    cancelled = service.submit("slow")
+    service.cancel(cancelled.id)
+    service.wait(cancelled.id, 30)
+    running = service.submit("slow")
+    wait_for(lambda: service.get_run(running.id).status == "running")
+    conn = lite.connect(settings)
+    assert conn is not None
+    try:
+        full = {t["name"]: t for t in service.list_tasks()}
+        lean = {t["name"]: t for t in lite.list_tasks(conn, settings)}
+        assert lean.keys() == full.keys()
+        for name, t in full.items():
+            last = t["last_run"]["status"] if t["last_run"] else None
+            assert lean[name] == {"name": name, "description": t["description"],
+                                  "error": t["error"], "state": t["state"],
+                                  "last_status": last, "success_rate": t["success_rate"]}
+        for run_id in [*ids, cancelled.id]:
+            assert lite.get_run(conn, run_id) == {
+                k: v for k, v in service.get_run(run_id).model_dump().items()}
+        with pytest.raises(NotFound):
+            lite.get_run(conn, 10_000)
+    finally:
+        conn.close()
+        service.cancel(running.id)
+
+
+def test_the_lean_reads_step_aside_where_they_do_not_apply(tmp_path, settings):
+    from taskrun import lite
+    from taskrun import settings as settings_mod
+
+    assert lite.connect(settings) is None  # no database yet: the service makes it
+    pg = settings_mod.load({"TASKRUN_HOME": str(tmp_path),
+                            "TASKRUN_DATABASE_URL": "postgresql://u@db/x"})
+    assert lite.connect(pg) is None
+    Service(settings).open().stop()
+    with sqlite3.connect(settings.home / "taskrun.db") as raw:  # an older schema
+        raw.execute("UPDATE alembic_version SET version_num = '0009'")
+    assert lite.connect(settings) is None
