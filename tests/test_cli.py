@@ -93,9 +93,10 @@ def test_the_lean_reads_answer_as_the_service_does(service, settings, write_task
     write_task("bad", "raise SystemExit(2)")
     write_task("slow", "import time\ntime.sleep(30)")
     write_task("broken", "def broken(:\n")
-    ids = [service.submit(name, {}).id for name in ("good", "bad", "good")]
-    for run_id in ids:
-        service.wait(run_id, 30)
+    ids = []
+    for name in ("good", "bad", "good"):  # one after the other: they are forbid tasks
+        ids.append(service.submit(name, {}).id)
+        service.wait(ids[-1], 30)
     cancelled = service.submit("slow")
     service.cancel(cancelled.id)
     service.wait(cancelled.id, 30)
