@@ -8,7 +8,6 @@ suites run against it as well with ``TASKRUN_TEST_DATABASE=postgres`` (``.ci/run
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -29,8 +28,9 @@ from taskrun.errors import AlreadyActive, NotReady, StorageUnavailable
 from taskrun.models import Run
 from taskrun.service import Service
 
-from .conftest import PROJECT, make_settings, wait_for
+from .conftest import make_settings, wait_for
 from .pg import Cluster, cluster
+from .test_recovery import settings_env, start_server, submit_via
 
 pytestmark = pytest.mark.postgres
 
@@ -70,13 +70,6 @@ def test_upgrading_an_old_postgres_database_keeps_its_history(tmp_path):
     with db.connect() as c:
         assert c.exec_driver_sql("SELECT name FROM user_account").scalars().all() == ["olga"]
     db.dispose()
-
-
-def settings_env(settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-    env.update(TASKRUN_HOME=str(settings.home), TASKRUN_TASKS_DIR=str(settings.tasks_dir),
-               TASKRUN_DATABASE_URL=settings.database_url, TASKRUN_AUTH="off")
-    return env
 
 
 TICK = "import time\nprint('tick', flush=True)\ntime.sleep({s})\n"
@@ -136,8 +129,8 @@ def test_concurrent_submits_of_a_forbid_task_from_several_processes_make_one_run
     settings = make_settings(tmp_path, TASKRUN_DATABASE_URL=cluster().database(str(tmp_path)))
     Service(settings).open().stop()  # the schema, made once
     # Each with a data dir of its own (its locks, its logs), as replicas on other hosts.
-    envs = [{**settings_env(settings), "PYTHONPATH": str(PROJECT),
-             "TASKRUN_HOME": str(tmp_path / f"replica-{n}")} for n in range(10)]
+    envs = [settings_env(tmp_path, TASKRUN_DATABASE_URL=settings.database_url,
+                         TASKRUN_HOME=tmp_path / f"replica-{n}") for n in range(10)]
     procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for env in envs]
     try:
@@ -227,7 +220,6 @@ def test_a_replica_killed_with_its_processes_has_its_runs_marked_lost_after_its_
     the forbid task runs again. A replica that was merely away stops its runs."""
     import psutil
 
-    from .test_recovery import start_server, submit_via
 
     write_task("long", "import time\nprint('up', flush=True)\ntime.sleep(120)\n",
                concurrency="forbid")
