@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--postgres", action="store_true",
                         help="the service on a throwaway PostgreSQL (Debian's postgresql-15) "
-                             "instead of SQLite: launch and throughput")
+                             "instead of SQLite: launch, throughput (one server and two) "
+                             "and history")
     args = parser.parse_args(argv)
     q = args.quick
     if args.postgres:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
 
         db = Cluster()
         common.database_factory = db.database
-        args.only = args.only or ["launch", "throughput"]
+        args.only = args.only or ["launch", "throughput", "history"]
     from . import dashboards, history, kill, launch, logfollow, memory, throughput, ui, warm
 
     suites = {

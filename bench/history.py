@@ -16,14 +16,38 @@ from .common import Figure, bare_run, interleave, service_home
 STATUSES = ["succeeded"] * 8 + ["failed", "cancelled"]
 
 
-def bulk_load(db_path: str, rows: int, tasks: int = 20) -> None:
-    conn = sqlite3.connect(db_path)
+def _rows(rows: int, tasks: int):
     start = datetime(2025, 1, 1)
-    batch = []
     for i in range(rows):
         t = start + timedelta(seconds=30 * i)
-        batch.append((f"task{i % tasks}", STATUSES[i % len(STATUSES)], "api", "{}", "forbid",
-                      60.0, t, t, t, t, t + timedelta(seconds=2), 0))
+        yield (f"task{i % tasks}", STATUSES[i % len(STATUSES)], "api", "{}", "forbid",
+               60.0, t, t, t, t, t + timedelta(seconds=2), 0)
+
+
+_COLUMNS = ("task, status, trigger, params, concurrency, timeout, queued_at, "
+            "started_at, spawned_at, exited_at, finished_at, exit_code")
+
+
+def bulk_load(db, rows: int, tasks: int = 20) -> None:
+    """``rows`` finished runs in the service's database (SQLite or PostgreSQL)."""
+    if not db.is_sqlite:
+        raw = db.write_engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            with cursor.copy(f"COPY run ({_COLUMNS}) FROM STDIN") as copy:
+                for row in _rows(rows, tasks):
+                    copy.write_row(row)
+            raw.commit()
+            raw.dbapi_connection.autocommit = True
+            cursor.execute("VACUUM ANALYZE run")
+            raw.dbapi_connection.autocommit = False
+        finally:
+            raw.close()
+        return
+    conn = sqlite3.connect(db.read_engine.url.database)
+    batch = []
+    for row in _rows(rows, tasks):
+        batch.append(row)
         if len(batch) == 50_000:
             _insert(conn, batch)
             batch = []
@@ -34,10 +58,7 @@ def bulk_load(db_path: str, rows: int, tasks: int = 20) -> None:
 
 
 def _insert(conn, batch) -> None:
-    conn.executemany(
-        "INSERT INTO run (task, status, trigger, params, concurrency, timeout, queued_at, "
-        "started_at, spawned_at, exited_at, finished_at, exit_code) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+    conn.executemany(f"INSERT INTO run ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", batch)
     conn.commit()
 
 
@@ -203,16 +224,28 @@ TASKS = {f"task{i}": "# /// script\n# [tool.taskrun]\n# concurrency = 'parallel'
          for i in range(20)}
 
 
+def _lookup(db, run_id: int):
+    """(a primary-key lookup on the database's own driver, a function closing it)."""
+    if db.is_sqlite:
+        conn = sqlite3.connect(db.read_engine.url.database)
+        return (lambda: conn.execute("SELECT * FROM run WHERE id = ?", (run_id,)).fetchall(),
+                conn.close)
+    proxy = db.read_engine.raw_connection()
+    conn = proxy.dbapi_connection
+    conn.autocommit = True
+    return (lambda: conn.execute("SELECT * FROM run WHERE id = %s", (run_id,)).fetchall(),
+            proxy.invalidate)
+
+
 def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
     figures = []
     label = f"{size // 1000}k" if size < 1_000_000 else f"{size // 1_000_000}M"
     with service_home(TASKS, start=last) as (svc, home):
-        bulk_load(svc.db.read_engine.url.database, size)
-        raw = sqlite3.connect(svc.db.read_engine.url.database)
+        bulk_load(svc.db, size)
+        lookup, close = _lookup(svc.db, size // 2)
+        label += "" if svc.db.is_sqlite else " on PostgreSQL"
         base_name = f"primary-key lookup, {label} (baseline)"
-        figures.append(Figure("history", base_name, "ms", timed(
-            lambda: raw.execute("SELECT * FROM run WHERE id = ?", (size // 2,)).fetchall(),
-            repeat)))
+        figures.append(Figure("history", base_name, "ms", timed(lookup, repeat)))
         deep = svc.list_runs(limit=1, offset=size // 2)[0].id
         queries = {
             "latest page": lambda: svc.list_runs(limit=50),
@@ -231,8 +264,8 @@ def _measure(size: int, repeat: int, last: bool) -> list[Figure]:
             target = "" if "offset" in name or "counts per" in name else "p95 < 10 ms"
             figures.append(Figure("history", f"{name}, {label}", "ms", timed(fn, repeat),
                                   baseline=base_name, target=target))
-        raw.close()
-        if last:
+        close()
+        if last and svc.db.is_sqlite:  # its floor is SQLite's driver alone
             figures += lifecycle_share(svc, home, label, max(repeat, 100))
     return figures
 

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import common
 from .common import NOOP, ROOT, Figure, file_creation_us, scratch_dir, service_home
 
 QUEUED_NOOP = "# /// script\n# [tool.taskrun]\n# concurrency = 'queue'\n# ///\npass\n"
@@ -29,6 +30,28 @@ def _ours(n: int, launch: str = "auto") -> float:
         elapsed = time.perf_counter() - t
         assert svc.count_runs() == n + 4
     return elapsed
+
+
+def _two_replicas(n: int) -> tuple[float, dict[str, int]]:
+    """Two servers on one shared PostgreSQL database, each with its own data dir and a
+    limit of 1 (together the one server's 2): every run submitted to the first, taken
+    by whichever has a free slot. What sharing the queue costs, on the same cores."""
+    url = common.database_factory(str(scratch_dir("bench-replicas-")))
+    with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=1, TASKRUN_DATABASE_URL=url) as (a, _), \
+            service_home(TASKS, TASKRUN_MAX_CONCURRENCY=1, TASKRUN_DATABASE_URL=url) as (b, _):
+        for warm in range(4):
+            a.wait(a.submit(f"t{warm}").id, 30)
+        t = time.perf_counter()
+        ids = [a.submit(f"t{i % 10}", trigger="api").id for i in range(n)]
+        for run_id in ids:
+            a.wait(run_id, 600)
+        elapsed = time.perf_counter() - t
+        owners: dict[str, int] = {}
+        for run_id in ids:
+            owner = a.get_run(run_id).owner
+            owners[owner] = owners.get(owner, 0) + 1
+        assert b.supervisor.owner in owners, "the second server took no run"
+    return elapsed, owners
 
 
 def _pool(n: int, scripts: list[str]) -> float:
@@ -152,7 +175,7 @@ def run(n: int) -> list[Figure]:
         path.write_text(NOOP)
         scripts.append(str(path))
     rates: dict[str, list[float]] = {k: [] for k in (
-        "pool", "ours", "huey", "rq", "huey_noop", "rq_noop", "ours_warm")}
+        "pool", "ours", "huey", "rq", "huey_noop", "rq_noop", "ours_warm", "replicas")}
     # Only the service makes a file per run: how much one costs here is part of its figure.
     created = file_creation_us()
     rounds = 2
@@ -163,6 +186,9 @@ def run(n: int) -> list[Figure]:
         rq = _rq(n, scripts, True)
         if rq:
             rates["rq"].append(n / rq)
+        if common.database_factory is not None:
+            elapsed, shares = _two_replicas(n)
+            rates["replicas"].append(n / elapsed)
     rates["ours_warm"].append(n / _ours(n, launch="warm"))
     rates["huey_noop"].append(n / _huey(n, scripts, False))
     rq = _rq(n, scripts, False)
@@ -177,6 +203,11 @@ def run(n: int) -> list[Figure]:
         Figure("throughput", "Huey SqliteHuey, 2 processes, subprocess.run", "runs/s",
                rates["huey"], baseline=base),
     ]
+    if rates["replicas"]:
+        out.append(Figure("throughput", "taskrun, two servers sharing PostgreSQL, 1 slot each",
+                          "runs/s", rates["replicas"], baseline=base,
+                          note="runs taken per server: " + ", ".join(
+                              str(v) for v in sorted(shares.values(), reverse=True))))
     if rates["rq"]:
         out.append(Figure("throughput", "RQ + Redis, 2 workers, subprocess.run", "runs/s",
                           rates["rq"], baseline=base))

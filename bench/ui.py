@@ -19,7 +19,7 @@ def run(size: int, reruns: int, rss_reruns: int) -> list[Figure]:
     from taskrun import service as service_mod
 
     with service_home({"hello": NOOP}, start=False) as (svc, home):
-        bulk_load(svc.db.read_engine.url.database, size)
+        bulk_load(svc.db, size)
         saved = {k: os.environ.get(k) for k in ("TASKRUN_HOME", "TASKRUN_TASKS_DIR",
                                                 "TASKRUN_AUTH")}
         os.environ["TASKRUN_AUTH"] = "off"

@@ -23,6 +23,7 @@ from . import (
     models,  # noqa: F401  (registers the tables on SQLModel.metadata)
     storage,
 )
+from .fastsql import Connection
 from .schema import MIGRATIONS_DIR, head_revision
 
 BUSY_TIMEOUT_S = 30
@@ -72,6 +73,9 @@ class Database:
             self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", busy_timeout)
         else:
             self.read_engine = self.write_engine = sa.create_engine(url, pool_pre_ping=True)
+        self.is_postgres = self.write_engine.dialect.name == "postgresql"
+        self._driver_error = (self.write_engine.dialect.loaded_dbapi.Error
+                              if self.is_postgres else sqlite3.Error)
         self._lock_dir = lock_dir
         # Writers of this process queue here (woken in microseconds) rather than in
         # SQLite's busy handler, which sleeps 1, 2, 5, 10… ms between retries.
@@ -83,6 +87,7 @@ class Database:
         # Idle driver connections for fast reads: taken and given back, never tied to a
         # thread (short-lived threads would each leave one open).
         self._readers: list[sqlite3.Connection] = []
+        self._pg_readers: list = []  # pool-proxied psycopg connections
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (safe with several processes starting)."""
@@ -162,13 +167,13 @@ class Database:
                 raise
 
     @contextmanager
-    def begin_fast(self) -> Iterator[sqlite3.Connection | sa.Connection]:
+    def begin_fast(self) -> Iterator[Connection]:
         """``begin()`` on the driver's own connection, for ``fastsql`` statements.
 
-        Same writer, same lock, same ``BEGIN IMMEDIATE``; a Core transaction when
-        the database is not a SQLite file.
+        Same writer, same lock; ``BEGIN IMMEDIATE`` on a SQLite file, psycopg's own
+        transaction on PostgreSQL; a Core transaction otherwise (SQLite in memory).
         """
-        if self._file is None:
+        if self._file is None and not self.is_postgres:
             with self.begin() as conn:
                 yield conn
             return
@@ -176,25 +181,31 @@ class Database:
             conn = self._writer_connection()
             raw = conn.connection.dbapi_connection
             try:
-                raw.execute("BEGIN IMMEDIATE")
+                if self._file is not None:
+                    raw.execute("BEGIN IMMEDIATE")
                 try:
-                    yield raw
+                    yield raw  # psycopg begins its transaction at the first statement
                 except BaseException:
-                    raw.execute("ROLLBACK")
+                    raw.rollback() if self.is_postgres else raw.execute("ROLLBACK")
                     raise
-                raw.execute("COMMIT")
-            except sqlite3.Error:
+                raw.commit() if self.is_postgres else raw.execute("COMMIT")
+            except self._driver_error:
                 # Whatever the database said, start the next write on a fresh connection.
                 self._writer = None
                 conn.invalidate()
                 raise
 
     @contextmanager
-    def read_fast(self) -> Iterator[sqlite3.Connection | sa.Connection]:
+    def read_fast(self) -> Iterator[Connection]:
         """A connection for ``fastsql`` reads: one of the idle driver connections.
 
-        Autocommit: each statement reads its own snapshot, as ``connect()`` does.
+        Autocommit: each statement reads its own snapshot, as ``connect()`` does
+        (on PostgreSQL no transaction is left to end: one round trip fewer).
         """
+        if self.is_postgres:
+            with self._postgres_reader() as raw:
+                yield raw
+            return
         if self._file is None:
             with self.connect() as conn:
                 yield conn
@@ -214,6 +225,28 @@ class Database:
                 raw.close()
 
     @contextmanager
+    def _postgres_reader(self) -> Iterator[Connection]:
+        """An idle psycopg connection in autocommit, held like SQLite's readers: a pool
+        checkout would ping the server first, a round trip per read. A connection that
+        met an error is dropped (the next read opens a fresh one)."""
+        try:
+            proxy = self._pg_readers.pop()
+        except IndexError:
+            with storage.refusing(None, "read the database"):
+                proxy = self.read_engine.raw_connection()
+            proxy.dbapi_connection.autocommit = True
+        kept = False
+        try:
+            with storage.refusing(None, "read the database"):
+                yield proxy.dbapi_connection
+            kept = len(self._pg_readers) < MAX_IDLE_READERS
+        finally:
+            if kept:
+                self._pg_readers.append(proxy)
+            else:
+                proxy.invalidate()
+
+    @contextmanager
     def connect(self) -> Iterator[sa.Connection]:
         with self.read_engine.connect() as conn:
             yield conn
@@ -226,6 +259,8 @@ class Database:
     def dispose(self) -> None:
         while self._readers:
             self._readers.pop().close()
+        while self._pg_readers:
+            self._pg_readers.pop().invalidate()
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()

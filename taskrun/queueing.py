@@ -15,19 +15,26 @@ import sqlalchemy as sa
 from . import audit, metadata
 from .db import Database
 from .errors import AlreadyActive, QueueFull
-from .fastsql import Connection, Fast, Insert
+from .fastsql import Connection, Fast, Insert, is_postgres
 from .metadata import TaskMeta
 from .models import Run, RunBase, utcnow
 from .settings import Settings
 from .status import ACTIVE, Concurrency, RunStatus
 
 _T = Run.__table__
-_TASK_ACTIVE = Fast(sa.select(_T.c.id, _T.c.status)
-                    .where(_T.c.task == sa.bindparam("t"),
-                           sa.or_(*(_T.c.status == s.value for s in sorted(ACTIVE))))
-                    .limit(1))
-_QUEUED_COUNT = Fast(sa.select(sa.func.count()).select_from(_T).where(
-    _T.c.status == RunStatus.QUEUED.value))
+_ACTIVE_OF_TASK = sa.and_(_T.c.task == sa.bindparam("t"),
+                          sa.or_(*(_T.c.status == s.value for s in sorted(ACTIVE))))
+_QUEUED = sa.select(sa.func.count()).select_from(_T).where(
+    _T.c.status == RunStatus.QUEUED.value)
+_QUEUED_COUNT = Fast(_QUEUED)
+# A forbid task's check in one statement (one round trip on PostgreSQL): the task's
+# active run, if any, and the queue's length.
+_ACTIVE_ID = sa.select(_T.c.id).where(_ACTIVE_OF_TASK).limit(1).scalar_subquery()
+_A = _T.alias("a")
+_ACTIVE_AND_QUEUED = Fast(sa.select(
+    _ACTIVE_ID.label("id"),
+    sa.select(_A.c.status).where(_A.c.id == _ACTIVE_ID).scalar_subquery().label("status"),
+    _QUEUED.scalar_subquery().label("queued")))
 # The model's defaults for what a caller leaves out (those that are not NULL).
 _INSERT = Insert(_T, {name: field.get_default(call_default_factory=True)
                       for name, field in RunBase.model_fields.items()
@@ -46,7 +53,7 @@ def submit(db: Database, settings: Settings, task: str, meta: TaskMeta, params: 
     return run_id, values
 
 
-_TASK_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+_TASK_LOCK = Fast(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.bindparam("key")))))
 
 
 def serialize_task(c: Connection, task: str) -> None:
@@ -58,8 +65,8 @@ def serialize_task(c: Connection, task: str) -> None:
     the second then sees the first one's run. (Any replica, any host: the lock
     lives in the database.)
     """
-    if isinstance(c, sa.Connection) and c.dialect.name == "postgresql":
-        c.execute(_TASK_LOCK, {"key": f"taskrun.task:{task}"})
+    if is_postgres(c):
+        _TASK_LOCK.first(c, {"key": f"taskrun.task:{task}"})
 
 
 _TASK_RUNNING = Fast(sa.select(_T.c.id).where(_T.c.task == sa.bindparam("t"),
@@ -89,10 +96,12 @@ def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
     """
     if check_policy and meta.concurrency == Concurrency.FORBID:
         serialize_task(c, task)
-        active = _TASK_ACTIVE.first(c, {"t": task})
-        if active is not None:
-            raise AlreadyActive(task, active["id"], active["status"])
-    queued = _QUEUED_COUNT.scalar(c)
+        found = _ACTIVE_AND_QUEUED.first(c, {"t": task})
+        if found["id"] is not None:
+            raise AlreadyActive(task, found["id"], found["status"])
+        queued = found["queued"]
+    else:
+        queued = _QUEUED_COUNT.scalar(c)
     if queued >= settings.max_queue:
         raise QueueFull(f"The queue is full ({queued} runs waiting, "
                         f"TASKRUN_MAX_QUEUE={settings.max_queue}); try later.")
@@ -102,7 +111,7 @@ def queue_run(c: Connection, settings: Settings, task: str, meta: TaskMeta,
               "timeout": meta.timeout or settings.default_timeout, "queued_at": now,
               **extra}
     if claim is not None and queued == 0 and not (
-            meta.concurrency == Concurrency.QUEUE and isinstance(c, sa.Connection)
+            meta.concurrency == Concurrency.QUEUE and is_postgres(c)
             and task_running_elsewhere(c, task, claim["owner"])):
         values.update(status=RunStatus.RUNNING.value, started_at=now, **claim)
     return _INSERT.insert(c, values), values

@@ -64,11 +64,27 @@ HISTORY_WINDOW = 20  # runs used for a task's success rate
 _T = Run.__table__
 _ACTIVE = [s.value for s in ACTIVE]
 _ACTIVE_TASKS = sa.select(_T.c.task, _T.c.status).where(_T.c.status.in_(_ACTIVE))
-_LAST_ID = sa.select(sa.func.max(_T.c.id)).where(_T.c.task == sa.bindparam("t"))
+_CHUNK = 200  # tasks per statement of the task list
 _BY_IDS = sa.select(_T).where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
-_RECENT = (sa.select(_T.c.status)
-           .where(_T.c.task == sa.bindparam("t"), _T.c.status.not_in(_ACTIVE))
-           .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW))
+
+
+def _last_ids(names: list[str]) -> sa.Select:
+    """One row: each task's newest run id, an index probe each (a GROUP BY over the
+    whole history would scan it); one statement, not one per task, as on
+    PostgreSQL each is a round trip."""
+    return sa.select(*(sa.select(sa.func.max(_T.c.id)).where(_T.c.task == name)
+                       .scalar_subquery() for name in names))
+
+
+def _recent(names: list[str]) -> sa.CompoundSelect | sa.Select:
+    """(task, status) of each task's latest finished runs, in one statement."""
+    parts = []
+    for name in names:
+        latest = (sa.select(_T.c.task, _T.c.status)
+                  .where(_T.c.task == name, _T.c.status.not_in(_ACTIVE))
+                  .order_by(_T.c.id.desc()).limit(HISTORY_WINDOW).subquery())
+        parts.append(sa.select(latest.c.task, latest.c.status))
+    return parts[0] if len(parts) == 1 else sa.union_all(*parts)
 
 
 def _changes_view(method):
@@ -156,13 +172,15 @@ class Service:
             # Only the (few) active runs, through the status index; counted here, as
             # a GROUP BY makes SQLite scan a whole (task, status) index instead.
             active_rows = c.execute(_ACTIVE_TASKS).all()
-            # Per task, index probes (a max and the latest 20), where a GROUP BY
-            # over the whole history would scan it.
-            last_ids = [i for name in names
-                        if (i := c.execute(_LAST_ID, {"t": name}).scalar())]
+            last_ids: list[int] = []
+            recent: dict[str, list[str]] = {}
+            # In chunks: SQLite allows 500 terms in a compound SELECT.
+            for chunk in (names[i:i + _CHUNK] for i in range(0, len(names), _CHUNK)):
+                last_ids += [i for i in c.execute(_last_ids(chunk)).one() if i]
+                for task, status in c.execute(_recent(chunk)):
+                    recent.setdefault(task, []).append(status)
             last = {r.task: r for r in (RunPublic.from_row(row._mapping) for row in
                                         c.execute(_BY_IDS, {"ids": last_ids}))}
-            recent = {name: c.execute(_RECENT, {"t": name}).scalars().all() for name in names}
         states: dict[str, dict[str, int]] = {}
         for task, status in active_rows:
             counts = states.setdefault(task, {})

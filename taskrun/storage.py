@@ -162,7 +162,10 @@ def refusing(folder: Path | None, doing: str) -> Iterator[None]:
     the original error as their cause; every other error passes through unchanged."""
     try:
         yield
-    except (sqlite3.Error, OSError, _sqlalchemy_error()) as exc:
+    except Exception as exc:
+        if not (isinstance(exc, sqlite3.Error | OSError | _sqlalchemy_error())
+                or type(exc).__module__.startswith("psycopg")):  # psycopg's own connection
+            raise
         typed = None if _about_the_statement(exc) or _about_the_statement(_driver_error(exc)) \
             else unavailable(exc, folder, doing)
         if typed is None:

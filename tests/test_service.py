@@ -80,6 +80,20 @@ def test_history_filters_and_paging(service, write_task):
         service.list_runs(RunFilter(status="exploded"))
 
 
+def test_the_task_list_reads_in_chunks_past_a_compound_select_limit(service, write_task):
+    from taskrun import service as facade
+
+    for i in range(facade._CHUNK + 5):
+        write_task(f"t{i:03}", "pass", concurrency="parallel")
+    done = [service.submit(name).id for name in ("t000", "t204", "t204")]
+    for run_id in done:
+        service.wait(run_id, 20)
+    tasks = {t["name"]: t for t in service.list_tasks()}
+    assert len(tasks) == facade._CHUNK + 5
+    assert tasks["t204"]["last_run"]["id"] == done[2] and tasks["t204"]["recent_runs"] == 2
+    assert tasks["t000"]["success_rate"] == 1.0 and tasks["t100"]["last_run"] is None
+
+
 def test_cancel_of_finished_run_is_a_conflict(service, write_task):
     write_task("quick", "pass")
     run = service.submit("quick")
