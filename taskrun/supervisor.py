@@ -77,13 +77,24 @@ _CANDIDATE_SELECT = (
     .order_by(_T.c.id).limit(50))
 _CANDIDATES = Fast(_CANDIDATE_SELECT)
 _CANDIDATES_AMONG = _CANDIDATE_SELECT.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
-_CLAIM = Fast(
-    sa.update(_T)
-    .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
-    .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
-            owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
-    # decoded for the claimed run only
-    .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
+_QUEUED_RUN = sa.and_(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
+
+
+def _claim(where: sa.ColumnElement) -> Fast:
+    return Fast(
+        sa.update(_T).where(where)
+        .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
+                owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
+        # decoded for the claimed run only
+        .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
+
+
+_CLAIM = _claim(_QUEUED_RUN)
+# On PostgreSQL, a row another server is claiming right now is skipped, not waited
+# for: its UPDATE would block on the row lock until that server commits, then find
+# the run taken. (SQLite's writers are serialized already.)
+_CLAIM_SKIP_LOCKED = _claim(_T.c.id == sa.select(_T.c.id).where(_QUEUED_RUN)
+                            .with_for_update(skip_locked=True).scalar_subquery())
 _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
     _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
 
@@ -450,7 +461,8 @@ class Supervisor:
                         claimed, busy_elsewhere = None, True
                     else:
                         busy_elsewhere = False
-                        claimed = _CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+                        claim = _CLAIM_SKIP_LOCKED if self.db.is_postgres else _CLAIM
+                        claimed = claim.first(c, {"b_id": run_id, "b_now": utcnow(),
                                                    "b_owner": self.owner,
                                                    "b_host": self.host})
             except BaseException:

@@ -177,6 +177,35 @@ def test_a_submit_waits_for_another_transaction_deciding_about_the_same_task(
         svc.stop()
 
 
+def test_a_run_another_server_is_claiming_is_skipped_not_waited_for(tmp_path, write_task):
+    """Claims use FOR UPDATE SKIP LOCKED: while another transaction holds the oldest
+    queued run's row (another server mid-claim), this server takes the next one."""
+    import psycopg
+
+    write_task("wide", "pass\n", concurrency="parallel")
+    url = cluster().database(str(tmp_path))
+    queuer = Service(make_settings(tmp_path, TASKRUN_DATABASE_URL=url,
+                                   TASKRUN_HOME=tmp_path / "queuer")).open()
+    first, second = (queuer.submit("wide").id for _ in range(2))  # queued: no supervisor
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    worker = None
+    try:
+        with psycopg.connect(dsn) as other:
+            other.execute("SELECT id FROM run WHERE id = %s FOR UPDATE", (first,))
+            worker = Service(make_settings(tmp_path, TASKRUN_DATABASE_URL=url,
+                                           TASKRUN_HOME=tmp_path / "worker",
+                                           TASKRUN_MAX_CONCURRENCY=1)
+                             ).start(sample_system=False)
+            assert worker.wait(second, 20).status == "succeeded"
+            assert queuer.get_run(first).status == "queued"  # still held by the other
+            other.rollback()  # the other server gave up its claim
+        assert worker.wait(first, 20).status == "succeeded"
+    finally:
+        queuer.stop()
+        if worker is not None:
+            worker.stop()
+
+
 def _try_submit(svc):
     try:
         return svc.submit("once")
