@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -183,6 +184,27 @@ def test_a_log_is_read_live_through_the_other_host(hosts):
     whole = wait_for(lambda: (c := b.json("GET", f"/api/logs/{name}")[1])["complete"] and c,
                      timeout=60)
     assert whole["content"].count("line") == 40
+
+
+def test_a_schedule_fires_once_per_tick_with_both_hosts_up(hosts):
+    """Both schedulers look at every tick (every 2 s, cron's seconds field); each tick
+    makes one run, none is missed, none is doubled or recorded as skipped."""
+    a, b = hosts
+    path = Path(a.env["TASKRUN_TASKS_DIR"]) / "ticker.py"
+    path.write_text('# /// script\n# [tool.taskrun]\n# schedule = "* * * * * */2"\n'
+                    '# concurrency = "parallel"\n# ///\nprint("tick")\n')
+    try:
+        wait_for(lambda: len(b.json("GET", "/api/tasks/runs?task=ticker&limit=50")[1]) >= 5,
+                 timeout=60)
+    finally:
+        path.unlink()
+    time.sleep(3)  # a tick either scheduler was deciding about when the file went
+    runs = a.json("GET", "/api/tasks/runs?task=ticker&limit=100")[1]
+    ticks = sorted(datetime.fromisoformat(r["scheduled_for"]) for r in runs)
+    assert len(ticks) == len(set(ticks)), ticks  # once per tick
+    assert {r["status"] for r in runs} <= {"queued", "running", "succeeded"}, runs
+    assert all((later - earlier).total_seconds() == 2
+               for earlier, later in itertools.pairwise(ticks)), ticks  # none missed
 
 
 def test_a_host_that_dies_has_its_run_marked_lost_and_its_task_runs_again(hosts):
