@@ -366,9 +366,9 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return svc.read_log(run.id, offset, max_bytes, tail, lines, forward=forward).as_dict()
 
     @logs_router.get("/{name}/download")
-    def download_log(name: str, svc: Service = Depends(service)):
+    def download_log(name: str, request: Request, svc: Service = Depends(service)):
         run = svc.run_for_log(name)
-        stream = svc.log_stream(run.id)
+        stream = svc.log_stream(run.id, forward=PEER_HEADER not in request.headers)
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         if stream is None:
             svc.read_log(run.id)  # raises the same NotFound as reading would

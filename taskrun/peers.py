@@ -14,6 +14,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from . import logs, replicas
@@ -27,30 +28,69 @@ PEER_HEADER = "x-taskrun-peer"  # a read asked by another server: answered from 
 TIMEOUT_S = 5
 
 
-def read_log(svc: Service, run: Run, offset: int, max_bytes: int, tail_bytes: int | None,
-             lines: int | None) -> logs.LogChunk | None:
-    """The piece of ``run``'s log its server has, or None when the log is not elsewhere."""
+def _keeper(svc: Service, run: Run) -> dict | None:
+    """The server keeping ``run``'s log, when that is another server."""
     keeper = replicas.keeper(svc.db, run.owner)
     if keeper is None or keeper["home"] == str(svc.settings.home):
         return None
-    name = logs.log_name(run.task, run.id)
-    resource = f"/api/logs/{name}"
+    return keeper
+
+
+def _signed(svc: Service, keeper: dict, resource: str, query: dict) -> urllib.request.Request:
+    url = (keeper["advertise_url"].rstrip("/") + resource + "?"
+           + urllib.parse.urlencode(query) + ("&" if query else "")
+           + svc.auth.sign(resource, ttl=60))
+    return urllib.request.Request(url, headers={PEER_HEADER: "1"})
+
+
+def _unreachable(run: Run, keeper: dict, exc: BaseException) -> NotReady:
+    return NotReady(
+        f"The log of run {run.id} is kept by the server {run.owner} on {keeper['host']} "
+        f"({keeper['advertise_url']}), which cannot be reached now ({exc}).")
+
+
+def stream_log(svc: Service, run: Run) -> Iterator[bytes] | None:
+    """``run``'s whole log (secrets masked by its server) in blocks, from the server
+    that keeps it; None when it is not elsewhere. Unreachable: NotReady, before the
+    first byte (a download that broke later ends short, as any broken download)."""
+    keeper = _keeper(svc, run)
+    if keeper is None:
+        return None
+    req = _signed(svc, keeper, f"/api/logs/{logs.log_name(run.task, run.id)}/download", {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+    except OSError as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            return None
+        raise _unreachable(run, keeper, exc) from exc
+
+    def blocks() -> Iterator[bytes]:
+        with resp:
+            while block := resp.read(64 * 1024):
+                yield block
+
+    return blocks()
+
+
+def read_log(svc: Service, run: Run, offset: int, max_bytes: int, tail_bytes: int | None,
+             lines: int | None) -> logs.LogChunk | None:
+    """The piece of ``run``'s log its server has, or None when the log is not elsewhere."""
+    keeper = _keeper(svc, run)
+    if keeper is None:
+        return None
     query = {"offset": offset, "max_bytes": max_bytes}
     if tail_bytes is not None:
         query["tail"] = tail_bytes
     if lines is not None:
         query["lines"] = lines
-    url = (keeper["advertise_url"].rstrip("/") + resource + "?" + urllib.parse.urlencode(query)
-           + "&" + svc.auth.sign(resource, ttl=60))
-    req = urllib.request.Request(url, headers={PEER_HEADER: "1", "accept": "application/json"})
+    req = _signed(svc, keeper, f"/api/logs/{logs.log_name(run.task, run.id)}", query)
+    req.add_header("accept", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
             data = json.loads(resp.read())
     except (OSError, ValueError) as exc:
         if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
             return None
-        raise NotReady(
-            f"The log of run {run.id} is kept by the server {run.owner} on {keeper['host']} "
-            f"({keeper['advertise_url']}), which cannot be reached now ({exc}).") from exc
+        raise _unreachable(run, keeper, exc) from exc
     return logs.LogChunk(data["content"], data["offset"], data["next_offset"], data["size"],
                          data["complete"])

@@ -560,10 +560,17 @@ class Service:
             return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete, masker)
         return logs.read(path, offset, max_bytes, cap, complete, masker)
 
-    def log_stream(self, run_id: int):
-        """The whole log in blocks, secrets masked, for downloads (None: no log yet)."""
-        path = self.log_path(run_id)
+    def log_stream(self, run_id: int, forward: bool = True):
+        """The whole log in blocks, secrets masked, for downloads (None: no log yet);
+        from the server that ran it when that is another one (unless ``forward`` is
+        off: a peer is asking)."""
+        run = find_run(self.db, run_id)
+        path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         if not path.exists():
+            if forward and not self.db.is_sqlite and run.owner:
+                from . import peers
+
+                return peers.stream_log(self, run)
             return None
         return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.vault.masker())
 

@@ -288,8 +288,8 @@ def test_a_replica_killed_with_its_processes_has_its_runs_marked_lost_after_its_
 
 def test_a_run_of_another_server_has_its_log_read_through_this_one(tmp_path, write_task):
     """Server A (a real server, its own data dir) runs a task; server B, sharing only
-    the database and the secret key, reads the log live and after the end, and says
-    which server has it once A is gone."""
+    the database and the secret key, reads the log live and after the end, downloads
+    it whole, and says which server has it once A is gone."""
     from .server import Server
 
     url = cluster().database(str(tmp_path))
@@ -311,8 +311,12 @@ def test_a_run_of_another_server_has_its_log_read_through_this_one(tmp_path, wri
         b.wait(run["run_id"], 60)
         whole = wait_for(lambda: (c := b.read_log(run["run_id"])).complete and c, timeout=10)
         assert whole.content.count("line") == 30
+        download = b"".join(b.log_stream(run["run_id"]))  # the whole file, streamed
+        assert download.decode() == whole.content
     finally:
         a.stop()
     with pytest.raises(NotReady, match=r"kept by the server .* which cannot be reached"):
         b.read_log(run["run_id"])
+    with pytest.raises(NotReady, match=r"kept by the server .* which cannot be reached"):
+        b.log_stream(run["run_id"])
     b.stop()
