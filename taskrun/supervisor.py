@@ -46,6 +46,8 @@ from . import (
     watch,
 )
 from .automation import Automation
+from .backends import Launch
+from .backends.local import LocalBackend
 from .db import Database
 from .errors import InvalidName, StorageUnavailable, TaskRunError
 from .fastsql import Fast
@@ -133,6 +135,7 @@ class Supervisor:
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
+        self.backend = LocalBackend(self.zygotes)  # where runs execute (``backends``)
         self._last_reap = 0.0
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
         self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
@@ -563,19 +566,15 @@ class Supervisor:
             return
         self.storage_problem = None
         try:
-            popen = None
-            if warm:  # from a zygote; None means it could not, and the run starts cold
-                popen = self.zygotes.spawn(preload, path, work, env, log_fd, fds, key)
-            launch = "warm" if popen is not None else "cold"
-            if popen is None:
-                popen = procs.spawn(path, log_fd=log_fd, cwd=work, env=env, keep_fds=fds)
-            spawned_at = utcnow()
-            procs.apply_limits(popen.pid, *limits)
+            started = self.backend.start(Launch(
+                run_id=run.id, task=run.task, path=path, work=work, env=env, log_fd=log_fd,
+                keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits))
         except OSError as exc:
             for fd in (*fds, log_fd):
                 os.close(fd)
             self._finish_unstarted(run.id, f"Could not start the process: {exc}.")
             return
+        popen, launch, spawned_at = started.process, started.launch, started.spawned_at
         # The task process now holds the slot and the task lock; our copies go.
         if task_fd is not None:
             self.locks.record_pid(task_fd, run.task, run.id, popen.pid)

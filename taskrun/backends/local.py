@@ -1,0 +1,35 @@
+"""The local backend: a run is a child process of this server.
+
+Warm where the task asks for it and a zygote can fork it; otherwise, or when the
+zygote cannot, cold: ``sys.executable`` on the task file in its own session.
+Either way the process holds the run's slot and task lock (``keep_fds``) for as
+long as it lives, and its limits are applied before it is watched.
+"""
+
+from __future__ import annotations
+
+from .. import procs
+from ..models import utcnow
+from ..zygote import Zygotes
+from . import Launch, Started
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, zygotes: Zygotes):
+        self.zygotes = zygotes
+
+    def start(self, plan: Launch) -> Started:
+        """Start ``plan``'s process; OSError when it cannot be started."""
+        process = None
+        if plan.warm:  # from a zygote; None means it could not, and the run starts cold
+            process = self.zygotes.spawn(plan.preload, plan.path, plan.work, plan.env,
+                                         plan.log_fd, plan.keep_fds, plan.key)
+        launch = "warm" if process is not None else "cold"
+        if process is None:
+            process = procs.spawn(plan.path, log_fd=plan.log_fd, cwd=plan.work, env=plan.env,
+                                  keep_fds=plan.keep_fds)
+        spawned_at = utcnow()
+        procs.apply_limits(process.pid, *plan.limits)
+        return Started(process, launch, spawned_at)
