@@ -19,15 +19,21 @@ QUEUED_NOOP = "# /// script\n# [tool.taskrun]\n# concurrency = 'queue'\n# ///\np
 TASKS = {f"t{i}": QUEUED_NOOP for i in range(10)}
 
 
+def _submit_all(svc, n: int) -> tuple[float, list[int]]:
+    """(seconds for ``n`` runs over the 10 tasks, submitted at once, to end; their ids),
+    after four warm-up runs."""
+    for warm in range(4):
+        svc.wait(svc.submit(f"t{warm}").id, 30)
+    t = time.perf_counter()
+    ids = [svc.submit(f"t{i % 10}", trigger="api").id for i in range(n)]
+    for run_id in ids:
+        svc.wait(run_id, 600)
+    return time.perf_counter() - t, ids
+
+
 def _ours(n: int, launch: str = "auto") -> float:
     with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=2, TASKRUN_LAUNCH=launch) as (svc, _home):
-        for warm in range(4):
-            svc.wait(svc.submit(f"t{warm}").id, 30)
-        t = time.perf_counter()
-        ids = [svc.submit(f"t{i % 10}", trigger="api").id for i in range(n)]
-        for run_id in ids:
-            svc.wait(run_id, 600)
-        elapsed = time.perf_counter() - t
+        elapsed, _ids = _submit_all(svc, n)
         assert svc.count_runs() == n + 4
     return elapsed
 
@@ -39,13 +45,7 @@ def _two_replicas(n: int) -> tuple[float, dict[str, int]]:
     url = common.database_factory(str(scratch_dir("bench-replicas-")))
     with service_home(TASKS, TASKRUN_MAX_CONCURRENCY=1, TASKRUN_DATABASE_URL=url) as (a, _), \
             service_home(TASKS, TASKRUN_MAX_CONCURRENCY=1, TASKRUN_DATABASE_URL=url) as (b, _):
-        for warm in range(4):
-            a.wait(a.submit(f"t{warm}").id, 30)
-        t = time.perf_counter()
-        ids = [a.submit(f"t{i % 10}", trigger="api").id for i in range(n)]
-        for run_id in ids:
-            a.wait(run_id, 600)
-        elapsed = time.perf_counter() - t
+        elapsed, ids = _submit_all(a, n)
         owners: dict[str, int] = {}
         for run_id in ids:
             owner = a.get_run(run_id).owner
