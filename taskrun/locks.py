@@ -34,6 +34,9 @@ class HeldLock:
 INFO_SIZE = 256
 
 
+INFO_READS = 20  # reads of a lock's record before it is given up as unreadable
+
+
 def write_info(fd: int, info: dict) -> None:
     """Who holds a lock, as JSON padded to a fixed size (JSON allows trailing blanks).
 
@@ -100,14 +103,23 @@ class LockFile:
 
     def read_info(self) -> dict:
         # A read while the holder rewrites the record (``record_pid``, right after
-        # its spawn) can see half of each: read again rather than find no record.
-        for _ in range(3):
+        # its spawn) can see half of each, and half of each can even parse (digits of
+        # two times). A record is taken when two reads in a row agree; a writer that
+        # was preempted mid-write (a loaded machine) is given a few milliseconds.
+        last = None
+        for attempt in range(INFO_READS):
             try:
-                return json.loads(self.path.read_text() or "{}")
+                data = self.path.read_bytes()
             except OSError:
                 return {}
-            except ValueError:
-                continue
+            if data == last:
+                try:
+                    return json.loads(data or b"{}")
+                except ValueError:
+                    pass
+            last = data
+            if attempt:
+                time.sleep(0.0005)
         return {}
 
 
