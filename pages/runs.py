@@ -30,7 +30,8 @@ ss = st.session_state
 ss.setdefault("runs_page", 0)
 
 st.title("Runs & logs")
-history_tab, log_tab, query_tab = st.tabs(["History", "Application log", "Query"])
+history_tab, failures_tab, log_tab, query_tab = st.tabs(
+    ["History", "Failures", "Application log", "Query"])
 
 with history_tab:
     task_names = sorted(svc.view.task_names())
@@ -106,6 +107,10 @@ with history_tab:
                         f"  \n**PID** {run.pid or '–'}")
             if run.error:
                 st.warning(run.error)
+            if run.failure:
+                cause = run.failure
+                st.markdown(f"**Cause** `{cause['exception']}` at `{cause['location']}` in "
+                            f"`{cause['function']}` — see the Failures tab for runs like it")
             links = []
             if run.scheduled_for:
                 links.append(f"scheduled for {run.scheduled_for:%Y-%m-%d %H:%M} UTC")
@@ -177,6 +182,37 @@ with history_tab:
                                        title="Outcomes per day"), key=f"task_day_{run.id}")
     else:
         st.caption("Select a run in the table to see its log and details.")
+
+with failures_tab:
+    st.caption("Runs that did not succeed, grouped by cause: a traceback's exception and "
+               "the line of the task's own code it came from (numbers, ids and quoted "
+               "values in the message do not split a group); timeouts, cancels, signals "
+               "and lost runs by their kind. Resolved: its tasks have succeeded since.")
+    g1, g2 = st.columns([2, 1])
+    failing_task = g1.selectbox("Task", ["(all)", *sorted(svc.view.task_names())],
+                                key="failures_task")
+    show_resolved = g2.toggle("Show resolved", value=False, key="failures_resolved")
+    groups = svc.failure_groups(None if failing_task == "(all)" else failing_task)
+    shown = [g for g in groups if show_resolved or not g["resolved"]]
+    if not shown:
+        st.info("No open failures." if groups else "No failures recorded.")
+    for n, g in enumerate(shown):
+        with st.container(border=True):
+            c1, c2 = st.columns([3, 1])
+            title = (f"`{g['exception']}` at `{g['location']}` in `{g['function']}`"
+                     if g["exception"] else f"**{g['kind'].capitalize()}**")
+            c1.markdown(title + (" · ✅ resolved" if g["resolved"] else ""))
+            if g["message_sample"]:
+                c1.caption(g["message_sample"][:300])
+            c1.markdown(f"**{g['count']}** run(s) of {', '.join(g['tasks'])} · first "
+                        f"{g['first_seen']:%Y-%m-%d %H:%M} · last {g['last_seen']:%Y-%m-%d %H:%M}"
+                        " UTC · " + " ".join(f"[#{i}](?run={i})" for i in g["runs"]))
+            days = pd.DataFrame({"day": list(g["per_day"]), "runs": list(g["per_day"].values())})
+            spark = px.bar(days, x="day", y="runs", height=80)
+            spark.update_layout(margin=dict(l=0, r=0, t=0, b=0), xaxis_title=None,
+                                yaxis_title=None, showlegend=False)
+            c2.plotly_chart(spark, key=f"failures_spark_{n}",
+                            config={"displayModeBar": False})
 
 with log_tab:
     l1, l2 = st.columns(2)

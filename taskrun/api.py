@@ -541,6 +541,15 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Chained tasks: each ``after`` link as upstream -> downstream."""
         return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
 
+    @api.get("/failures", tags=["tasks"])
+    def failure_groups(svc: Service = Depends(service), task: str | None = None,
+                       since: datetime | None = None) -> list[dict]:
+        """Unsuccessful runs grouped by cause: a traceback's exception and innermost frame
+        in the task's file, its message with numbers, ids and quoted values taken out;
+        timeouts, cancels, signals and lost runs by their kind. Newest group first; a
+        group is ``resolved`` when its tasks have succeeded since it last occurred."""
+        return svc.failure_groups(task, since)
+
     @api.get("/audit", tags=["audit"])
     def audit_trail(svc: Service = Depends(service), actor: str | None = None,
                     action: str | None = None, limit: int = Query(100, ge=1, le=500),

@@ -131,3 +131,33 @@ def attempts(db: Database, run_id: int) -> list[RunPublic]:
             if row is None:
                 return chain
             chain.append(RunPublic.from_row(row._mapping))
+
+
+# Runs a failure group is made of: every way a run can end without succeeding.
+_NOT_SUCCEEDED = sorted(s.value for s in (*UNSUCCESSFUL, RunStatus.CANCELLED))
+MAX_FAILURES = 5000  # the newest unsuccessful runs grouped per request
+
+
+def failure_groups(db: Database, task: str | None = None, since: datetime | None = None
+                   ) -> list[dict]:
+    """The newest unsuccessful runs grouped by cause (``failures``), newest group first."""
+    from . import failures
+
+    query = (sa.select(_T.c.id, _T.c.task, _T.c.status, _T.c.error, _T.c.exit_code,
+                       _T.c.signal, _T.c.failure, _T.c.queued_at, _T.c.finished_at)
+             .where(_T.c.status.in_(_NOT_SUCCEEDED)).order_by(_T.c.id.desc())
+             .limit(MAX_FAILURES))
+    if task:
+        query = query.where(_T.c.task == task)
+    if since is not None:
+        query = query.where(_T.c.queued_at >= since)
+    with db.connect() as c:
+        runs = c.execute(query).all()
+        last_success = {}
+        for name in {r.task for r in runs}:  # an index probe per task (task, id)
+            at = c.execute(sa.select(_T.c.finished_at).where(
+                _T.c.task == name, _T.c.status == RunStatus.SUCCEEDED.value)
+                .order_by(_T.c.id.desc()).limit(1)).scalar()
+            if at is not None:
+                last_success[name] = at
+    return failures.group(runs, last_success)

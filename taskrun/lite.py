@@ -48,7 +48,8 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     for key in _TIMES:
         if run[key] is not None:
             run[key] = datetime.fromisoformat(run[key]).replace(tzinfo=UTC)
-    run["params"] = json.loads(run["params"]) if run["params"] else run["params"]
+    for key in ("params", "failure"):
+        run[key] = json.loads(run[key]) if run[key] else run[key]
     run["followed_up"] = bool(run["followed_up"])
     run["duration"] = None
     if run["started_at"]:

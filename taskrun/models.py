@@ -92,6 +92,8 @@ class RunBase(SQLModel):
     # False until its end has been acted on (retry, chained runs, webhooks): an
     # outbox, so each follow-up happens once even with several supervisors.
     followed_up: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    # A failed run's traceback: {exception, location, function, message} (``failures``).
+    failure: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(RunBase, table=True):

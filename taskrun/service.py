@@ -720,6 +720,11 @@ class Service:
     def run_stats(self) -> dict:
         return history.run_stats(self.db)
 
+    def failure_groups(self, task: str | None = None, since: datetime | None = None
+                       ) -> list[dict]:
+        """Unsuccessful runs grouped by their cause, newest group first (``failures``)."""
+        return history.failure_groups(self.db, task, since)
+
 
 _default: Service | None = None
 _default_lock = threading.Lock()

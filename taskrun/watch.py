@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import logs, procs, storage
+from . import failures, logs, procs, storage
 from .fastsql import Fast
 from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
@@ -52,7 +52,8 @@ def _finish(with_spawned: bool) -> Fast:
         exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
         exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
         cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float), _T.c.cpu_seconds),
-        peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss))
+        peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss),
+        failure=sa.bindparam("b_failure", type_=_T.c.failure.type))
     if with_spawned:
         values.update(_SPAWNED_VALUES)
     return Fast(
@@ -425,7 +426,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
         procs.signal_group(a.pid, signal.SIGKILL)
     check_log(sup, a, time.monotonic())
     signame = procs.signal_name(code) if code is not None else None
-    error = cancelled_by = None
+    error = cancelled_by = failure = None
     if a.kill_reason is not None:
         # running -> timed_out | cancelled: we ended it, say who and why.
         status, error = a.kill_reason, a.kill_error
@@ -445,6 +446,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
             f"Killed by {signame}." if signame else f"Exited with code {code}.")
         if a.disk_note:
             error += f" Its log was capped: {a.disk_note}."
+        failure = failure_cause(sup, a)
     spawned = a.spawned or {}
     statement = _FINISH_SPAWNED if spawned else _FINISH
     # finished_at is when the exit was seen, not when this write happens (it may be
@@ -453,7 +455,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
               "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
-              "b_rss": a.peak_rss or None}
+              "b_rss": a.peak_rss or None, "b_failure": failure}
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:
@@ -461,6 +463,18 @@ def finalize(sup: Supervisor, a: Active) -> None:
 
     a.outcome = (status, code)  # logged once waiters are told
     record_end(sup, a, write)
+
+def failure_cause(sup: Supervisor, a: Active) -> dict | None:
+    """The traceback's cause at the end of a failed run's log (secrets masked), or None.
+    A failed run only: the read of its log's last 64 KB is off every successful path."""
+    try:
+        tail = logs.tail(a.log_path, failures.TAIL_BYTES, masker=sup.vault.masker()
+                         if sup.vault else None).content
+        return failures.cause(tail, a.task)
+    except Exception:  # a cause is a help, never a reason for the end not to be recorded
+        log.exception("could not read the cause of run %d's failure", a.run_id)
+        return None
+
 
 def ended_before_next(sup: Supervisor, a: Active, seen: datetime) -> datetime:
     """The run's end: when its watcher saw the exit, or, if earlier, when the next run

@@ -168,6 +168,18 @@ def test_runs_page_filters_and_opens_a_log(env):
     assert f"Run #{ok.id}" in at.subheader[0].value
 
 
+def test_the_failures_tab_groups_failed_runs(env, write_task):
+    svc = service_mod.default_service()
+    write_task("breaks", "raise KeyError('col_' + str(len(__file__)))")
+    ids = [svc.wait(svc.submit("breaks").id, 30).id for _ in range(2)]
+    at = goto(app(), "runs")
+    shown = texts(at)
+    assert "`KeyError` at `breaks.py:" in shown and "**2** run(s) of breaks" in shown
+    assert all(f"[#{i}](?run={i})" in shown for i in ids)
+    at = goto(at, "runs", run=str(ids[0]))
+    assert "**Cause** `KeyError` at `breaks.py:" in texts(at)
+
+
 def test_query_tab_is_read_only(env):
     at = goto(app(), "runs")
     at.text_area(key="query_sql").set_value("DELETE FROM run")

@@ -1,0 +1,103 @@
+"""Failures grouped by cause, from real runs' tracebacks."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from taskrun import failures
+from taskrun.api import create_api
+
+ETL = '''
+import json, os, sys
+
+row = {"id": 1}
+
+
+def pick(name):
+    return row[name]
+
+
+mode = os.environ["TASKRUN_PARAM_MODE"]
+if mode == "ok":
+    sys.exit(0)
+if mode == "parse":
+    json.loads("{" + "x" * 3)
+pick(os.environ["TASKRUN_PARAM_COL"])
+'''
+PARAMS = 'mode = { type = "str", default = "pick" }\ncol = { type = "str", default = "id" }'
+
+
+def _run(service, **params):
+    return service.wait(service.submit("etl", params).id, 30)
+
+
+def test_runs_failing_alike_make_one_group_and_a_success_resolves_it(service, write_task):
+    path = write_task("etl", ETL, params=PARAMS)
+    line = path.read_text().splitlines().index("    return row[name]") + 1
+    first = _run(service, col="col_17")
+    second = _run(service, col="col_42")
+    assert first.status == second.status == "failed"
+    assert first.failure == {"exception": "KeyError", "location": f"etl.py:{line}",
+                             "function": "pick", "message": "'col_17'"}
+    assert _run(service, mode="ok").status == "succeeded"
+    parsed = _run(service, mode="parse")
+    slow = write_task("slow", "import time\ntime.sleep(30)\n", timeout=1)
+    assert slow.exists()
+    timed_out = service.wait(service.submit("slow").id, 30)
+    assert timed_out.status == "timed_out"
+
+    groups = {g["signature"]: g for g in service.failure_groups()}
+    assert len(groups) == 3, list(groups)
+    key_error = next(g for g in groups.values() if g["exception"] == "KeyError")
+    assert key_error["count"] == 2 and key_error["runs"] == [second.id, first.id]
+    assert key_error["location"] == f"etl.py:{line}" and key_error["resolved"]
+    assert key_error["message_sample"] == "'col_42'" and key_error["tasks"] == ["etl"]
+    # The library raised it; the group names the task's own line that called it.
+    decode = next(g for g in groups.values() if (g["exception"] or "").endswith("JSONDecodeError"))
+    parse_line = path.read_text().splitlines().index('    json.loads("{" + "x" * 3)') + 1
+    assert decode["location"] == f"etl.py:{parse_line}" and decode["runs"] == [parsed.id]
+    assert not decode["resolved"]  # no success since
+    assert groups["timed out"]["runs"] == [timed_out.id] and groups["timed out"]["kind"]
+    newest_first = [g["last_seen"] for g in service.failure_groups()]
+    assert newest_first == sorted(newest_first, reverse=True)
+    assert [g["signature"] for g in service.failure_groups(task="slow")] == ["timed out"]
+
+
+def test_the_api_lists_the_groups(service, write_task):
+    write_task("etl", ETL, params=PARAMS)
+    failed = _run(service, col="nope")
+    with TestClient(create_api(lambda: service)) as client:
+        body = client.get("/failures", params={"task": "etl"}).json()
+        assert client.get(f"/tasks/runs/{failed.id}").json()["failure"]["exception"] == \
+            "KeyError"
+    assert [(g["exception"], g["count"], g["runs"]) for g in body] == [
+        ("KeyError", 1, [failed.id])]
+    assert body[0]["per_day"] and body[0]["first_seen"] == body[0]["last_seen"]
+
+
+def test_the_cause_is_the_last_traceback_and_its_task_frame():
+    log = """output
+Traceback (most recent call last):
+  File "/x/tasks/job.py", line 3, in <module>
+    int("a")
+ValueError: invalid literal for int() with base 10: 'a'
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/x/tasks/job.py", line 5, in <module>
+    load()
+  File "/x/tasks/job.py", line 9, in load
+    return pd.read_csv(p)
+  File "/usr/lib/python3/site-packages/pandas/io.py", line 120, in read_csv
+    raise FileNotFoundError(p)
+FileNotFoundError: [Errno 2] No such file: '/data/2026-01-02.csv'
+"""
+    found = failures.cause(log, "job")
+    assert found == {"exception": "FileNotFoundError", "location": "job.py:9",
+                     "function": "load",
+                     "message": "[Errno 2] No such file: '/data/2026-01-02.csv'"}
+    assert failures.normalized(found["message"]) == "[Errno <n>] No such file: <value>"
+    assert failures.cause("all good\n", "job") is None
+    assert failures.normalized("run 4f9c2b1e-0000-4000-8000-123456789abc at 0x7f3a") == \
+        "run <id> at <hex>"
