@@ -111,6 +111,32 @@ with history_tab:
                 cause = run.failure
                 st.markdown(f"**Cause** `{cause['exception']}` at `{cause['location']}` in "
                             f"`{cause['function']}` — see the Failures tab for runs like it")
+            if run.status not in ACTIVE and run.status != RunStatus.SUCCEEDED and st.toggle(
+                    "What changed since it last worked?", key=f"runs_diff_{run.id}"):
+                try:
+                    changed = svc.run_diff(run.id)
+                except TaskRunError as exc:
+                    show_error(exc)
+                else:
+                    st.markdown(f"Compared with run [#{changed['against']}]"
+                                f"(?run={changed['against']}), the last that succeeded.")
+                    code = changed["code"]
+                    if not code["changed"]:
+                        st.markdown("**Code** unchanged")
+                    elif code["diff"] is not None:
+                        st.code(code["diff"] or "(same text)", language="diff")
+                    else:
+                        st.markdown("**Code** changed (a version was not recorded)")
+                    rows = [{"what": f"{kind}: {name}", "before": str(v["before"]),
+                             "after": str(v["after"])}
+                            for kind in ("params", "settings", "where")
+                            for name, v in changed[kind].items()]
+                    for name in ("duration", "peak_rss"):
+                        m = changed[name]
+                        rows.append({"what": name, "before": str(m["before"]),
+                                     "after": f"{m['after']}"
+                                              + (f" ({m['ratio']}×)" if m["ratio"] else "")})
+                    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
             links = []
             if run.scheduled_for:
                 links.append(f"scheduled for {run.scheduled_for:%Y-%m-%d %H:%M} UTC")

@@ -274,6 +274,16 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         svc.get_run(run_id)
         return svc.run_samples(run_id)
 
+    @tasks.get("/runs/{run_id}/diff")
+    def run_diff(run_id: RowId, svc: Service = Depends(service),
+                 against: str = Query("last_good", description="`last_good` or a run id")
+                 ) -> dict:
+        """What differs from another run (default: the task's last succeeded run before
+        it): code as a unified diff, params, settings, duration and peak memory."""
+        if against != "last_good" and not against.isdigit():
+            raise InvalidParams("against: `last_good` or a run id")
+        return svc.run_diff(run_id, None if against == "last_good" else int(against))
+
     @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
     def run_attempts(run_id: RowId, svc: Service = Depends(service)):
         """The run's retry chain, first attempt to last."""

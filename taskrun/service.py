@@ -512,6 +512,12 @@ class Service:
         return [(up, i.name, i.meta.after_on) for i in self.store.list() if i.meta
                 for up in i.meta.after]
 
+    def run_diff(self, run_id: int, against: int | None = None) -> dict:
+        """What changed since the task last worked (``rundiff``)."""
+        from . import rundiff
+
+        return rundiff.diff(self.db, run_id, against)
+
     def attempts(self, run_id: int) -> list[RunPublic]:
         return history.attempts(self.db, run_id)
 

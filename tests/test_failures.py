@@ -101,3 +101,32 @@ FileNotFoundError: [Errno 2] No such file: '/data/2026-01-02.csv'
     assert failures.cause("all good\n", "job") is None
     assert failures.normalized("run 4f9c2b1e-0000-4000-8000-123456789abc at 0x7f3a") == \
         "run <id> at <hex>"
+
+
+def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir):
+    service.set_secret("DB_PASSWORD", "s3cret-value-981")
+    block = ('# /// script\n# [tool.taskrun]\n# secrets = ["DB_PASSWORD"]\n'
+             '# [tool.taskrun.params]\n# n = { type = "int", default = 1 }\n# ///\n')
+    path = tasks_dir / "load.py"
+    path.write_text(block + "import os\nprint(os.environ['DB_PASSWORD'])\nrows = 10\n")
+    good = service.wait(service.submit("load", {"n": 1}).id, 30)
+    assert good.status == "succeeded"
+    path.write_text(block.replace("default = 1", "default = 5")
+                    + "import os\nprint(os.environ['DB_PASSWORD'])\nrows = 10 / 0\n")
+    bad = service.wait(service.submit("load", {"n": 2}).id, 30)
+    assert bad.status == "failed"
+    changed = service.run_diff(bad.id)
+    assert changed["against"] == good.id and changed["code"]["changed"]
+    assert "-rows = 10\n" in changed["code"]["diff"] and "+rows = 10 / 0\n" in \
+        changed["code"]["diff"]
+    assert changed["params"] == {"n": {"before": "1", "after": "2"}}
+    assert changed["settings"]["params"]["after"]["n"]["default"] == 5
+    assert changed["duration"]["before"] is not None
+    with TestClient(create_api(lambda: service)) as client:
+        body = client.get(f"/tasks/runs/{bad.id}/diff").text
+        assert client.get(f"/tasks/runs/{bad.id}/diff", params={"against": str(bad.id)}
+                          ).json()["params"] == {}
+        assert client.get(f"/tasks/runs/{good.id}/diff").status_code == 404  # none before
+        assert client.get(f"/tasks/runs/{bad.id}/diff",
+                          params={"against": "x"}).status_code == 422
+    assert "s3cret-value-981" not in body

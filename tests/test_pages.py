@@ -170,6 +170,8 @@ def test_runs_page_filters_and_opens_a_log(env):
 
 def test_the_failures_tab_groups_failed_runs(env, write_task):
     svc = service_mod.default_service()
+    write_task("breaks", "print('fine')")
+    good = svc.wait(svc.submit("breaks").id, 30)
     write_task("breaks", "raise KeyError('col_' + str(len(__file__)))")
     ids = [svc.wait(svc.submit("breaks").id, 30).id for _ in range(2)]
     at = goto(app(), "runs")
@@ -178,6 +180,12 @@ def test_the_failures_tab_groups_failed_runs(env, write_task):
     assert all(f"[#{i}](?run={i})" in shown for i in ids)
     at = goto(at, "runs", run=str(ids[0]))
     assert "**Cause** `KeyError` at `breaks.py:" in texts(at)
+    at.toggle(key=f"runs_diff_{ids[0]}").set_value(True)
+    at.run()
+    shown = texts(at)
+    assert f"Compared with run [#{good.id}]" in shown
+    diff = next(c.value for c in at.code if c.language == "diff")
+    assert "-print('fine')" in diff and "+raise KeyError" in diff
 
 
 def test_query_tab_is_read_only(env):

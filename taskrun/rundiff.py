@@ -1,0 +1,91 @@
+"""What changed between a run and another one, by default the task's last good run.
+
+"What changed since it last worked?": the code (a unified diff of the two
+recorded versions), the params, the task's settings (its metadata block), the
+duration and peak memory (with ratios), where it ran and its upstream run.
+Values are taken from the run records and the recorded versions only: a secret's
+value is never in either (a task lists secret *names*; values live in the vault).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import metadata, versions
+from .db import Database
+from .errors import NotFound
+from .history import find_run
+from .models import Run, RunPublic
+from .status import RunStatus
+
+_T = Run.__table__
+CONTEXT_LINES = 3
+
+
+def last_good(db: Database, run: RunPublic) -> RunPublic:
+    """The task's latest succeeded run before ``run``."""
+    with db.connect() as c:
+        found = c.execute(sa.select(_T.c.id).where(
+            _T.c.task == run.task, _T.c.status == RunStatus.SUCCEEDED.value,
+            _T.c.id < run.id).order_by(_T.c.id.desc()).limit(1)).scalar()
+    if found is None:
+        raise NotFound(f"Task '{run.task}' has no succeeded run before #{run.id} "
+                       "to compare with.")
+    return find_run(db, found)
+
+
+def _code(db: Database, run: RunPublic) -> str | None:
+    if not run.code_sha:
+        return None
+    try:
+        return versions.get(db, run.task, run.code_sha).content
+    except NotFound:
+        return None
+
+
+def _changes(before: dict, after: dict) -> dict[str, dict[str, Any]]:
+    return {k: {"before": before.get(k), "after": after.get(k)}
+            for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
+
+
+def _settings(code: str | None) -> dict:
+    if code is None:
+        return {}
+    try:
+        meta = metadata.parse(code)
+    except Exception:  # a version whose block does not parse: compared as no settings
+        return {}
+    return meta.as_dict() if meta else {}
+
+
+def _measure(before: float | None, after: float | None) -> dict[str, Any]:
+    ratio = round(after / before, 2) if before and after is not None else None
+    return {"before": before, "after": after, "ratio": ratio}
+
+
+def diff(db: Database, run_id: int, against: int | None = None) -> dict[str, Any]:
+    """The differences of run ``run_id`` from run ``against`` (default: the last good one)."""
+    run = find_run(db, run_id)
+    other = last_good(db, run) if against is None else find_run(db, against)
+    old_code, new_code = _code(db, other), _code(db, run)
+    code_diff = "".join(difflib.unified_diff(
+        (old_code or "").splitlines(keepends=True), (new_code or "").splitlines(keepends=True),
+        f"{other.task}.py (run #{other.id})", f"{run.task}.py (run #{run.id})",
+        n=CONTEXT_LINES)) if old_code is not None and new_code is not None else None
+    return {
+        "run": run.id, "against": other.id, "against_status": other.status,
+        "code": {"before": other.code_sha, "after": run.code_sha,
+                 "changed": other.code_sha != run.code_sha, "diff": code_diff},
+        "params": _changes(other.params or {}, run.params or {}),
+        "settings": _changes(_settings(old_code), _settings(new_code)),
+        "duration": _measure(other.duration, run.duration),
+        "peak_rss": _measure(other.peak_rss, run.peak_rss),
+        "where": _changes({"host": other.host, "launch": other.launch},
+                          {"host": run.host, "launch": run.launch}),
+        "upstream_run": {"before": other.upstream_run, "after": run.upstream_run},
+        "not_recorded": "the environment's values and installed packages are not yet "
+                        "recorded per run",
+    }
