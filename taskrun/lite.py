@@ -21,7 +21,7 @@ from .settings import Settings
 from .status import RunStatus
 from .store import TaskStore
 
-HISTORY_WINDOW = 20  # as the service's success rate
+HISTORY_WINDOW = 20  # as the service's success rate (history.HISTORY_WINDOW)
 _TIMES = ("queued_at", "started_at", "finished_at", "spawned_at", "exited_at",
           "scheduled_for", "not_before")
 
