@@ -7,6 +7,7 @@ import difflib
 import streamlit as st
 from code_editor import code_editor
 
+from pages import cells_view
 from pages.common import (
     can,
     ended,
@@ -174,21 +175,26 @@ def output() -> None:
         return
     run = svc.get_run(run_id)
     ended("editor_output_live", run.status in ACTIVE)
-    try:
-        chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
-    except TaskRunError as exc:  # kept by a server that cannot be reached
-        show_error(exc)
-        return
     st.markdown(f"**Output** · {run_summary(run)}")
     if run.progress is not None and run.status in ACTIVE:
         st.progress(run.progress, text=run.progress_message or "")
-    st.code(chunk.content or "(no output yet)", language="text")
+    try:
+        # A file in ``# %%`` cells: each cell's output under its code; else one log.
+        if not cells_view.show(svc, run, "editor"):
+            chunk = svc.read_log(run_id, tail_bytes=64 * 1024)
+            st.code(chunk.content or "(no output yet)", language="text")
+    except TaskRunError as exc:  # kept by a server that cannot be reached
+        show_error(exc)
+        return
     if run.error and run.status not in ACTIVE:
         st.caption(run.error)
 
 
 # Polled only while its run is active: an Editor left open costs nothing.
 try:
+    if ss.editor_run_id is None:  # the task's last run, until one is started from here
+        _latest = svc.latest_run(name)
+        ss.editor_run_id = _latest.id if _latest else None
     _last = svc.get_run(ss.editor_run_id) if ss.editor_run_id is not None else None
 except TaskRunError:  # pruned meanwhile
     _last = ss.editor_run_id = None

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages import cells_view
 from pages.common import (
     PAGES,
     ended,
@@ -178,7 +179,21 @@ with history_tab:
                            + (" · showing the last 256 KiB" if chunk.offset else ""))
                 st.code(content or "(empty)", language="text")
 
-            following("runs_log_live", run.status in ACTIVE, 1.0)(log_view)(run.id)
+            def cell_view(run_id: int) -> None:
+                current = svc.get_run(run_id)
+                ended("runs_cells_live", current.status in ACTIVE)
+                cells_view.show(svc, current, f"runs_{run_id}")
+
+            by_cell = run.cells is not None or (run.status in ACTIVE and len(
+                svc.run_cells(run.id)) > 1)
+            if by_cell:
+                st.markdown("**Output by cell**")
+                following("runs_cells_live", run.status in ACTIVE, 1.0)(cell_view)(run.id)
+                cells_view.durations(svc, run, f"runs_{run.id}")
+                with st.expander("The whole log"):
+                    following("runs_log_live", run.status in ACTIVE, 1.0)(log_view)(run.id)
+            else:
+                following("runs_log_live", run.status in ACTIVE, 1.0)(log_view)(run.id)
             name = f"{run.task}_{run.id}.log"
             url = f"/api/logs/{name}/download"
             st.link_button("⬇ Download the whole log", f"{url}?{svc.auth.sign(url)}")

@@ -284,6 +284,13 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
             raise InvalidParams("against: `last_good` or a run id")
         return svc.run_diff(run_id, None if against == "last_good" else int(against))
 
+    @tasks.get("/runs/{run_id}/cells")
+    def run_cells(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:
+        """What each ``# %%`` cell did: index, title, status, started_at, duration and its
+        output's byte range in the log (``log_start``, ``log_end``), live while it runs.
+        A file without markers is one cell."""
+        return svc.run_cells(run_id)
+
     @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
     def run_attempts(run_id: RowId, svc: Service = Depends(service)):
         """The run's retry chain, first attempt to last."""

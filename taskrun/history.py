@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import func, select
 
+from . import cells
 from .db import Database
 from .errors import InvalidParams, NotFound
 from .fastsql import Fast
@@ -118,6 +119,27 @@ def task_history(db: Database, task: str, limit: int = 200) -> list[RunPublic]:
         rows = s.exec(select(Run).where(Run.task == task, Run.status.not_in(list(ACTIVE)))
                       .order_by(Run.id.desc()).limit(limit)).all()
     return [RunPublic.of(r) for r in reversed(rows)]
+
+
+CELL_RUNS = 20  # the runs a cell's typical duration is the median of
+
+
+def cell_medians(db: Database, task: str, before: int | None = None) -> dict[str, float]:
+    """Each cell's median duration (by title) over the task's latest succeeded runs."""
+    query = sa.select(_T.c.cells).where(
+        _T.c.task == task, _T.c.status == RunStatus.SUCCEEDED.value, _T.c.cells.is_not(None))
+    if before is not None:
+        query = query.where(_T.c.id < before)
+    with db.connect() as c:
+        rows = c.execute(query.order_by(_T.c.id.desc()).limit(CELL_RUNS)).scalars().all()
+    return cells.durations_median([r for r in rows if isinstance(r, list)])
+
+
+def latest_run(db: Database, task: str) -> RunPublic | None:
+    """The task's newest run, whatever its state."""
+    with db.read() as s:
+        row = s.exec(select(Run).where(Run.task == task).order_by(Run.id.desc()).limit(1)).first()
+    return RunPublic.of(row) if row else None
 
 
 def attempts(db: Database, run_id: int) -> list[RunPublic]:

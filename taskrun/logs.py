@@ -167,6 +167,11 @@ def _utf8_cut(data: bytes) -> int:
     return len(data)
 
 
+def shown_size(cap: int) -> int:
+    """How far into a log a reader may see: the cap and its marker."""
+    return cap + len(marker(cap))
+
+
 def read(path: Path, offset: int = 0, max_bytes: int = MAX_READ, cap: int | None = None,
          at_eof_complete: bool = False, masker: Masker | None = None) -> LogChunk:
     """Bytes from ``offset`` (decoded, bad bytes replaced); ``next_offset`` to continue.

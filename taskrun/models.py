@@ -94,6 +94,11 @@ class RunBase(SQLModel):
     followed_up: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     # A failed run's traceback: {exception, location, function, message} (``failures``).
     failure: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # A file in ``# %%`` cells: what each cell did (``cells.collect``); None otherwise.
+    cells: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # What the run got beyond its code: {"id": its Environment, "secrets": {name: mark}}
+    # (a mark is a keyed hash of the value: it tells a changed value, never the value).
+    environment: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(RunBase, table=True):
@@ -164,6 +169,17 @@ class VersionPublic(SQLModel):
     author: str | None = None
     note: str | None = None
     size: int = 0
+
+
+class Environment(SQLModel, table=True):
+    """An interpreter, its installed distributions and the base environment runs get:
+    stored once per distinct fingerprint, named by it, shared by the runs that had it."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    python: str = Field(max_length=64)
+    packages: dict = Field(sa_column=Column(JSON, nullable=False))  # {name: version}
+    variables: dict = Field(sa_column=Column(JSON, nullable=False))  # the base environment
+    first_seen: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
 class RunSample(SQLModel, table=True):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from .zygote import marker_name
+from .zygote import CELL_RUNNER, marker_name
 
 # Server variables a task may see. Everything else (tokens, passwords, the
 # server's own TASKRUN_* settings) stays out unless explicitly passed through.
@@ -49,10 +49,12 @@ def task_environment(server_env: Mapping[str, str], passthrough: Iterable[str],
 
 
 def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
-          keep_fds: Iterable[int]) -> subprocess.Popen:
-    """Start ``sys.executable script`` in a new session with output into the log fd."""
+          keep_fds: Iterable[int], cells: Path | None = None) -> subprocess.Popen:
+    """Start ``sys.executable script`` in a new session with output into the log fd
+    (through the cell runner, recording into ``cells``, for a file in cells)."""
+    runner = [] if cells is None else [str(CELL_RUNNER), str(cells)]
     return subprocess.Popen(
-        [sys.executable, "-u", str(script)],
+        [sys.executable, "-u", *runner, str(script)],
         stdin=subprocess.DEVNULL,
         stdout=log_fd,
         stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlmodel import select as sql_select
 
-from . import logs, procs
+from . import cells, logs, procs
 from .locks import LockFile
 from .models import Run, utcnow
 from .status import Concurrency, RunStatus
@@ -107,11 +107,13 @@ def _adopt(sup: Supervisor, run: Run, taken: bool = False) -> None:
             return
     started = run.started_at or utcnow()
     left = (started + timedelta(seconds=run.timeout) - datetime.now(UTC)).total_seconds()
+    cells_record = cells.record_path(sup.settings.home, run.id)
     active = Active(run_id=run.id, task=run.task, pid=run.pid,
                     deadline=time.monotonic() + left, timeout=run.timeout,
                     log_path=Path(run.log_path or sup.settings.run_logs_dir /
                                   logs.log_name(run.task, run.id)),
                     progress_path=sup.progress_dir / f"{run.id}.progress",
+                    cells_path=cells_record if cells_record.exists() else None,
                     key=procs.run_key(sup.settings.home, run.id),
                     holds_lock=run.concurrency != Concurrency.PARALLEL,
                     started_at=run.started_at)

@@ -23,6 +23,7 @@ from sqlmodel import func, select
 
 from . import (
     audit,
+    cells,
     history,
     logs,
     metadata,
@@ -456,6 +457,33 @@ class Service:
         from . import rundiff
 
         return rundiff.diff(self.db, run_id, against)
+
+    def run_cells(self, run_id: int) -> list[dict]:
+        """What each ``# %%`` cell of the run did, live while it runs (``cells``); a file
+        without markers is one cell. Read a cell's output with ``read_log``."""
+        run = find_run(self.db, run_id)
+        if run.cells is not None:
+            return run.cells
+        path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
+        try:
+            size = min(path.stat().st_size, logs.shown_size(self.settings.log_max_bytes))
+        except OSError:
+            size = 0
+        if run.status in ACTIVE:
+            live = cells.collect(cells.record_path(self.settings.home, run.id), size,
+                                 run_status=None)
+            if live is not None:
+                return live
+        return cells.whole(run.model_dump(), size)
+
+    def cell_medians(self, task: str, before: int | None = None) -> dict[str, float]:
+        """Each cell's typical duration (median of the latest succeeded runs), by title."""
+        check_name(task)
+        return history.cell_medians(self.db, task, before)
+
+    def latest_run(self, task: str) -> RunPublic | None:
+        check_name(task)
+        return history.latest_run(self.db, task)
 
     def attempts(self, run_id: int) -> list[RunPublic]:
         return history.attempts(self.db, run_id)

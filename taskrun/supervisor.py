@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import sqlalchemy as sa
 
 from . import (
+    cells,
     logs,
     metadata,
     procs,
@@ -508,6 +509,8 @@ class Supervisor:
                 log.exception("could not record the version of %s", run.task)
         log_path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         progress_path = self.progress_dir / f"{run.id}.progress"
+        cell_record = cells.record_path(self.settings.home, run.id) \
+            if cells.has_cells(data, sha) else None
         key = procs.run_key(self.settings.home, run.id)
         work = self.settings.work_dir / run.task
         extra = {
@@ -568,7 +571,8 @@ class Supervisor:
         try:
             started = self.backend.start(Launch(
                 run_id=run.id, task=run.task, path=path, work=work, env=env, log_fd=log_fd,
-                keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits))
+                keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits,
+                cells=cell_record))
         except OSError as exc:
             for fd in (*fds, log_fd):
                 os.close(fd)
@@ -583,7 +587,7 @@ class Supervisor:
         active = Active(run_id=run.id, task=run.task, pid=popen.pid,
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
-                        progress_path=progress_path, key=key, popen=popen,
+                        progress_path=progress_path, cells_path=cell_record, key=key, popen=popen,
                         memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                         started_at=spawned_at,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import failures, logs, procs, storage
+from . import cells, failures, logs, procs, storage
 from .fastsql import Fast
 from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
@@ -53,7 +53,8 @@ def _finish(with_spawned: bool) -> Fast:
         exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
         cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float), _T.c.cpu_seconds),
         peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss),
-        failure=sa.bindparam("b_failure", type_=_T.c.failure.type))
+        failure=sa.bindparam("b_failure", type_=_T.c.failure.type),
+        cells=sa.bindparam("b_cells", type_=_T.c.cells.type))
     if with_spawned:
         values.update(_SPAWNED_VALUES)
     return Fast(
@@ -82,6 +83,7 @@ class Active:
     log_path: Path
     progress_path: Path
     key: str
+    cells_path: Path | None = None  # the record of a file in cells
     # None when adopted after a restart (not our child); a WarmChild when forked warm
     popen: subprocess.Popen | WarmChild | None = None
     wake_fd: int = -1
@@ -153,6 +155,8 @@ def _done(sup: Supervisor, a: Active) -> None:
         if fd >= 0:
             os.close(fd)
     _remove(a.progress_path)
+    if a.cells_path is not None:
+        _remove(a.cells_path)
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
@@ -175,6 +179,8 @@ def _release(sup: Supervisor, a: Active) -> None:
             os.close(fd)
     a.wake_fd = a.pidfd = -1
     _remove(a.progress_path)
+    if a.cells_path is not None:
+        _remove(a.cells_path)
     if isinstance(a.popen, WarmChild):
         a.popen.close()
 
@@ -455,7 +461,8 @@ def finalize(sup: Supervisor, a: Active) -> None:
               "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
-              "b_rss": a.peak_rss or None, "b_failure": failure}
+              "b_rss": a.peak_rss or None, "b_failure": failure,
+              "b_cells": run_cells(a, status, exited_at)}
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:
@@ -463,6 +470,21 @@ def finalize(sup: Supervisor, a: Active) -> None:
 
     a.outcome = (status, code)  # logged once waiters are told
     record_end(sup, a, write)
+
+def run_cells(a: Active, status: RunStatus, ended: datetime) -> list[dict] | None:
+    """A file in cells: what each cell did, from its record (None for any other run)."""
+    if a.cells_path is None:
+        return None
+    try:
+        size = os.stat(a.log_path).st_size
+    except OSError:
+        size = 0
+    try:
+        return cells.collect(a.cells_path, size, run_status=status.value, ended_at=ended)
+    except Exception:  # like the cause: a help, never a reason for the end not to land
+        log.exception("could not read the cells of run %d", a.run_id)
+        return None
+
 
 def failure_cause(sup: Supervisor, a: Active) -> dict | None:
     """The traceback's cause at the end of a failed run's log (secrets masked), or None.

@@ -44,6 +44,7 @@ SPARES = 2
 SPARE_TIMEOUT_S = 10.0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
+CELL_RUNNER = Path(__file__).with_name("cell_main.py")
 
 
 def command(tasks_dir: Path, modules: tuple[str, ...], fd: int) -> list[str]:
@@ -290,7 +291,8 @@ class Zygotes:
         return all(env.get(k) == self.base_env.get(k) for k in keys)
 
     def spawn(self, modules: tuple[str, ...], script: Path, cwd: Path, env: Mapping[str, str],
-              log_fd: int, keep_fds: Iterable[int], key: str) -> WarmChild | None:
+              log_fd: int, keep_fds: Iterable[int], key: str,
+              cells: Path | None = None) -> WarmChild | None:
         if not self.compatible(env):
             return None
         if not self.subreaper:
@@ -303,6 +305,8 @@ class Zygotes:
         ends, address = end_socket()
         request = {"script": str(script), "cwd": str(cwd), "env": dict(env),
                    "comm": marker_name(key), "end": address}
+        if cells is not None:  # a file in cells: run through the cell runner
+            request.update(cells=str(cells), runner=str(CELL_RUNNER))
         pid = zygote.fork(request, [log_fd, *keep_fds])
         if pid is None:
             ends.close()

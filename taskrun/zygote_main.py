@@ -149,7 +149,10 @@ def run_task(request: dict, fds: list[int]) -> None:
     me = os.getpid()
     code = 0
     try:
-        run_main(script)
+        if request.get("cells"):
+            run_cells(script, request["runner"], request["cells"])
+        else:
+            run_main(script)
     except SystemExit as exc:
         code = exit_code(exc)
     except KeyboardInterrupt:
@@ -235,6 +238,16 @@ def run_main(script: str, register: bool = True) -> None:
     with io.open_code(script) as f:
         source = f.read()
     exec(compile(source, script, "exec", dont_inherit=True), main.__dict__)
+
+
+def run_cells(script: str, runner: str, record: str) -> None:
+    """A file in ``# %%`` cells, through the cell runner (loaded in the fork: only such a
+    run pays for it)."""
+    with io.open_code(runner) as f:
+        namespace = {"__name__": "taskrun_cell_main", "__builtins__": builtins}
+        exec(compile(f.read(), runner, "exec", dont_inherit=True), namespace)
+    main = namespace["new_main"](script)
+    namespace["run"](script, record, main.__dict__)
 
 
 def finalize_modules(imported_before: int) -> None:

@@ -46,8 +46,10 @@ def make_settings(tmp_path: Path, **overrides):
 
 
 def task_code(body: str, concurrency: str = "forbid", timeout: float | None = None,
-              params: str = "", description: str = "test task") -> str:
+              params: str = "", description: str = "test task", launch: str = "") -> str:
     meta = [f'# description = "{description}"', f'# concurrency = "{concurrency}"']
+    if launch:
+        meta.append(f'# launch = "{launch}"')
     if timeout:
         meta.append(f"# timeout = {timeout}")
     if params:

@@ -259,3 +259,33 @@ def test_editor_warns_about_secrets_the_task_needs_but_nobody_set(env):
     service_mod.default_service().set_secret("DB_PASSWORD", "long-enough")
     at.run()
     assert "Secret(s) not set: API_KEY" in texts(at)
+
+
+CELLS = '''import time
+# %% load
+rows = [1, 2, 3]
+print("loaded", len(rows))
+# %% work
+print("total", sum(rows))
+# %% fail
+rows["nope"]
+'''
+
+
+def test_a_run_in_cells_shows_each_cells_output_under_its_code(env, write_task):
+    svc = service_mod.default_service()
+    write_task("nb", CELLS)
+    run = svc.wait(svc.submit("nb").id, 30)
+    assert run.status == RunStatus.FAILED
+    at = goto(app(), "runs", run=str(run.id))
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("✅ [1] load") for label in labels), labels
+    assert any(label.startswith("❌ [3] fail · failed") for label in labels), labels
+    shown = texts(at)
+    assert "loaded 3" in shown and "total 6" in shown and "TypeError" in shown
+    assert "The run stopped in this cell (failed)." in shown
+    assert any('rows["nope"]' in c.value and c.language == "python" for c in at.code)
+    # The Editor shows the task's last run the same way, under the code.
+    at = goto(at, "editor", task="nb")
+    assert "The run stopped in this cell (failed)." in texts(at)
+    assert any(e.label.startswith("❌ [3] fail") for e in at.expander)

@@ -31,6 +31,7 @@ class Launch:
     warm: bool = False  # from a zygote, where the backend has one
     preload: tuple[str, ...] = ()  # the modules a zygote imports ahead
     limits: tuple[int | None, float | None] = (None, None)  # memory MB, CPU seconds
+    cells: Path | None = None  # a file in ``# %%`` cells: where its cell record goes
 
 
 @dataclass(slots=True)

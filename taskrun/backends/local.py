@@ -25,11 +25,11 @@ class LocalBackend:
         process = None
         if plan.warm:  # from a zygote; None means it could not, and the run starts cold
             process = self.zygotes.spawn(plan.preload, plan.path, plan.work, plan.env,
-                                         plan.log_fd, plan.keep_fds, plan.key)
+                                         plan.log_fd, plan.keep_fds, plan.key, plan.cells)
         launch = "warm" if process is not None else "cold"
         if process is None:
             process = procs.spawn(plan.path, log_fd=plan.log_fd, cwd=plan.work, env=plan.env,
-                                  keep_fds=plan.keep_fds)
+                                  keep_fds=plan.keep_fds, cells=plan.cells)
         spawned_at = utcnow()
         procs.apply_limits(process.pid, *plan.limits)
         return Started(process, launch, spawned_at)

@@ -1,0 +1,105 @@
+"""A run's output cell by cell, under each cell's code: shared by the Editor and Runs.
+
+Not a page (``st.navigation`` lists the pages): what ``taskrun.cells`` records,
+drawn. A file without ``# %%`` markers has one cell, and is shown as one log.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from taskrun import fmt
+from taskrun.cells import key as cell_key
+from taskrun.errors import TaskRunError
+from taskrun.models import RunPublic
+from taskrun.service import Service
+
+SOURCE_LINES = 3  # a cell's code is shown collapsed to its first lines
+OUTPUT_BYTES = 64 * 1024  # per cell: the start of its output (the whole log downloads)
+ICONS = {"succeeded": "✅", "failed": "❌", "running": "▶️", "not_run": "⏸️",
+         "timed_out": "⏱️", "cancelled": "🛑", "lost": "❓"}
+
+
+def _code_lines(svc: Service, run: RunPublic) -> list[str]:
+    if not run.code_sha:
+        return []
+    try:
+        return svc.get_version(run.task, run.code_sha).content.splitlines()
+    except TaskRunError:
+        return []
+
+
+def _label(cell: dict) -> str:
+    title = cell["title"] or "(before the first cell)"
+    parts = [f"{ICONS.get(cell['status'], '•')} [{cell['index']}] {title}",
+             cell["status"].replace("_", " ")]
+    if cell["duration"] is not None:
+        parts.append(fmt.duration(cell["duration"]))
+    if cell.get("peak_rss"):
+        parts.append(f"peak {fmt.size(cell['peak_rss'])}")
+    return " · ".join(parts)
+
+
+def _output(svc: Service, run: RunPublic, cell: dict) -> str:
+    if cell["log_start"] is None:
+        return ""
+    length = max(0, (cell["log_end"] or 0) - cell["log_start"])
+    if not length:
+        return ""
+    chunk = svc.read_log(run.id, cell["log_start"], min(length, OUTPUT_BYTES))
+    more = "\n… (more in the whole log)" if length > OUTPUT_BYTES else ""
+    return chunk.content + more
+
+
+def show(svc: Service, run: RunPublic, key: str) -> bool:
+    """The run's cells with their output; False (nothing drawn) for a file without cells."""
+    if run.cells is None and not run.code_sha:
+        return False
+    try:
+        cells = svc.run_cells(run.id)
+    except TaskRunError as exc:
+        st.error(str(exc), icon="⚠️")
+        return True
+    if len(cells) < 2 and run.cells is None:
+        return False
+    lines = _code_lines(svc, run)
+    for cell in cells:
+        failed = cell["status"] in ("failed", "timed_out", "cancelled", "lost")
+        current = cell["status"] == "running"
+        with st.expander(_label(cell), expanded=failed or current):
+            if lines and cell.get("line"):
+                first = cell["line"] - 1
+                end = cell.get("end_line") or len(lines)
+                body = lines[first:end]
+                shown = body[:SOURCE_LINES + 1]
+                st.code("\n".join(shown) + ("\n…" if len(body) > len(shown) else ""),
+                        language="python")
+            if failed:
+                st.error(f"The run stopped in this cell ({cell['status'].replace('_', ' ')}).",
+                         icon="❌")
+            if current:
+                st.info("Running now: its output grows below.", icon="▶️")
+            out = _output(svc, run, cell)
+            if cell["status"] == "not_run":
+                st.caption("Not run: an earlier cell ended the run.")
+            else:
+                st.code(out or "(no output)", language="text")
+    return True
+
+
+def durations(svc: Service, run: RunPublic, key: str) -> None:
+    """Where the time went: each cell's duration beside its median in earlier good runs."""
+    cells = [c for c in svc.run_cells(run.id) if c["duration"] is not None]
+    if len(cells) < 2:
+        return
+    medians = svc.cell_medians(run.task, before=run.id)
+    frame = pd.DataFrame([{"cell": cell_key(c), "this run": c["duration"],
+                           "median": medians.get(cell_key(c))} for c in cells])
+    figure = go.Figure([go.Bar(name=f"run #{run.id}", x=frame["cell"], y=frame["this run"])])
+    if frame["median"].notna().any():
+        figure.add_bar(name="median of earlier good runs", x=frame["cell"], y=frame["median"])
+    figure.update_layout(barmode="group", title="Cell durations (s)", height=300,
+                         margin=dict(t=40, b=20, l=20, r=20))
+    st.plotly_chart(figure, key=f"{key}_cell_durations")

@@ -1,0 +1,235 @@
+"""Notebook-style runs: a task file in ``# %%`` cells, run cell by cell.
+
+Run as ``python -u <this file> <record> <script>`` (a cold run), or loaded by a warm
+run's fork (``zygote_main``). Either way the script runs in one interpreter, in a
+``__main__`` set up as ``python script`` sets it up, its top-level statements in order
+and with one set of globals: exactly as it runs top to bottom. Around each cell one
+line of JSON goes to the record (a file of the run's own): where the cell's output
+starts in the log, when it started, how it ended and the process's peak memory by
+then. Tracebacks, exit codes and signals are the script's: this runner's own frames
+are left out of a traceback, ``SystemExit`` goes through, a signal kills the process
+as it would have. A file without a cell marker is not run through here at all.
+
+Standalone on purpose (the standard library only): the server imports ``split`` from
+it to show a version's cells, and a run pays for nothing else.
+"""
+
+import ast
+import io
+import json
+import os
+import re
+import sys
+import time
+import types
+from bisect import bisect_right
+
+# "# %%", "#%%", "# %% load orders", "# %% [markdown]": the percent format's markers
+# (VS Code, PyCharm, Spyder, Jupytext); "# %%%" is not one.
+MARKER = re.compile(r"#\s?%%(?!%)(.*)$")
+NEEDLE = b"%%"  # the server's cheap test: a file without it has no cells
+
+
+def _first_line(stmt: ast.stmt) -> int:
+    decorators = getattr(stmt, "decorator_list", None)
+    return decorators[0].lineno if decorators else stmt.lineno
+
+
+def _is_preamble(stmt: ast.stmt, position: int) -> bool:
+    """A docstring or a ``from __future__`` import: not a cell of its own."""
+    if isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__":
+        return True
+    return (position == 0 and isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str))
+
+
+def split(source: str, tree: ast.Module | None = None) -> list[dict]:
+    """The cells of ``source``: ``[{index, title, line, end_line, first, last}]``, where
+    ``first:last`` slices the module's top-level statements; ``[]`` without markers.
+
+    A marker is a comment line at the start of a line, outside every top-level
+    statement (so not inside a string or an indented block). Code before the first
+    marker is a cell only when it holds statements (a docstring, ``__future__``
+    imports, comments and the metadata block are not); so is any cell.
+    """
+    if tree is None:
+        tree = ast.parse(source)
+    body = tree.body
+    starts = [_first_line(s) for s in body]
+    lines = source.splitlines()
+    markers = []
+    for number, text in enumerate(lines, 1):
+        if not text.startswith("#"):
+            continue
+        match = MARKER.match(text)
+        if match is None:
+            continue
+        k = bisect_right(starts, number) - 1  # the last statement starting at or before it
+        if k >= 0 and body[k].end_lineno >= number:
+            continue  # inside a statement
+        markers.append((number, match.group(1).strip()))
+    if not markers:
+        return []
+    bounds = [(0, ""), *markers]  # (line after which the cell's statements start, title)
+    cells = []
+    carried = 0  # statements of a cell without code, run with the next one
+    k = 0
+    for j, (line, title) in enumerate(bounds):
+        end = bounds[j + 1][0] if j + 1 < len(bounds) else len(lines) + 1
+        first = k  # this cell's statements: first:k (with what an empty one before left)
+        while k < len(body) and starts[k] < end:
+            k += 1
+        own = [i for i in range(first, k) if not (j == 0 and _is_preamble(body[i], i))]
+        if not own:
+            continue
+        cells.append({"index": len(cells), "title": title,
+                      "line": line if j else starts[first], "end_line": end - 1,
+                      "first": carried, "last": k})
+        carried = k
+    if cells:
+        cells[-1]["end_line"] = len(lines)
+    return cells
+
+
+def future_flags(tree: ast.Module) -> int:
+    """The compiler flags of the module's ``from __future__`` imports, for every cell."""
+    import __future__
+    flags = 0
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__":
+            for alias in stmt.names:
+                feature = getattr(__future__, alias.name, None)
+                flags |= getattr(feature, "compiler_flag", 0)
+    return flags
+
+
+class Record:
+    """The run's cell record: one JSON line per event, appended; a write that fails
+    (a full disk) loses that event, never the run."""
+
+    def __init__(self, path: str):
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError:
+            self.fd = -1
+
+    def write(self, event: dict) -> None:
+        if self.fd >= 0:
+            try:
+                os.write(self.fd, (json.dumps(event) + "\n").encode())
+            except OSError:
+                pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _log_offset() -> int | None:
+    try:
+        return os.fstat(1).st_size
+    except OSError:
+        return None
+
+
+def _peak_rss() -> int | None:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _exit_status(exc: SystemExit) -> str:
+    code = exc.code
+    return "succeeded" if code is None or code == 0 else "failed"
+
+
+def run(script: str, record_path: str, namespace: dict) -> None:
+    """Run ``script`` in ``namespace`` cell by cell; what it raises goes to the caller."""
+    with io.open_code(script) as f:
+        source = f.read()
+    # The whole file first: its syntax errors are reported as the interpreter does.
+    whole = compile(source, script, "exec", dont_inherit=True)
+    tree = compile(source, script, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    cells = split(source.decode("utf-8", "replace"), tree)
+    if not cells:
+        exec(whole, namespace)
+        return
+    del whole
+    flags = future_flags(tree)
+    record = Record(record_path)
+    record.write({"cells": [{k: c[k] for k in ("index", "title", "line", "end_line")}
+                            for c in cells]})
+    for cell in cells:
+        module = ast.Module(body=tree.body[cell["first"]:cell["last"]], type_ignores=[])
+        code = compile(module, script, "exec", flags=flags, dont_inherit=True)
+        _flush()
+        record.write({"i": cell["index"], "start": time.time(), "offset": _log_offset()})
+        try:
+            exec(code, namespace)
+        except SystemExit as exc:
+            record.write({"i": cell["index"], "end": time.time(), "status": _exit_status(exc),
+                          "rss": _peak_rss()})
+            raise
+        except BaseException:
+            record.write({"i": cell["index"], "end": time.time(), "status": "failed",
+                          "rss": _peak_rss()})
+            raise
+        _flush()
+        record.write({"i": cell["index"], "end": time.time(), "status": "succeeded",
+                      "rss": _peak_rss()})
+
+
+def new_main(script: str) -> types.ModuleType:
+    """A ``__main__`` as ``python script`` makes it, registered in ``sys.modules``."""
+    import builtins
+    from importlib.machinery import SourceFileLoader
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__annotations__={}, __builtins__=builtins,
+                         __loader__=SourceFileLoader("__main__", script),
+                         __file__=script, __cached__=None)
+    sys.modules["__main__"] = main
+    return main
+
+
+def _script_traceback(script: str):
+    kind, value, tb = sys.exc_info()
+    while tb is not None and tb.tb_frame.f_code.co_filename != script:
+        tb = tb.tb_next
+    # (The hook prints the exception's own traceback, so that is the one cut.)
+    return kind, value.with_traceback(tb), tb
+
+
+def main() -> None:
+    record_path, script = sys.argv[1], sys.argv[2]
+    sys.argv = [script]
+    sys.path[0] = os.path.dirname(script)
+    namespace = new_main(script).__dict__
+    try:
+        run(script, record_path, namespace)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        import signal
+        import traceback
+        traceback.print_exception(*_script_traceback(script))
+        _flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        # As the interpreter reports an uncaught exception, from the script's own frames.
+        sys.excepthook(*_script_traceback(script))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
