@@ -200,6 +200,17 @@ except TaskRunError:  # pruned meanwhile
     _last = ss.editor_run_id = None
 following("editor_output_live", _last is not None and _last.status in ACTIVE, 0.5)(output)()
 
+_open = [g for g in svc.failure_groups(name) if not g["resolved"]]
+if _open:
+    with st.expander(f"⚠️ Open failures ({len(_open)}): causes seen since the task last "
+                     "succeeded"):
+        for g in _open:
+            what = (f"`{g['exception']}` at `{g['location']}` in `{g['function']}`"
+                    if g["exception"] else f"**{g['kind'].capitalize()}**")
+            runs_links = " ".join(f"[#{i}](/runs?run={i})" for i in g["runs"])
+            st.markdown(f"{what} · **{g['count']}** run(s) · last "
+                        f"{g['last_seen']:%Y-%m-%d %H:%M} UTC · {runs_links}")
+
 with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
     meta = task["metadata"] or {}
     with st.form("editor-settings"):

@@ -132,6 +132,19 @@ with history_tab:
                              "after": str(v["after"])}
                             for kind in ("params", "settings", "where")
                             for name, v in changed[kind].items()]
+                    env = changed["environment"]
+                    if env.get("python") and env["python"]["before"] != env["python"]["after"]:
+                        rows.append({"what": "python", "before": env["python"]["before"],
+                                     "after": env["python"]["after"]})
+                    rows += [{"what": f"package: {name}", "before": str(v["before"] or "–"),
+                              "after": str(v["after"] or "–")}
+                             for name, v in env.get("packages", {}).items()]
+                    rows += [{"what": f"variable: {name}",
+                              "before": "–" if v == "changed" else str(v["before"]),
+                              "after": "changed" if v == "changed" else str(v["after"])}
+                             for name, v in env.get("variables", {}).items()]
+                    rows += [{"what": f"secret: {name}", "before": "–", "after": how}
+                             for name, how in env["secrets"].items()]
                     for name in ("duration", "peak_rss"):
                         m = changed[name]
                         rows.append({"what": name, "before": str(m["before"]),

@@ -2,9 +2,11 @@
 
 "What changed since it last worked?": the code (a unified diff of the two
 recorded versions), the params, the task's settings (its metadata block), the
-duration and peak memory (with ratios), where it ran and its upstream run.
-Values are taken from the run records and the recorded versions only: a secret's
-value is never in either (a task lists secret *names*; values live in the vault).
+duration and peak memory (with ratios), where it ran, its upstream run, and the
+environment (interpreter, installed packages, base variables, secrets).
+Values are taken from the run records, the recorded versions and environments only:
+a secret's value is never in any of them (a task lists secret *names*; values live
+in the vault; a run records a keyed hash of each, enough to say "changed").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import metadata, versions
+from . import environments, metadata, versions
 from .db import Database
 from .errors import NotFound
 from .history import find_run
@@ -86,6 +88,36 @@ def diff(db: Database, run_id: int, against: int | None = None) -> dict[str, Any
         "where": _changes({"host": other.host, "launch": other.launch},
                           {"host": run.host, "launch": run.launch}),
         "upstream_run": {"before": other.upstream_run, "after": run.upstream_run},
-        "not_recorded": "the environment's values and installed packages are not yet "
-                        "recorded per run",
+        "environment": _environment(db, other, run),
     }
+
+
+def _values(variables: dict) -> dict:
+    """A recorded variable as a diff shows it: a marked value only as "(hidden)"."""
+    return {k: "(hidden)" if isinstance(v, str) and v.startswith("mark:") else v
+            for k, v in variables.items()}
+
+
+def _environment(db: Database, before: RunPublic, after: RunPublic) -> dict[str, Any]:
+    """Interpreter, installed packages, base variables and secrets: what differs.
+
+    A secret or a hidden variable whose value changed is listed as ``"changed"``: its
+    mark (a keyed hash) differs, its value is in neither record.
+    """
+    old, new = before.environment or {}, after.environment or {}
+    a, b = environments.get(db, old.get("id")), environments.get(db, new.get("id"))
+    out: dict[str, Any] = {"recorded": a is not None and b is not None,
+                           "changed": old.get("id") != new.get("id")}
+    if a is not None and b is not None:
+        out["python"] = {"before": a["python"], "after": b["python"]}
+        out["packages"] = _changes(a["packages"], b["packages"])
+        variables = _changes(a["variables"], b["variables"])
+        out["variables"] = {k: "changed" if str(v["before"]).startswith("mark:") and
+                            str(v["after"]).startswith("mark:") else _values(v)
+                            for k, v in variables.items()}
+    secrets_a, secrets_b = old.get("secrets") or {}, new.get("secrets") or {}
+    out["secrets"] = {name: ("added" if name not in secrets_a else "removed"
+                             if name not in secrets_b else "changed")
+                      for name in sorted(secrets_a.keys() | secrets_b.keys())
+                      if secrets_a.get(name) != secrets_b.get(name)}
+    return out

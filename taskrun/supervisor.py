@@ -50,6 +50,7 @@ from .automation import Automation
 from .backends import Launch
 from .backends.local import LocalBackend
 from .db import Database
+from .environments import Fingerprints
 from .errors import InvalidName, StorageUnavailable, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
@@ -137,6 +138,8 @@ class Supervisor:
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
         self.backend = LocalBackend(self.zygotes)  # where runs execute (``backends``)
+        self.environments = Fingerprints(db, self._base_env,
+                                         vault.marks if vault is not None else None)
         self._last_reap = 0.0
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
         self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
@@ -591,7 +594,10 @@ class Supervisor:
                         memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                         started_at=spawned_at,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
-                                 "b_spawned": spawned_at, "b_launch": launch})
+                                 "b_spawned": spawned_at, "b_launch": launch,
+                                 "b_env": {"id": self.environments.current(),
+                                           "secrets": self.vault.marks(secret_env)
+                                           if self.vault else {}}})
         self.start_watching(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 

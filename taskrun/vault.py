@@ -8,6 +8,8 @@ and the masker, which hides every stored value in the logs people read.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +60,7 @@ class Vault:
         self.db = db
         self._settings = settings
         self._fernet: Fernet | None = None
+        self._mark_key: bytes | None = None
         self._masker: tuple[tuple, Masker] | None = None
         self._lock = threading.Lock()
 
@@ -66,6 +69,18 @@ class Vault:
             master = keys.master_key(self._settings.home, self._settings.secret_key)
             self._fernet = Fernet(base64.urlsafe_b64encode(keys.derive(master, "secrets")))
         return self._fernet
+
+    def marks(self, values: dict[str, str]) -> dict[str, str]:
+        """A keyed hash of each value: two runs' marks differ when a secret's value
+        changed, and tell nothing of the value (not even a guess at a short one)."""
+        if not values:
+            return {}
+        if self._mark_key is None:
+            master = keys.master_key(self._settings.home, self._settings.secret_key)
+            self._mark_key = keys.derive(master, "secret-marks")
+        return {name: hmac.new(self._mark_key, f"{name}\0{value}".encode(),
+                               hashlib.sha256).hexdigest()[:16]
+                for name, value in sorted(values.items())}
 
     def set(self, name: str, value: str, task: str | None = None, actor: str | None = None) -> None:
         scope = _check(name, task)

@@ -41,7 +41,8 @@ _SPAWNED_VALUES = dict(
     started_at=sa.bindparam("b_spawned"), pid=sa.bindparam("b_pid"),
     code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
     spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
-    launch=sa.bindparam("b_launch"))
+    launch=sa.bindparam("b_launch"),
+    environment=sa.bindparam("b_env", type_=_T.c.environment.type))
 _SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(**_SPAWNED_VALUES))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from fastapi.testclient import TestClient
 
-from taskrun import failures
+from taskrun import environments, failures
 from taskrun.api import create_api
 
 ETL = '''
@@ -103,7 +105,9 @@ FileNotFoundError: [Errno 2] No such file: '/data/2026-01-02.csv'
         "run <id> at <hex>"
 
 
-def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir):
+def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setattr(environments, "TTL_S", 0.0)
     service.set_secret("DB_PASSWORD", "s3cret-value-981")
     block = ('# /// script\n# [tool.taskrun]\n# secrets = ["DB_PASSWORD"]\n'
              '# [tool.taskrun.params]\n# n = { type = "int", default = 1 }\n# ///\n')
@@ -111,6 +115,11 @@ def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir):
     path.write_text(block + "import os\nprint(os.environ['DB_PASSWORD'])\nrows = 10\n")
     good = service.wait(service.submit("load", {"n": 1}).id, 30)
     assert good.status == "succeeded"
+    # Meanwhile: a package is installed and the secret's value changes.
+    site = tmp_path / "site"
+    (site / "tablib_extra-2.1.0.dist-info").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    service.set_secret("DB_PASSWORD", "s3cret-value-982")
     path.write_text(block.replace("default = 1", "default = 5")
                     + "import os\nprint(os.environ['DB_PASSWORD'])\nrows = 10 / 0\n")
     bad = service.wait(service.submit("load", {"n": 2}).id, 30)
@@ -122,6 +131,11 @@ def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir):
     assert changed["params"] == {"n": {"before": "1", "after": "2"}}
     assert changed["settings"]["params"]["after"]["n"]["default"] == 5
     assert changed["duration"]["before"] is not None
+    env = changed["environment"]
+    assert env["recorded"] and env["changed"]
+    assert env["packages"] == {"tablib-extra": {"before": None, "after": "2.1.0"}}
+    assert env["secrets"] == {"DB_PASSWORD": "changed"} and env["variables"] == {}
+    assert env["python"]["before"] == env["python"]["after"]
     with TestClient(create_api(lambda: service)) as client:
         body = client.get(f"/tasks/runs/{bad.id}/diff").text
         assert client.get(f"/tasks/runs/{bad.id}/diff", params={"against": str(bad.id)}
@@ -129,4 +143,4 @@ def test_a_failed_run_is_diffed_against_the_last_good_one(service, tasks_dir):
         assert client.get(f"/tasks/runs/{good.id}/diff").status_code == 404  # none before
         assert client.get(f"/tasks/runs/{bad.id}/diff",
                           params={"against": "x"}).status_code == 422
-    assert "s3cret-value-981" not in body
+    assert "s3cret-value-981" not in body and "s3cret-value-982" not in body

@@ -289,3 +289,7 @@ def test_a_run_in_cells_shows_each_cells_output_under_its_code(env, write_task):
     at = goto(at, "editor", task="nb")
     assert "The run stopped in this cell (failed)." in texts(at)
     assert any(e.label.startswith("❌ [3] fail") for e in at.expander)
+    # ...and its open failure groups.
+    assert any(e.label.startswith("⚠️ Open failures (1)") for e in at.expander)
+    assert "`TypeError` at `nb.py:" in texts(at) and f"[#{run.id}](/runs?run={run.id})" in \
+        texts(at)
