@@ -105,9 +105,18 @@ def future_flags(tree: ast.Module) -> int:
 
 class Record:
     """The run's cell record: one JSON line per event, appended; a write that fails
-    (a full disk) loses that event, never the run."""
+    (a full disk) loses that event, never the run.
+
+    ``stream:<nonce>`` (a run on a cluster, whose log is all that comes back) writes
+    each event into the output instead, as a control record the service takes out
+    and files at the place in the log it came in (``backends.ray_entry``).
+    """
 
     def __init__(self, path: str):
+        self.prefix = ""
+        if path.startswith("stream:"):
+            self.fd, self.prefix = 1, f"\x1e{path[7:]} cell "
+            return
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError:
@@ -116,7 +125,7 @@ class Record:
     def write(self, event: dict) -> None:
         if self.fd >= 0:
             try:
-                os.write(self.fd, (json.dumps(event) + "\n").encode())
+                os.write(self.fd, (self.prefix + json.dumps(event) + "\n").encode())
             except OSError:
                 pass
 

@@ -48,7 +48,7 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     for key in _TIMES:
         if run[key] is not None:
             run[key] = datetime.fromisoformat(run[key]).replace(tzinfo=UTC)
-    for key in ("params", "failure", "cells"):
+    for key in ("params", "failure", "cells", "environment", "placement"):
         run[key] = json.loads(run[key]) if run[key] else run[key]
     run["followed_up"] = bool(run["followed_up"])
     run["duration"] = None

@@ -25,11 +25,13 @@ PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
               "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
-              "after", "after_on", "launch", "preload"}
+              "after", "after_on", "launch", "preload", "backend", "resources"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
 LAUNCH = ("cold", "warm")
+BACKENDS = ("local", "ray")
+RESOURCE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # an environment name, <= 64
 # Letters, digits, '_' and '-', 1-64 characters, starting with a letter or digit.
@@ -73,6 +75,9 @@ class TaskMeta:
     after_on: str = "success"
     launch: str = "cold"  # "warm": fork from a zygote with ``preload`` imported
     preload: tuple[str, ...] = ()
+    backend: str | None = None  # "local" or "ray"; None: the server's TASKRUN_BACKEND
+    # What a run needs of a cluster node: num_cpus, memory_mb, num_gpus, custom names
+    resources: tuple[tuple[str, float], ...] = ()
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,6 +106,8 @@ class TaskMeta:
             "after_on": self.after_on,
             "launch": self.launch,
             "preload": list(self.preload),
+            "backend": self.backend,
+            "resources": dict(self.resources),
         }
 
 
@@ -269,7 +276,33 @@ def _automation(conf: dict) -> dict[str, Any]:
         "notify": _choice(conf, "notify", NOTIFY),
         "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
         "launch": _choice(conf, "launch", LAUNCH), "preload": tuple(preload),
+        "backend": _backend(conf), "resources": _resources(conf),
     }
+
+
+def _backend(conf: dict) -> str | None:
+    value = conf.get("backend")
+    if value is not None and value not in BACKENDS:
+        raise InvalidMetadata(f"backend must be one of {', '.join(BACKENDS)}")
+    return value
+
+
+def _resources(conf: dict) -> tuple[tuple[str, float], ...]:
+    """``[tool.taskrun.resources]``: what a run needs of the node it runs on."""
+    table = conf.get("resources", {})
+    if not isinstance(table, dict):
+        raise InvalidMetadata("resources must be a table, e.g. { num_cpus = 2, memory_mb = 4096 }")
+    out = []
+    for name, value in table.items():
+        if not isinstance(name, str) or not RESOURCE_RE.match(name):
+            raise InvalidMetadata(f"resource name {str(name)[:80]!r} is not valid")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not \
+                0 <= value <= 1e12:
+            raise InvalidMetadata(f"resource {name} must be a non-negative number")
+        if name == "memory_mb" and not value > 0:
+            raise InvalidMetadata("resources.memory_mb must be positive")
+        out.append((name, float(value)))
+    return tuple(sorted(out))
 
 
 def check_timezone(name: Any) -> str:

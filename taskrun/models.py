@@ -99,6 +99,9 @@ class RunBase(SQLModel):
     # What the run got beyond its code: {"id": its Environment, "secrets": {name: mark}}
     # (a mark is a keyed hash of the value: it tells a changed value, never the value).
     environment: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    backend: str | None = Field(default=None, max_length=16)  # where it ran: local, ray
+    # A Ray run: {"job": submission id, "address", "node", "node_id", "dashboard": link}
+    placement: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(RunBase, table=True):

@@ -51,7 +51,9 @@ def recover(sup: Supervisor) -> None:
             continue
         if run.owner and owner_lock.is_held():
             continue  # its supervisor is alive
-        if procs.is_same_process(run.pid, run.pid_created):
+        if run.backend == "ray":
+            _adopt_remote(sup, run)  # its job may well be running still: the cluster says
+        elif procs.is_same_process(run.pid, run.pid_created):
             _adopt(sup, run)
         else:
             # running -> lost: the server died and took no record of the end.
@@ -79,6 +81,10 @@ def _heal(sup: Supervisor, runs: list[Run]) -> None:
     for run in runs:
         if run.id not in orphans:
             continue
+        if run.backend == "ray":
+            log.error("run %d of %s had no watcher; following its job again", run.id, run.task)
+            _adopt_remote(sup, run, taken=True)
+            continue
         if procs.is_same_process(run.pid, run.pid_created):
             log.error("run %d of %s had no watcher; watching it again", run.id, run.task)
             _adopt(sup, run, taken=True)
@@ -94,6 +100,44 @@ def _heal(sup: Supervisor, runs: list[Run]) -> None:
         log.error("run %d of %s had no watcher and no process: marked lost", run.id,
                   run.task)
         sup.notify_finished()
+
+
+def _take(sup: Supervisor, run: Run) -> bool:
+    """The run becomes this supervisor's, unless another one took it first."""
+    with sup.db.begin() as c:
+        return c.execute(sa.update(Run).where(
+            Run.id == run.id, Run.status == RunStatus.RUNNING,
+            Run.owner == run.owner).values(owner=sup.owner)).rowcount == 1
+
+
+def _adopt_remote(sup: Supervisor, run: Run, taken: bool = False) -> None:
+    """Follow again the job of a run on a cluster, to its true end (``watch_remote``)."""
+    job = (run.placement or {}).get("job")
+    if not sup.settings.ray_address or not job:
+        why = ("TASKRUN_RAY_ADDRESS is not set on this server" if job else
+               "its job was not recorded")
+        _mark_lost(sup, run, f"The server restarted while this run was on the Ray cluster, "
+                             f"and {why}: its outcome is unknown.")
+        return
+    if not taken and not _take(sup, run):
+        return
+    held = []
+    if run.concurrency != Concurrency.PARALLEL:
+        fd = sup.locks.acquire_task(run.task, run.id)
+        if fd is not None:
+            held.append(fd)  # this host's launches of the task wait, as for a local run
+    started = run.started_at or utcnow()
+    left = (started + timedelta(seconds=run.timeout) - datetime.now(UTC)).total_seconds()
+    active = Active(run_id=run.id, task=run.task, pid=0,
+                    deadline=time.monotonic() + left, timeout=run.timeout,
+                    # (this server's own log of it: another host's path means nothing here)
+                    log_path=sup.settings.run_logs_dir / logs.log_name(run.task, run.id),
+                    progress_path=sup.progress_dir / f"{run.id}.progress",
+                    cells_path=cells.record_path(sup.settings.home, run.id),
+                    key="", backend="ray", job=job, held_fds=held, holds_lock=False,
+                    started_at=run.started_at)
+    sup.start_watching(active)
+    log.warning("run %d of %s adopted after a restart (Ray job %s)", run.id, run.task, job)
 
 
 def _adopt(sup: Supervisor, run: Run, taken: bool = False) -> None:

@@ -250,6 +250,21 @@ SETTINGS: tuple[Setting, ...] = (
             "How runs start: `auto` (warm for tasks with `launch = \"warm\"`, else a new "
             "interpreter), `warm` (every task from a zygote) or `cold` (never warm).",
             _launch_mode, "auto, warm or cold"),
+    Setting("TASKRUN_BACKEND", "local",
+            "Where runs of tasks that do not name a `backend` execute: `local` (a process "
+            "of this server) or `ray` (a job on the Ray cluster at `TASKRUN_RAY_ADDRESS`).",
+            _one_of("local", "ray"), "local or ray"),
+    Setting("TASKRUN_RAY_ADDRESS", "",
+            "The Ray cluster's Jobs API (its dashboard address, e.g. "
+            "`http://127.0.0.1:8265`); needed by any task run on `ray`.",
+            _optional_url, "an http(s) URL or empty"),
+    Setting("TASKRUN_RAY_PYTHON", "python",
+            "The interpreter a Ray run's entrypoint starts on the node (found on the "
+            "node's PATH, or a full path).", str, "a command"),
+    Setting("TASKRUN_RAY_MAX_CONCURRENCY", "4",
+            "Runs this server keeps on the Ray cluster at once (the cluster's capacity, not "
+            "this host's): further Ray runs wait queued.", _positive_int,
+            "a positive integer"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -296,6 +311,10 @@ class Settings:
     smtp_url: str
     smtp_from: str
     launch: str
+    backend: str = "local"
+    ray_address: str = ""
+    ray_python: str = "python"
+    ray_max_concurrency: int = 4
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property  # (a launch asks for several of these paths)

@@ -20,6 +20,8 @@ in ``service``):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -36,6 +38,7 @@ import sqlalchemy as sa
 
 from . import (
     cells,
+    keys,
     logs,
     metadata,
     procs,
@@ -45,6 +48,7 @@ from . import (
     retention,
     versions,
     watch,
+    watch_remote,
 )
 from .automation import Automation
 from .backends import Launch
@@ -134,6 +138,9 @@ class Supervisor:
         self._last_cancels = float("-inf")
         self._last_prune = float("-inf")
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
+        self._ray = None  # the Ray cluster's client (``ray_backend``)
+        # Whether runs may go to a cluster at all: else nothing here counts them.
+        self._ray_used = bool(settings.ray_address) or settings.backend == "ray"
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
@@ -308,23 +315,30 @@ class Supervisor:
 
     def _start_what_fits(self) -> int:
         started = 0
-        while not self._stopping:
-            try:
-                slot_fd = self.locks.acquire_slot()
-            except StorageUnavailable as exc:
-                # Nothing can start until the data dir takes writes again; health says
-                # why, and the next step looks again.
-                if self.storage_problem is None:
-                    log.error("runs cannot start: %s", exc)
-                self.storage_problem = (time.time(), str(exc))
-                break
-            if slot_fd is None:
-                self.backlog = True  # (whether anything is queued was not asked)
-                break
-            if not self._start_next(slot_fd):
+        slot_fd = None
+        try:
+            while not self._stopping:
+                if slot_fd is None:
+                    try:
+                        slot_fd = self.locks.acquire_slot()
+                    except StorageUnavailable as exc:
+                        # Nothing can start until the data dir takes writes again;
+                        # health says why, and the next step looks again.
+                        if self.storage_problem is None:
+                            log.error("runs cannot start: %s", exc)
+                        self.storage_problem = (time.time(), str(exc))
+                        break
+                if slot_fd is None:
+                    self.backlog = True  # (whether anything is queued was not asked)
+                    if not self._ray_room():
+                        break  # (a run on the cluster needs no slot of this host)
+                started_one, slot_fd = self._start_next(slot_fd)
+                if not started_one:
+                    break
+                started += 1
+        finally:
+            if slot_fd is not None:
                 os.close(slot_fd)
-                break
-            started += 1
         return started
 
     def start_now(self) -> None:
@@ -351,10 +365,50 @@ class Supervisor:
 
     def _slots_all_ours(self) -> bool:
         """Every slot is held by a process of ours still running: trying the slot files
-        (two failed open+flock per submit while runs wait) can only fail."""
+        (two failed open+flock per submit while runs wait) can only fail; unless a run
+        on the cluster (which needs no slot here) may start."""
         with self._lock:
-            running = sum(1 for a in self.active.values() if a.exited_at is None)
-        return running >= self.settings.max_concurrency
+            running = sum(1 for a in self.active.values()
+                          if a.exited_at is None and a.backend == "local")
+        return running >= self.settings.max_concurrency and not self._ray_room()
+
+    # ---- runs on a cluster (``backends.ray``, ``watch_remote``) -----------
+
+    def backend_of(self, task: str) -> str:
+        """Where the task's runs execute: its ``backend``, else TASKRUN_BACKEND."""
+        try:
+            meta = self.store.info(task).meta
+        except Exception:
+            meta = None
+        return (meta.backend if meta is not None else None) or self.settings.backend
+
+    def _ray_room(self) -> bool:
+        if not self._ray_used:
+            return False
+        with self._lock:
+            running = sum(1 for a in self.active.values() if a.backend == "ray")
+        return running < self.settings.ray_max_concurrency
+
+    def ray_backend(self):
+        """The Ray cluster's client, made on first use (Ray is imported then)."""
+        if self._ray is None:
+            from .backends.ray import RayBackend
+            self._ray = RayBackend(self.settings.ray_address, self.settings.ray_python)
+        return self._ray
+
+    def _ray_key(self, purpose: str) -> str:
+        master = keys.master_key(self.settings.home, self.settings.secret_key)
+        return hmac.new(keys.derive(master, "ray"), purpose.encode(),
+                        hashlib.sha256).hexdigest()
+
+    def ray_job(self, run_id: int) -> str:
+        """The run's submission id: the same from every server of this service (they
+        share the secret key), different from another service's on the same cluster."""
+        return f"taskrun-{self._ray_key('jobs')[:10]}-{run_id}"
+
+    def ray_nonce(self, run_id: int) -> str:
+        """The tag of the control records in a run's output (``backends.ray_entry``)."""
+        return self._ray_key(f"nonce:{run_id}")[:16]
 
     def reserve(self, task: str, concurrency: Concurrency) -> tuple[int, int | None] | None:
         """A slot (and the task's lock unless it runs in parallel) for a local submit.
@@ -364,6 +418,7 @@ class Supervisor:
         ``launch_reserved`` or ``release``; None when anything is not free.
         """
         if self._stopping or self.claim_only is not None or self._slots_all_ours() or \
+                (self._ray_used and self.backend_of(task) == "ray") or \
                 not self._launching.acquire(blocking=False):
             return None
         slot_fd = task_fd = None
@@ -417,26 +472,34 @@ class Supervisor:
         for run_id, by in rows:
             self.cancel_local(run_id, by)
 
-    def _start_next(self, slot_fd: int) -> bool:
-        """Claim the next queued run that can start and launch it on ``slot_fd``.
+    def _start_next(self, slot_fd: int | None) -> tuple[bool, int | None]:
+        """Claim the next queued run that can start and launch it: on ``slot_fd`` (a
+        local run; None: none is free) or on the cluster (which needs none). Returns
+        (whether one started, the slot still ours to use or give back).
 
         The slot is ours to give back until ``_launch`` takes it: whatever fails before
         that (a read, a lock file, a claim the storage refuses) must not keep it, or
         every later run would wait for a restart.
         """
         try:
-            picked = self._claim_next()
+            picked = self._claim_next(local=slot_fd is not None)
         except BaseException:
-            os.close(slot_fd)
+            if slot_fd is not None:
+                os.close(slot_fd)
             raise
         if picked is None:
-            return False
-        run, claimed, task_fd = picked
+            return False, slot_fd
+        run, claimed, task_fd, backend = picked
+        if backend == "ray":
+            self._launch(run, claimed, None, task_fd, backend)
+            return True, slot_fd
         self._launch(run, claimed, slot_fd, task_fd)
-        return True
+        return True, None
 
-    def _claim_next(self) -> tuple[SimpleNamespace, SimpleNamespace, int | None] | None:
-        """(run, claim, the task's lock fd) of the next run claimed here, or None."""
+    def _claim_next(self, local: bool = True
+                    ) -> tuple[SimpleNamespace, SimpleNamespace, int | None, str] | None:
+        """(run, claim, the task's lock fd, its backend) of the next run claimed here, or
+        None. ``local``: a slot of this host is free (else only cluster runs can start)."""
         if self.claim_only is not None and not self.claim_only:
             return None
         # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
@@ -450,10 +513,16 @@ class Supervisor:
         busy: set[str] = set()
         # Left behind: runs waiting for their task's lock (or a retry of the claim).
         self.backlog = bool(candidates)
+        ray_room = self._ray_room()
         for row in candidates:
             run_id, task, concurrency = row[0], row[1], row[2]
             if task in busy:
                 continue  # keep FIFO order within a task
+            backend = self.backend_of(task)
+            # (a run for a cluster that is not configured is claimed, to fail saying so)
+            if not ((ray_room or not self._ray_used) if backend == "ray" else local):
+                busy.add(task)
+                continue  # no room where it runs; others may fit elsewhere
             task_fd = None
             if concurrency != Concurrency.PARALLEL:
                 task_fd = self.locks.acquire_task(task, run_id)
@@ -463,7 +532,9 @@ class Supervisor:
             # queued -> running: the compare-and-set that makes a claim exclusive.
             try:
                 with self.db.begin_fast() as c:
-                    if task_fd is not None and not self.db.is_sqlite \
+                    # A run on a cluster holds no lock of this host while it runs: the
+                    # database says whether one is running (after a crash, say).
+                    if task_fd is not None and (not self.db.is_sqlite or self._ray_used) \
                             and queueing.task_running_elsewhere(c, task, self.owner):
                         claimed, busy_elsewhere = None, True
                     else:
@@ -484,14 +555,16 @@ class Supervisor:
                 continue
             run = SimpleNamespace(id=run_id, task=task, concurrency=concurrency,
                                   timeout=row[3], trigger=row[4])
-            return run, SimpleNamespace(**claimed), task_fd
+            return run, SimpleNamespace(**claimed), task_fd, backend
         return None
 
     # ---- launching -------------------------------------------------------
 
-    def _launch(self, run, claimed, slot_fd: int, task_fd: int | None) -> None:
+    def _launch(self, run, claimed, slot_fd: int | None, task_fd: int | None,
+                backend: str = "local") -> None:
         params = claimed.params or {}
-        fds = [slot_fd] + ([task_fd] if task_fd is not None else [])
+        fds = ([slot_fd] if slot_fd is not None else []) + \
+            ([task_fd] if task_fd is not None else [])
         try:
             path = self.store.path(run.task)
             data = path.read_bytes()
@@ -539,8 +612,10 @@ class Supervisor:
             mode = self.settings.launch
             warm = mode == "warm" or (mode == "auto" and meta is not None and meta.launch == "warm")
             preload = meta.preload if meta else ()
+            resources = dict(meta.resources) if meta else {}
         except Exception:
             meta_env, limits, wanted, warm, preload = {}, (None, None), (), False, ()
+            resources = {}
         problem = None
         try:
             secret_env, missing = self.vault.resolve(run.task, wanted) if self.vault \
@@ -554,6 +629,11 @@ class Supervisor:
             for fd in fds:
                 os.close(fd)
             self._finish_unstarted(run.id, f"Could not start: {problem}.")
+            return
+        if backend == "ray":
+            # Not this server's environment: the node's own, plus what the run gets.
+            self._launch_remote(run, data, sha, fds, log_path, progress_path, cell_record,
+                                {**meta_env, **secret_env, **extra}, secret_env, resources)
             return
         env = {**self._base_env, **meta_env, **secret_env, **extra}
         try:
@@ -601,6 +681,40 @@ class Supervisor:
         self.start_watching(active)
         log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
+    def _launch_remote(self, run, data: bytes, sha: str, fds: list[int], log_path: Path,
+                       progress_path: Path, cell_record: Path | None, env: dict[str, str],
+                       secret_env: dict[str, str], resources: dict[str, float]) -> None:
+        """Hand a run to its watcher, which submits it to the cluster (off this thread:
+        a slow cluster must not hold up other launches). The task's lock, if any, is
+        held here while the job runs."""
+        from .backends.ray import Submission
+
+        try:
+            self.ray_backend()
+            log_fd = self.log_files.open(log_path)  # (readers see the run has a log)
+            os.close(log_fd)
+        except (TaskRunError, OSError) as exc:
+            for fd in fds:
+                os.close(fd)
+            self._finish_unstarted(run.id, f"Could not start: {exc}.")
+            return
+        job = self.ray_job(run.id)
+        submission = Submission(job=job, task=run.task, code=data, env=env,
+                                nonce=self.ray_nonce(run.id), cells=cell_record is not None,
+                                grace=self.settings.kill_grace, resources=resources,
+                                metadata={"taskrun_run": str(run.id), "taskrun_task": run.task})
+        now = utcnow()
+        active = Active(run_id=run.id, task=run.task, pid=0,
+                        deadline=time.monotonic() + run.timeout, timeout=run.timeout,
+                        log_path=log_path, progress_path=progress_path, key="",
+                        cells_path=cell_record, backend="ray", job=job, submission=submission,
+                        held_fds=fds, holds_lock=False, started_at=now,
+                        spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
+                                 "b_env": {"id": self.environments.current(),
+                                           "secrets": self.vault.marks(secret_env)
+                                           if self.vault else {}}})
+        self.start_watching(active)
+
     def _finish_unstarted(self, run_id: int, error: str) -> None:
         # running -> failed: it was claimed but no process could be started. Its lock
         # and slot are free already; if the storage refuses even this write, the run
@@ -630,6 +744,11 @@ class Supervisor:
 
     def start_watching(self, active: Active) -> None:
         active.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        if active.backend != "local":  # on a cluster: no process here to open
+            with self._lock:
+                self.active[active.run_id] = active
+            self.watchers.submit(partial(watch_remote.run, self, active))
+            return
         try:
             active.pidfd = os.pidfd_open(active.pid)
         except ProcessLookupError:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -85,6 +85,10 @@ class Active:
     progress_path: Path
     key: str
     cells_path: Path | None = None  # the record of a file in cells
+    backend: str = "local"  # where it executes: "local" (a process here) or "ray"
+    job: str | None = None  # its job on the cluster (a remote run)
+    submission: Any = None  # what to submit, until the watcher has (a remote run)
+    held_fds: list[int] = field(default_factory=list)  # locks this server holds for it
     # None when adopted after a restart (not our child); a WarmChild when forked warm
     popen: subprocess.Popen | WarmChild | None = None
     wake_fd: int = -1
@@ -158,6 +162,7 @@ def _done(sup: Supervisor, a: Active) -> None:
     _remove(a.progress_path)
     if a.cells_path is not None:
         _remove(a.cells_path)
+    _close_held(a)
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
@@ -182,8 +187,18 @@ def _release(sup: Supervisor, a: Active) -> None:
     _remove(a.progress_path)
     if a.cells_path is not None:
         _remove(a.cells_path)
+    _close_held(a)
     if isinstance(a.popen, WarmChild):
         a.popen.close()
+
+
+def _close_held(a: Active) -> None:
+    for fd in a.held_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    a.held_fds = []
 
 
 def _remove(path: Path) -> None:
@@ -388,6 +403,8 @@ def request_cancel(sup: Supervisor, a: Active, by: str, reason: str) -> None:
 
 def terminate(sup: Supervisor, a: Active, status: RunStatus, by: str, error: str) -> None:
     """SIGTERM to the process group and every process of the run, SIGKILL after the grace."""
+    if a.pid <= 0:
+        return
     a.kill_reason, a.kill_by, a.kill_error = status, by, error
     a.doomed = a.known_pids | procs.descendants(a.pid) | procs.pids_with_marker(a.key)
     a.doomed.discard(os.getpid())
@@ -398,6 +415,8 @@ def terminate(sup: Supervisor, a: Active, status: RunStatus, by: str, error: str
              len(a.doomed | {a.pid}))
 
 def kill_hard(sup: Supervisor, a: Active) -> None:
+    if a.pid <= 0:
+        return  # a run on a cluster: no process here (``watch_remote`` stops it)
     a.doomed |= procs.descendants(a.pid) | procs.pids_with_marker(a.key)
     a.doomed.discard(os.getpid())
     procs.signal_group(a.pid, signal.SIGKILL)

@@ -360,6 +360,64 @@ def test_runs_page_filters_opens_a_log_and_downloads_it(page, server, tmp_path):
     assert target.read_bytes() == on_disk.read_bytes()
 
 
+NOTEBOOK = '''# /// script
+# [tool.taskrun]
+# description = "A task in cells"
+# ///
+# %% load
+rows = [3, 4]
+print("loaded", len(rows))
+# %% work
+print("total", sum(rows))
+# %% check
+assert sum(rows) < {limit}, "too many rows"
+print("checked")
+'''
+
+
+def wait_run(server, run_id: int) -> dict:
+    for _ in range(300):
+        _, run = server.json("GET", f"/api/tasks/runs/{run_id}")
+        if run["status"] not in ("queued", "running"):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not end")
+
+
+def test_a_run_in_cells_its_failure_group_and_what_changed(page, server):
+    path = Path(server.env["TASKRUN_TASKS_DIR"]) / "notebook.py"
+    path.write_text(NOTEBOOK.format(limit=100))
+    _, good = server.json("POST", "/api/tasks/notebook/execute", {})
+    assert wait_run(server, good["run_id"])["status"] == "succeeded"
+    path.write_text(NOTEBOOK.format(limit=5))
+    _, bad = server.json("POST", "/api/tasks/notebook/execute", {})
+    assert wait_run(server, bad["run_id"])["status"] == "failed"
+
+    # The Editor: the last run's output under each cell, the failed cell open.
+    open_page(page, server, "editor?task=notebook")
+    failed = page.get_by_test_id("stExpander").filter(has_text="[2] check")
+    expect(failed.get_by_text("The run stopped in this cell (failed).")).to_be_visible()
+    expect(failed.get_by_text("AssertionError: too many rows")).to_be_visible()
+    work = page.get_by_test_id("stExpander").filter(has_text="[1] work")
+    expect(work.get_by_text("total 7")).to_be_hidden()  # a cell that succeeded is closed
+    work.get_by_text("[1] work").click()
+    expect(work.get_by_text("total 7")).to_be_visible()
+    shot(page, "editor-cells")
+
+    # The Failures view lists the group; the diff opens from the failed run.
+    open_page(page, server, "runs")
+    page.get_by_role("tab", name="Failures").click()
+    expect(page.get_by_text(re.compile(r"AssertionError.*notebook\.py:"))).to_be_visible()
+    expect(page.get_by_role("link", name=f"#{bad['run_id']}").first).to_be_visible()
+    shot(page, "failures")
+    open_page(page, server, f"runs?run={bad['run_id']}")
+    expect(page.get_by_text("Output by cell")).to_be_visible()
+    page.get_by_text("What changed since it last worked?").click()
+    expect(page.get_by_text(f"Compared with run #{good['run_id']}")).to_be_visible()
+    expect(page.get_by_text("+assert sum(rows) < 5")).to_be_visible()
+    shot(page, "run-diff")
+
+
 def test_system_page_charts_render_and_update(page, server):
     open_page(page, server, "system")
     chart = page.locator(".js-plotly-plot").first
