@@ -101,6 +101,12 @@ class NotReady(TaskRunError):
     http_status = 503
 
 
+class ClusterUnavailable(TaskRunError):
+    """The cluster a run goes to (Ray) does not answer: nothing was queued."""
+
+    http_status = 503
+
+
 class StorageUnavailable(TaskRunError):
     """A write the service cannot make now: a full disk, a read-only or broken data
     dir, a database locked past its busy timeout. Nothing was changed; try again."""

@@ -42,6 +42,7 @@ from .errors import (
     NotFound,
     StorageUnavailable,
     TaskBusy,
+    TaskRunError,
 )
 from .history import MAX_PAGE, RunFilter, find_run
 from .locks import Locks
@@ -304,6 +305,8 @@ class Service:
             raise InvalidParams("params must be an object of name: value")
         values = metadata.resolve_params(meta, params)
         sup = self.supervisor
+        if sup is not None and sup.backend_of(task) == "ray":
+            sup.check_cluster()  # a cluster that does not answer: said now, nothing queued
         # With a slot and the task's lock in hand, the run is inserted claimed and
         # started right here (when nothing else waits); otherwise it is queued.
         reservation = sup.reserve(task, meta.concurrency) if sup else None
@@ -686,9 +689,25 @@ class Service:
                 checks["replicas"] = replicas.live_count(self.db, self.settings.lease_seconds)
             except Exception:  # the listing is information, never a reason to be down
                 pass
+        cluster = self._cluster_check()
+        if cluster is not None:
+            checks["ray"] = cluster
         ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
-        status = "unavailable" if not ok else "degraded" if problems else "ok"
+        degraded = problems or (cluster is not None and not cluster["ok"])
+        status = "unavailable" if not ok else "degraded" if degraded else "ok"
         return {"status": status, "ok": ok, "checks": checks}
+
+    def _cluster_check(self) -> dict | None:
+        """Whether the Ray cluster answers, where runs may go to one (None otherwise)."""
+        sup = self.supervisor
+        if sup is None or not sup.ray_configured:
+            return None
+        try:
+            problem = sup.ray_backend().problem()
+        except TaskRunError as exc:
+            problem = str(exc)
+        return {"address": self.settings.ray_address, "ok": problem is None,
+                "problem": problem}
 
     def run_stats(self) -> dict:
         return history.run_stats(self.db)

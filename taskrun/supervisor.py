@@ -55,7 +55,7 @@ from .backends import Launch
 from .backends.local import LocalBackend
 from .db import Database
 from .environments import Fingerprints
-from .errors import InvalidName, StorageUnavailable, TaskRunError
+from .errors import ClusterUnavailable, InvalidName, StorageUnavailable, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
 from .models import Run, utcnow
@@ -382,6 +382,10 @@ class Supervisor:
             meta = None
         return (meta.backend if meta is not None else None) or self.settings.backend
 
+    @property
+    def ray_configured(self) -> bool:
+        return self._ray_used
+
     def _ray_room(self) -> bool:
         if not self._ray_used:
             return False
@@ -395,6 +399,12 @@ class Supervisor:
             from .backends.ray import RayBackend
             self._ray = RayBackend(self.settings.ray_address, self.settings.ray_python)
         return self._ray
+
+    def check_cluster(self) -> None:
+        """Refuse (503, saying why) when runs cannot go to the Ray cluster now."""
+        problem = self.ray_backend().problem()
+        if problem:
+            raise ClusterUnavailable(problem)
 
     def _ray_key(self, purpose: str) -> str:
         master = keys.master_key(self.settings.home, self.settings.secret_key)

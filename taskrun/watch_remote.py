@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from . import procs, watch
-from .backends.ray import ClusterUnavailable, JobState, LogSink
-from .errors import TaskRunError
+from .backends.ray import JobState, LogSink
+from .errors import ClusterUnavailable, TaskRunError
 from .models import Run, utcnow
 from .status import RunStatus
 from .watch import Active
@@ -100,7 +100,7 @@ def _follow(sup: Supervisor, a: Active
         return a.log_cap if a.log_cap is not None else settings.log_max_bytes
 
     def new_sink(skip: int) -> LogSink:
-        return LogSink(a.log_path, sup.ray_nonce(a.run_id), skip, cap,
+        return LogSink(a.log_path, a.job, sup.ray_nonce(a.run_id), skip, cap,
                        lambda c: watch._marker(a, c), a.cells_path, a.progress_path)
 
     sink = new_sink(skip)
@@ -140,7 +140,7 @@ def _follow(sup: Supervisor, a: Active
             sink.close()
             return None, sink, (RunStatus.LOST, f"The Ray cluster at {ray.address} no longer "
                                 f"knows job {a.job}; its outcome is unknown.")
-        if not placed and state.node_ip:
+        if not placed and state.node_id:
             placed = True
             _record(sup, a, placement=_placement(sup, a, node=state.node_ip,
                                                  node_id=state.node_id))
@@ -151,6 +151,7 @@ def _follow(sup: Supervisor, a: Active
             progress = watch.read_progress(sup, a)
             if progress:
                 _record(sup, a, **progress)
+        sink.release()
         if tail is None and state.node_id:
             tail = ray.follow(a.job, state.node_id, sink, seconds)
         elif tail is not None and not tail.is_alive() and sink.end is None and \
@@ -172,9 +173,12 @@ def _follow(sup: Supervisor, a: Active
 def _drain(a: Active, tail, sink: LogSink) -> None:
     """The job has ended: its log is complete once its entrypoint reported the end, or
     (stopped, killed, failed before the task ran) once nothing more comes for a while."""
-    give_up = time.monotonic() + TAIL_DRAIN_S
+    ended = time.monotonic()
+    give_up = ended + TAIL_DRAIN_S
     while tail.is_alive() and sink.end is None and time.monotonic() < give_up:
-        if time.monotonic() - tail.last_data > QUIET_S:
+        # Quiet since the end was seen (not since the last output: a task that slept
+        # before its last lines would have them cut off).
+        if time.monotonic() - max(tail.last_data, ended) > QUIET_S:
             break
         tail.join(0.05)
     tail.stop()

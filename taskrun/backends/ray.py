@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaskRunError
+from ..errors import ClusterUnavailable, TaskRunError
 from . import ray_entry
 
 log = logging.getLogger("taskrun.backends.ray")
@@ -45,12 +45,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 HEALTH_TTL_S = 5.0
 MAX_RECORD = 64 * 1024  # a control record is one short line; longer is task output
 REQUEST_TIMEOUT_S = 10.0
+HOLD_S = 1.0  # the longest the task's first output waits for Ray's line to be taken out
+SUBMIT_RETRY_S = 30.0  # how long a submit waits for a cluster that says "try again later"
 FOLLOW_EVERY_S = 0.1  # how often the node's agent looks for more output of a job
 SEP = ray_entry.SEP.encode()
-
-
-class ClusterUnavailable(TaskRunError):
-    status_code = 503
 
 
 @dataclass(slots=True)
@@ -123,7 +121,7 @@ class RayBackend:
     def _call(self, what: Callable[[Any], Any]):
         try:
             return what(self.client())
-        except ClusterUnavailable:
+        except TaskRunError:
             raise
         except Exception as exc:
             if _is_missing(exc):
@@ -180,7 +178,7 @@ class RayBackend:
 
             def go(client):
                 try:
-                    client.submit_job(
+                    return client.submit_job(
                         entrypoint=f"exec {self.python} -u .taskrun/ray_entry.py",
                         submission_id=s.job, metadata=s.metadata,
                         runtime_env={"working_dir": str(folder), "env_vars": {
@@ -188,11 +186,19 @@ class RayBackend:
                             "RAY_JOB_STOP_SIGNAL": "SIGTERM"}},
                         **kwargs)
                 except RuntimeError as exc:
-                    if "already exists" not in str(exc):
-                        raise TaskRunError(f"The Ray cluster refused the job: "
-                                           f"{str(exc).splitlines()[0][:300]}") from None
+                    if "already exists" in str(exc):
+                        return s.job  # submitted before (a launch retried): kept
+                    if "try again later" in str(exc):
+                        return None  # (a node's agent starting up)
+                    raise TaskRunError(f"The Ray cluster refused the job: "
+                                       f"{str(exc).splitlines()[0][:300]}") from None
 
-            self._call(go)
+            give_up = time.monotonic() + SUBMIT_RETRY_S
+            while self._call(go) is None:
+                if time.monotonic() > give_up:
+                    raise ClusterUnavailable(f"The Ray cluster at {self.address} has no "
+                                             "agent to take the job (still starting?).")
+                time.sleep(0.5)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -207,10 +213,11 @@ class RayBackend:
                 return None
             raise _unavailable(self.address, exc) from None
         status = str(getattr(info.status, "value", info.status))
-        driver = getattr(info, "driver_info", None)
+        # (driver_info is only there for a driver that connects to Ray itself)
+        agent = getattr(info, "driver_agent_http_address", None) or ""
         return JobState(status=status, exit_code=getattr(info, "driver_exit_code", None),
                         message=(info.message or "").strip(),
-                        node_ip=getattr(driver, "node_ip_address", None) if driver else None,
+                        node_ip=urllib.parse.urlsplit(agent).hostname if agent else None,
                         node_id=getattr(info, "driver_node_id", None) or None)
 
     def stop(self, job: str) -> None:
@@ -294,13 +301,19 @@ class LogSink:
     ``cap()`` is the log's cap at the moment (the disk's floor may lower it).
     """
 
-    def __init__(self, path: Path, nonce: str, skip: int, cap: Callable[[], int],
+    def __init__(self, path: Path, job: str, nonce: str, skip: int, cap: Callable[[], int],
                  marker: Callable[[int], bytes], cells: Path | None, progress: Path):
         self.path, self.cells, self.progress = path, cells, progress
+        # Ray's job supervisor writes this line once, through a buffered file, so it can
+        # land after the task's first output: held back until it has been taken out.
+        self._ray_line = f"Running entrypoint for job {job}: ".encode()
+        self._ray_line_done = False
+        self._held = b""
+        self._held_since = 0.0
         self.tag = f"{ray_entry.SEP}{nonce} ".encode()
         self.skip, self.cap, self.marker = skip, cap, marker
         self.seen = 0  # bytes of output so far (what the log file has, uncapped)
-        self.started = skip > 0
+        self.started = False  # (the output starts at the entrypoint's start, every time)
         self.capped = False
         self.end: dict | None = None
         self.host: str | None = None
@@ -317,29 +330,67 @@ class LogSink:
             while data:
                 at = data.find(SEP)
                 if at < 0:
-                    self._output(data)
+                    self._hold(data)
                     return
                 if at:
-                    self._output(data[:at])
+                    self._hold(data[:at])
                     data = data[at:]
                 newline = data.find(b"\n")
                 if newline < 0:
                     if len(data) < MAX_RECORD:
                         self._buffer = data  # a record cut between two reads
                         return
-                    self._output(data)
+                    self._hold(data)
                     return
                 line, data = data[:newline], data[newline + 1:]
                 if line.startswith(self.tag):
                     self._record(line[len(self.tag):].decode("utf-8", "replace"))
                 else:
-                    self._output(line + b"\n")
+                    self._hold(line + b"\n")
+
+    def _hold(self, data: bytes) -> None:
+        if not self.started:
+            if self._ray_line in data:
+                self._ray_line_done = True  # in Ray's own preamble: nothing to take out
+            return
+        if self._ray_line_done:
+            self._output(data)
+            return
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held += data
+        at = self._held.find(self._ray_line)
+        if at >= 0:
+            end = self._held.find(b"\n", at)
+            if end < 0:
+                return  # the rest of Ray's line is still to come
+            held, self._held = self._held[:at] + self._held[end + 1:], b""
+            self._ray_line_done = True
+            self._output(held)
+        else:
+            self._release_held()
+
+    def release(self) -> None:
+        """What is held back goes out once held long enough (called on a timer too: a
+        quiet task's first lines must not wait for Ray's line for ever)."""
+        with self._lock:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        if self._held and (len(self._held) > MAX_RECORD or
+                           time.monotonic() - self._held_since > HOLD_S):
+            held, self._held = self._held, b""
+            self._ray_line_done = True
+            self._output(held)
 
     def close(self) -> None:
         with self._lock:
             if self._buffer:
-                self._output(self._buffer)
+                self._hold(self._buffer)
                 self._buffer = b""
+            if self._held:
+                held, self._held = self._held, b""
+                self._output(held)
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -379,6 +430,12 @@ class LogSink:
             if isinstance(value, dict):
                 self.host = value.get("host")
             return
+        # Ray's line comes within moments of the start, well before the task's first
+        # record: what is held goes out now, so a record's place in the log is right.
+        held, self._held = self._held, b""
+        if held:
+            self._ray_line_done = True
+            self._output(held)
         if self.seen < self.skip:
             return  # acted on before the restart
         if kind == "end" and isinstance(value, dict):
