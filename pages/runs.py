@@ -106,6 +106,12 @@ with history_tab:
             d3.markdown(f"**Peak memory** {fmt.size(run.peak_rss)}  \n"
                         f"**CPU** {run.cpu_seconds if run.cpu_seconds is not None else '–'} s"
                         f"  \n**PID** {run.pid or '–'}")
+            if run.backend == "ray" and run.placement:
+                where = run.placement
+                node = where.get("node") or "a node not known yet"
+                st.markdown(f"**Ran on** the Ray cluster at `{where.get('address')}`, node "
+                            f"`{node}` · job [`{where.get('job')}`]({where.get('dashboard')})"
+                            " (its page on the Ray dashboard)")
             if run.error:
                 st.warning(run.error)
             if run.failure:

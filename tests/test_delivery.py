@@ -114,11 +114,15 @@ def _third_party_imports() -> set[str]:
 
 def test_requirements_cover_every_import():
     reqs = (PROJECT / "requirements.txt").read_text().lower()
+    # Optional backends: imported on first use, installed from a file of their own.
+    extras = {"ray": (PROJECT / "requirements-ray.txt").read_text().lower()}
     names = {"code_editor": "streamlit-code-editor", "sqlalchemy": "sqlalchemy",
-             "argon2": "argon2-cffi", "cron_descriptor": "cron-descriptor"}
+             "argon2": "argon2-cffi", "cron_descriptor": "cron-descriptor",
+             "ray": "ray[default]"}
     for module in _third_party_imports():
         dist = names.get(module, module).lower()
-        assert re.search(rf"^{re.escape(dist)}[<>=]", reqs, re.M), module
+        assert re.search(rf"^{re.escape(dist)}[<>=]", extras.get(module, reqs), re.M), module
+    assert "-r requirements-ray.txt" in (PROJECT / "requirements-dev.txt").read_text()
 
 
 def test_gitignore_keeps_state_out():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 from taskrun import service as service_mod
+from taskrun.models import Run
 from taskrun.status import RunStatus
 from taskrun.store import sha256
 
@@ -293,3 +295,16 @@ def test_a_run_in_cells_shows_each_cells_output_under_its_code(env, write_task):
     assert any(e.label.startswith("⚠️ Open failures (1)") for e in at.expander)
     assert "`TypeError` at `nb.py:" in texts(at) and f"[#{run.id}](/runs?run={run.id})" in \
         texts(at)
+
+
+def test_a_run_on_a_cluster_says_where_it_ran(env):
+    svc = service_mod.default_service()
+    run = svc.wait(svc.submit("hello", {"delay": 0}).id, 30)
+    placement = {"job": "taskrun-abc-1", "address": "http://ray-head:8265",
+                 "dashboard": "http://ray-head:8265/#/jobs/taskrun-abc-1", "node": "10.0.0.7"}
+    with svc.db.begin() as c:  # as a Ray run records it (tests/test_ray.py runs real ones)
+        c.execute(sa.update(Run).where(Run.id == run.id).values(backend="ray",
+                                                                 placement=placement))
+    at = goto(app(), "runs", run=str(run.id))
+    assert ("**Ran on** the Ray cluster at `http://ray-head:8265`, node `10.0.0.7` · job "
+            "[`taskrun-abc-1`](http://ray-head:8265/#/jobs/taskrun-abc-1)") in texts(at)
