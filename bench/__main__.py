@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
     parser.add_argument("--only", nargs="*", help="suites to run (launch, throughput, kill, "
-                        "history, logs, ui, memory, warm, dashboards)")
+                        "history, logs, ui, memory, warm, dashboards; and ray, which needs "
+                        "requirements-ray.txt and is not run by default)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--postgres", action="store_true",
                         help="the service on a throwaway PostgreSQL (Debian's postgresql-15) "
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
         common.database_factory = db.database
         args.only = args.only or ["launch", "throughput", "history"]
     from . import dashboards, history, kill, launch, logfollow, memory, throughput, ui, warm
+    from . import ray as ray_bench
 
     suites = {
         "launch": lambda: launch.run(5 if q else 100),
@@ -70,8 +72,10 @@ def main(argv=None) -> int:
         "warm": lambda: warm.run(5 if q else 100),
         "dashboards": lambda: dashboards.run([1, 2] if q else [1, 10, 25], 2 if q else 20,
                                              2 if q else 10),
+        # (on a local Ray cluster it starts: only when asked for, with --only ray)
+        "ray": lambda: ray_bench.run(3 if q else 30, 5 if q else 100),
     }
-    chosen = args.only or list(suites)
+    chosen = args.only or [s for s in suites if s != "ray"]
     if "throughput" in chosen:
         ensure_peers()
     figures: list[Figure] = []

@@ -395,6 +395,11 @@ def read_progress(sup: Supervisor, a: Active) -> dict:
 def request_cancel(sup: Supervisor, a: Active, by: str, reason: str) -> None:
     if a.pending_cancel is None:
         a.pending_cancel = (by, reason)
+    wake(a)
+
+
+def wake(a: Active) -> None:
+    """Wake the run's watcher (it looks at once at what changed)."""
     if a.wake_fd >= 0:
         try:
             os.eventfd_write(a.wake_fd, 1)

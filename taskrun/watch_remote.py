@@ -14,6 +14,7 @@ resumes where it stopped (``LogSink``'s skip), and its true end is recorded.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import time
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrun.supervisor")
 _T = Run.__table__
 TAIL_DRAIN_S = 15.0  # after the job ended: how long its last output may take to arrive
+POLL_S = 0.25
 QUIET_S = 1.0  # ...and without an end reported, how long a quiet log means it is all in
 UNANSWERED_S = 60.0  # past its deadline and grace, a cluster this long silent: run lost
 
@@ -101,7 +103,8 @@ def _follow(sup: Supervisor, a: Active
 
     def new_sink(skip: int) -> LogSink:
         return LogSink(a.log_path, a.job, sup.ray_nonce(a.run_id), skip, cap,
-                       lambda c: watch._marker(a, c), a.cells_path, a.progress_path)
+                       lambda c: watch._marker(a, c), a.cells_path, a.progress_path,
+                       on_end=lambda: watch.wake(a))
 
     sink = new_sink(skip)
     tail = None  # followed once the job's driver has a node
@@ -109,13 +112,21 @@ def _follow(sup: Supervisor, a: Active
     poller = select.poll()
     if a.wake_fd >= 0:
         poller.register(a.wake_fd, select.POLLIN)
-    interval = min(settings.poll_interval, 0.5)
+    # The job's state is asked this often; the task's end (reported in its log) wakes
+    # the loop at once, so a run is not held up by the wait.
+    interval = min(settings.poll_interval, POLL_S)
     next_sample = time.monotonic() + settings.sample_interval
     silent_since: float | None = None
     state: JobState | None = None
     placed = False
     while True:
-        poller.poll(int(interval * 1000))
+        # Once the end was reported, the job's state settles within moments.
+        wait = 0.02 if sink.end is not None else interval
+        if poller.poll(int(wait * 1000)):
+            try:
+                os.eventfd_read(a.wake_fd)
+            except BlockingIOError:
+                pass
         now = time.monotonic()
         if a.pending_cancel and a.kill_reason is None:
             by, reason = a.pending_cancel

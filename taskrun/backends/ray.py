@@ -302,8 +302,10 @@ class LogSink:
     """
 
     def __init__(self, path: Path, job: str, nonce: str, skip: int, cap: Callable[[], int],
-                 marker: Callable[[int], bytes], cells: Path | None, progress: Path):
+                 marker: Callable[[int], bytes], cells: Path | None, progress: Path,
+                 on_end: Callable[[], None] | None = None):
         self.path, self.cells, self.progress = path, cells, progress
+        self.on_end = on_end  # told when the entrypoint reports the task's end
         # Ray's job supervisor writes this line once, through a buffered file, so it can
         # land after the task's first output: held back until it has been taken out.
         self._ray_line = f"Running entrypoint for job {job}: ".encode()
@@ -440,6 +442,8 @@ class LogSink:
             return  # acted on before the restart
         if kind == "end" and isinstance(value, dict):
             self.end = value
+            if self.on_end is not None:
+                self.on_end()
         elif kind == "progress" and isinstance(value, str):
             _append(self.progress, value + "\n", truncate=True)
         elif kind == "cell" and isinstance(value, dict) and self.cells is not None:
