@@ -110,6 +110,19 @@ def _take(sup: Supervisor, run: Run) -> bool:
             Run.owner == run.owner).values(owner=sup.owner)).rowcount == 1
 
 
+def take_over_remote(sup: Supervisor, run_id: int, owner: str) -> bool:
+    """A run on the cluster whose server's lease ran out: followed here (True) unless
+    another server took it first."""
+    with sup.db.read() as s:
+        run = s.get(Run, run_id)
+    if run is None or run.status != RunStatus.RUNNING or run.owner != owner:
+        return False
+    if not _take(sup, run):
+        return False
+    _adopt_remote(sup, run, taken=True)
+    return True
+
+
 def _adopt_remote(sup: Supervisor, run: Run, taken: bool = False) -> None:
     """Follow again the job of a run on a cluster, to its true end (``watch_remote``)."""
     job = (run.placement or {}).get("job")

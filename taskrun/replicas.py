@@ -88,15 +88,23 @@ def reap(sup: Supervisor) -> list[int]:
     with sup.db.connect() as c:
         alive = {r.owner for r in c.execute(sa.select(_R.c.owner).where(
             _R.c.heartbeat_at >= now - lease, _R.c.stopped_at.is_(None)))}
-        rows = c.execute(sa.select(_T.c.id, _T.c.task, _T.c.owner, _T.c.host).where(
-            _T.c.status == RunStatus.RUNNING.value)).all()
+        rows = c.execute(sa.select(_T.c.id, _T.c.task, _T.c.owner, _T.c.host, _T.c.backend)
+                         .where(_T.c.status == RunStatus.RUNNING.value)).all()
         seen = {r.owner: r.heartbeat_at for r in c.execute(
             sa.select(_R.c.owner, _R.c.heartbeat_at))}
     reaped = []
-    for run_id, task, owner, host in rows:
+    for run_id, task, owner, host, backend in rows:
         # Only a supervisor that held a lease can lose it: one that never had a row
         # (a version before leases, mid-upgrade) is left to its own data dir.
         if owner is None or owner == sup.owner or owner in alive or owner not in seen:
+            continue
+        if backend == "ray" and sup.ray_configured:
+            # Its job runs on the cluster, not on the dead replica's host: followed from
+            # here to its true end instead.
+            from . import recovery
+            if recovery.take_over_remote(sup, run_id, owner):
+                audit.record(sup.db, sup.owner, "run.adopted", f"{task} #{run_id}",
+                             f"lease of {owner} expired; its Ray job is followed here")
             continue
         last = seen[owner]
         why = (f"Its replica {owner} (host {host}) stopped renewing its lease"

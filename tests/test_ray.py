@@ -277,3 +277,42 @@ def test_a_run_asking_for_a_resource_runs_on_the_node_that_has_it(svc, tasks_dir
     assert result.status == "succeeded", svc.read_log(result.id).content
     assert result.placement["node_id"] == node
     assert os.environ.get("TASKRUN_TEST_RAY_CLUSTER") is None  # (the cluster's, not ours)
+
+
+def test_a_dead_replicas_ray_run_is_followed_to_its_end_by_another(tmp_path, tasks_dir, cluster):
+    """Two servers on one PostgreSQL: the one that submitted dies with its host (SIGKILL,
+    no restart); after its lease the other follows the job to its true end."""
+    import sys
+
+    from .pg import cluster as pg_cluster
+    from .test_recovery import start_server, submit_via
+    url = pg_cluster().database(str(tmp_path))
+    write(tasks_dir, "long", "import sys, time\nfor i in range(10):\n"
+                             "    print('tick', i, flush=True)\n    time.sleep(0.5)\n"
+                             "sys.exit(4)")
+    shared = {"TASKRUN_BACKEND": "ray", "TASKRUN_RAY_ADDRESS": cluster.address,
+              "TASKRUN_RAY_PYTHON": sys.executable, "TASKRUN_SECRET_KEY": "k" * 32,
+              "TASKRUN_DATABASE_URL": url, "TASKRUN_LEASE_SECONDS": "2"}
+    first = start_server(tmp_path, TASKRUN_HOME=str(tmp_path / "a"), **shared)
+    try:
+        run_id = submit_via(first, "long")
+        first_log = tmp_path / "a" / "logs" / "runs" / f"long_{run_id}.log"
+        wait_for(lambda: first_log.exists() and b"tick 1" in first_log.read_bytes(), 60)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        other = Service(ray_settings(tmp_path, cluster, TASKRUN_HOME=str(tmp_path / "b"),
+                                     TASKRUN_SECRET_KEY="k" * 32, TASKRUN_DATABASE_URL=url,
+                                     TASKRUN_LEASE_SECONDS="2")).start(sample_system=False)
+        try:
+            result = other.wait(run_id, 90)
+            assert (result.status, result.exit_code) == ("failed", 4), result.error
+            assert result.owner == other.supervisor.owner
+            text = (tmp_path / "b" / "logs" / "runs" / f"long_{run_id}.log").read_text()
+            assert [int(n) for n in re.findall(r"tick (\d)", text)] == list(range(10))
+        finally:
+            other.stop()
+    finally:
+        first.kill()
+        first.wait()
+        first.stdin.close()
+        first.stdout.close()
