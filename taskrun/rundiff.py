@@ -85,11 +85,17 @@ def diff(db: Database, run_id: int, against: int | None = None) -> dict[str, Any
         "settings": _changes(_settings(old_code), _settings(new_code)),
         "duration": _measure(other.duration, run.duration),
         "peak_rss": _measure(other.peak_rss, run.peak_rss),
-        "where": _changes({"host": other.host, "launch": other.launch},
-                          {"host": run.host, "launch": run.launch}),
+        "where": _changes(_where(other), _where(run)),
         "upstream_run": {"before": other.upstream_run, "after": run.upstream_run},
         "environment": _environment(db, other, run),
     }
+
+
+def _where(run: RunPublic) -> dict[str, Any]:
+    """Where it ran: this host and launch, or the Ray cluster's node."""
+    placement = run.placement or {}
+    return {"host": run.host, "launch": run.launch, "backend": run.backend or "local",
+            "node": placement.get("node")}
 
 
 def _values(variables: dict) -> dict:
