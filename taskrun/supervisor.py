@@ -25,6 +25,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -411,10 +412,13 @@ class Supervisor:
         return hmac.new(keys.derive(master, "ray"), purpose.encode(),
                         hashlib.sha256).hexdigest()
 
-    def ray_job(self, run_id: int) -> str:
-        """The run's submission id: the same from every server of this service (they
-        share the secret key), different from another service's on the same cluster."""
-        return f"taskrun-{self._ray_key('jobs')[:10]}-{run_id}"
+    @staticmethod
+    def ray_job(run_id: int) -> str:
+        """A new submission id for the run. Recorded on the run before it is submitted
+        (a restart looks for that one); random in part, as run ids are not unique on a
+        cluster: another service, or this one with its database started afresh, has a
+        run 1 too, and a job id it reused would be taken for the old job."""
+        return f"taskrun-{run_id}-{secrets.token_hex(5)}"
 
     def ray_nonce(self, run_id: int) -> str:
         """The tag of the control records in a run's output (``backends.ray_entry``)."""

@@ -4,11 +4,12 @@ The job's working dir holds the version of the task recorded for the run, the
 cell runner and the entrypoint (``ray_entry``), and a file with the run's
 environment (its params, its metadata ``env``, the secrets it lists, the
 ``TASKRUN_*`` variables; never this server's own environment). The submission id
-is derived from the run (``taskrun-<tag>-<run id>``): a second submit of a run is
-refused by Ray, so a launch is idempotent and a restarted server finds its jobs.
+(``taskrun-<run id>-<random>``) is recorded on the run before the submit: a second
+submit of it is refused by Ray (and taken as done), and a restarted server finds
+the job by it.
 
-The job's log comes back through Ray's log tail (a websocket from the driver's
-node), and ``LogSink`` writes it into the run's own log file, so reading, following,
+The job's log comes back through Ray's log API (raw bytes, streamed from the
+driver's node), and ``LogSink`` writes it into the run's own log file, so reading, following,
 masking, downloading and the cap work as for a local run. What the entrypoint
 sends besides the output (its start, progress, cell events, the exit code, CPU and
 memory) arrives in the same stream as control records and is taken out.
