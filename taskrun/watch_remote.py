@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from . import procs, watch
-from .backends.ray import JobState, LogSink
+from .backends.ray import JobState
+from .backends.ray_log import LogSink
 from .errors import ClusterUnavailable, TaskRunError
 from .models import Run, utcnow
 from .status import RunStatus

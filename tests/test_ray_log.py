@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskrun.backends.ray import LogSink
+from taskrun.backends.ray_log import LogSink
 
 NONCE = "n0nce"
 JOB = "taskrun-x-1"
