@@ -98,7 +98,7 @@ def reap(sup: Supervisor) -> list[int]:
         # (a version before leases, mid-upgrade) is left to its own data dir.
         if owner is None or owner == sup.owner or owner in alive or owner not in seen:
             continue
-        if backend == "ray" and sup.ray_configured:
+        if backend == "ray" and sup.cluster.configured:
             # Its job runs on the cluster, not on the dead replica's host: followed from
             # here to its true end instead.
             from . import recovery

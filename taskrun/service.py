@@ -306,7 +306,7 @@ class Service:
         values = metadata.resolve_params(meta, params)
         sup = self.supervisor
         if sup is not None and sup.backend_of(task) == "ray":
-            sup.check_cluster()  # a cluster that does not answer: said now, nothing queued
+            sup.cluster.check()  # a cluster that does not answer: said now, nothing queued
         # With a slot and the task's lock in hand, the run is inserted claimed and
         # started right here (when nothing else waits); otherwise it is queued.
         reservation = sup.reserve(task, meta.concurrency) if sup else None
@@ -700,10 +700,10 @@ class Service:
     def _cluster_check(self) -> dict | None:
         """Whether the Ray cluster answers, where runs may go to one (None otherwise)."""
         sup = self.supervisor
-        if sup is None or not sup.ray_configured:
+        if sup is None or not sup.cluster.configured:
             return None
         try:
-            problem = sup.ray_backend().problem()
+            problem = sup.cluster.backend().problem()
         except TaskRunError as exc:
             problem = str(exc)
         return {"address": self.settings.ray_address, "ok": problem is None,

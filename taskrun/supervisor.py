@@ -20,12 +20,9 @@ in ``service``):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import socket
 import sys
 import threading
@@ -39,7 +36,6 @@ import sqlalchemy as sa
 
 from . import (
     cells,
-    keys,
     logs,
     metadata,
     procs,
@@ -54,9 +50,10 @@ from . import (
 from .automation import Automation
 from .backends import Launch
 from .backends.local import LocalBackend
+from .clusters import Cluster
 from .db import Database
 from .environments import Fingerprints
-from .errors import ClusterUnavailable, InvalidName, StorageUnavailable, TaskRunError
+from .errors import InvalidName, StorageUnavailable, TaskRunError
 from .fastsql import Fast
 from .locks import LockFile, Locks
 from .models import Run, utcnow
@@ -139,9 +136,7 @@ class Supervisor:
         self._last_cancels = float("-inf")
         self._last_prune = float("-inf")
         self._known_shas: dict[str, set[str]] = {}  # task -> sha already in the versions
-        self._ray = None  # the Ray cluster's client (``ray_backend``)
-        # Whether runs may go to a cluster at all: else nothing here counts them.
-        self._ray_used = bool(settings.ray_address) or settings.backend == "ray"
+        self.cluster = Cluster(settings)  # where runs on the ray backend go
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
@@ -383,46 +378,12 @@ class Supervisor:
             meta = None
         return (meta.backend if meta is not None else None) or self.settings.backend
 
-    @property
-    def ray_configured(self) -> bool:
-        return self._ray_used
-
     def _ray_room(self) -> bool:
-        if not self._ray_used:
+        if not self.cluster.configured:
             return False
         with self._lock:
             running = sum(1 for a in self.active.values() if a.backend == "ray")
-        return running < self.settings.ray_max_concurrency
-
-    def ray_backend(self):
-        """The Ray cluster's client, made on first use (Ray is imported then)."""
-        if self._ray is None:
-            from .backends.ray import RayBackend
-            self._ray = RayBackend(self.settings.ray_address, self.settings.ray_python)
-        return self._ray
-
-    def check_cluster(self) -> None:
-        """Refuse (503, saying why) when runs cannot go to the Ray cluster now."""
-        problem = self.ray_backend().problem()
-        if problem:
-            raise ClusterUnavailable(problem)
-
-    def _ray_key(self, purpose: str) -> str:
-        master = keys.master_key(self.settings.home, self.settings.secret_key)
-        return hmac.new(keys.derive(master, "ray"), purpose.encode(),
-                        hashlib.sha256).hexdigest()
-
-    @staticmethod
-    def ray_job(run_id: int) -> str:
-        """A new submission id for the run. Recorded on the run before it is submitted
-        (a restart looks for that one); random in part, as run ids are not unique on a
-        cluster: another service, or this one with its database started afresh, has a
-        run 1 too, and a job id it reused would be taken for the old job."""
-        return f"taskrun-{run_id}-{secrets.token_hex(5)}"
-
-    def ray_nonce(self, run_id: int) -> str:
-        """The tag of the control records in a run's output (``backends.ray_entry``)."""
-        return self._ray_key(f"nonce:{run_id}")[:16]
+        return self.cluster.has_room(running)
 
     def reserve(self, task: str, concurrency: Concurrency) -> tuple[int, int | None] | None:
         """A slot (and the task's lock unless it runs in parallel) for a local submit.
@@ -432,7 +393,7 @@ class Supervisor:
         ``launch_reserved`` or ``release``; None when anything is not free.
         """
         if self._stopping or self.claim_only is not None or self._slots_all_ours() or \
-                (self._ray_used and self.backend_of(task) == "ray") or \
+                (self.cluster.configured and self.backend_of(task) == "ray") or \
                 not self._launching.acquire(blocking=False):
             return None
         slot_fd = task_fd = None
@@ -534,7 +495,7 @@ class Supervisor:
                 continue  # keep FIFO order within a task
             backend = self.backend_of(task)
             # (a run for a cluster that is not configured is claimed, to fail saying so)
-            if not ((ray_room or not self._ray_used) if backend == "ray" else local):
+            if not ((ray_room or not self.cluster.configured) if backend == "ray" else local):
                 busy.add(task)
                 continue  # no room where it runs; others may fit elsewhere
             task_fd = None
@@ -548,7 +509,7 @@ class Supervisor:
                 with self.db.begin_fast() as c:
                     # A run on a cluster holds no lock of this host while it runs: the
                     # database says whether one is running (after a crash, say).
-                    if task_fd is not None and (not self.db.is_sqlite or self._ray_used) \
+                    if task_fd is not None and (not self.db.is_sqlite or self.cluster.configured) \
                             and queueing.task_running_elsewhere(c, task, self.owner):
                         claimed, busy_elsewhere = None, True
                     else:
@@ -701,10 +662,8 @@ class Supervisor:
         """Hand a run to its watcher, which submits it to the cluster (off this thread:
         a slow cluster must not hold up other launches). The task's lock, if any, is
         held here while the job runs."""
-        from .backends.ray import Submission
-
         try:
-            self.ray_backend()
+            self.cluster.backend()
             log_fd = self.log_files.open(log_path)  # (readers see the run has a log)
             os.close(log_fd)
         except (TaskRunError, OSError) as exc:
@@ -712,16 +671,14 @@ class Supervisor:
                 os.close(fd)
             self._finish_unstarted(run.id, f"Could not start: {exc}.")
             return
-        job = self.ray_job(run.id)
-        submission = Submission(job=job, task=run.task, code=data, env=env,
-                                nonce=self.ray_nonce(run.id), cells=cell_record is not None,
-                                grace=self.settings.kill_grace, resources=resources,
-                                metadata={"taskrun_run": str(run.id), "taskrun_task": run.task})
+        submission = self.cluster.submission(run.id, run.task, data, env,
+                                             cell_record is not None, resources)
         now = utcnow()
         active = Active(run_id=run.id, task=run.task, pid=0,
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path, progress_path=progress_path, key="",
-                        cells_path=cell_record, backend="ray", job=job, submission=submission,
+                        cells_path=cell_record, backend="ray", job=submission.job,
+                        submission=submission,
                         held_fds=fds, holds_lock=False, started_at=now,
                         spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
                                  "b_env": {"id": self.environments.current(),

@@ -54,7 +54,7 @@ def run(sup: Supervisor, a: Active) -> None:
         log.exception("watcher of run %d failed", a.run_id)
         if a.job and a.submission is None:
             try:  # recorded as failed: its job must not go on unwatched
-                sup.ray_backend().stop(a.job)
+                sup.cluster.backend().stop(a.job)
             except Exception as exc:
                 log.warning("run %d: could not stop Ray job %s: %s", a.run_id, a.job, exc)
         watch.finish_error(sup, a)
@@ -66,7 +66,7 @@ def run(sup: Supervisor, a: Active) -> None:
 
 
 def _placement(sup: Supervisor, a: Active, **more) -> dict:
-    ray = sup.ray_backend()
+    ray = sup.cluster.backend()
     return {"job": a.job, "address": ray.address, "dashboard": ray.dashboard_link(a.job),
             **more}
 
@@ -82,7 +82,7 @@ def _submit(sup: Supervisor, a: Active) -> tuple[RunStatus, str] | None:
     a.spawned = None
     submission, a.submission = a.submission, None
     try:
-        sup.ray_backend().submit(submission)
+        sup.cluster.backend().submit(submission)
     except TaskRunError as exc:
         return RunStatus.FAILED, f"Could not start on the Ray cluster: {exc}"
     log.debug("run %d of %s submitted as Ray job %s", a.run_id, a.task, a.job)
@@ -92,7 +92,7 @@ def _submit(sup: Supervisor, a: Active) -> tuple[RunStatus, str] | None:
 def _follow(sup: Supervisor, a: Active
             ) -> tuple[JobState | None, LogSink | None, tuple[RunStatus, str] | None]:
     """Until the job ends: (its last state, the log sink, (lost, why) if it is lost)."""
-    ray = sup.ray_backend()
+    ray = sup.cluster.backend()
     settings = sup.settings
     try:
         skip = a.log_path.stat().st_size  # adopted: what the log has already
@@ -103,7 +103,7 @@ def _follow(sup: Supervisor, a: Active
         return a.log_cap if a.log_cap is not None else settings.log_max_bytes
 
     def new_sink(skip: int) -> LogSink:
-        return LogSink(a.log_path, a.job, sup.ray_nonce(a.run_id), skip, cap,
+        return LogSink(a.log_path, a.job, sup.cluster.nonce(a.run_id), skip, cap,
                        lambda c: watch._marker(a, c), a.cells_path, a.progress_path,
                        on_end=lambda: watch.wake(a))
 
@@ -217,7 +217,7 @@ def _stop(sup: Supervisor, a: Active, status: RunStatus, by: str, error: str) ->
 def _stop_again(sup: Supervisor, a: Active) -> None:
     """Ask the cluster to stop the job (again, until it answers: it may be down)."""
     try:
-        sup.ray_backend().stop(a.job)
+        sup.cluster.backend().stop(a.job)
         a.kill_at = time.monotonic() + sup.settings.kill_grace + 5.0
     except Exception as exc:
         log.warning("run %d: could not stop Ray job %s yet: %s", a.run_id, a.job, exc)
