@@ -261,6 +261,7 @@ def test_create_edit_save_with_syntax_error_then_valid(page, server):
     expect(page.get_by_text("Not saved. Syntax error at line 1")).to_be_visible()
     expect(ace(page).locator(".ace_gutter-cell.ace_error")).to_have_count(1)
     assert path.read_text() == original
+    idle(page)  # the refusal's rerun has ended (a click during a rerun can be dropped)
 
     replace_code(page, "print('saved from the browser')\n")
     save_in_editor(page)
