@@ -55,8 +55,12 @@ base_sha = ss.editor_base.setdefault(name, task["sha"])
 if task["error"]:
     st.warning(task["error"], icon="⚠️")
 
-if ss.editor_message:
-    st.success(ss.editor_message)
+# (sha, text): shown while the task is at that version. Not just on the next rerun:
+# the editor remounts after a save (its key follows the sha), and the rerun its
+# remount may cause would wipe a message shown once before anyone could read it.
+if ss.editor_message and ss.editor_message[0] == task["sha"]:
+    st.success(ss.editor_message[1])
+elif ss.editor_message:
     ss.editor_message = None
 
 # The editor's own buttons (and Ctrl/Cmd-S) send its text together with the
@@ -124,7 +128,7 @@ def save(overwrite: bool = False) -> bool:
     ss.editor_error = None
     ss.editor_stale = None
     ss.editor_base[name] = saved["sha"]
-    ss.editor_message = f"Saved ({saved['sha'][:12]})."
+    ss.editor_message = (saved["sha"], f"Saved ({saved['sha'][:12]}).")
     return True
 
 
@@ -252,7 +256,7 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
             show_error(exc)
         else:
             ss.editor_base[name] = saved["sha"]
-            ss.editor_message = "Settings saved."
+            ss.editor_message = (saved["sha"], "Settings saved.")
             st.rerun()
 
 # A run's "Code" link lands here with ?version=<sha>: open the history on it.
@@ -281,5 +285,5 @@ with st.expander("🕘 Version history", expanded=bool(linked)):
                 show_error(exc)
             else:
                 ss.editor_base[name] = restored["sha"]
-                ss.editor_message = f"Restored version #{chosen}."
+                ss.editor_message = (restored["sha"], f"Restored version #{chosen}.")
                 st.rerun()

@@ -264,6 +264,7 @@ def test_create_edit_save_with_syntax_error_then_valid(page, server):
     idle(page)  # the refusal's rerun has ended (a click during a rerun can be dropped)
 
     replace_code(page, "print('saved from the browser')\n")
+    idle(page)  # and the typing's own rerun (its debounced text) has ended too
     save_in_editor(page)
     expect(page.get_by_text(re.compile(r"^Saved \("))).to_be_visible()
     assert path.read_text() == "print('saved from the browser')\n"
