@@ -67,13 +67,13 @@ def recover(sup: Supervisor) -> None:
         path.unlink(missing_ok=True)
 
 
-def _mark_lost(sup: Supervisor, run: Run, error: str) -> None:
-    """running -> lost, unless its owner changed or it ended meanwhile."""
+def _mark_lost(sup: Supervisor, run: Run, error: str) -> bool:
+    """running -> lost, unless its owner changed or it ended meanwhile (False then)."""
     with sup.db.begin() as c:
-        c.execute(sa.update(Run).where(
+        return c.execute(sa.update(Run).where(
             Run.id == run.id, Run.status == RunStatus.RUNNING,
             Run.owner == run.owner).values(
-            status=RunStatus.LOST, finished_at=utcnow(), error=error))
+            status=RunStatus.LOST, finished_at=utcnow(), error=error)).rowcount == 1
 
 
 def _heal(sup: Supervisor, runs: list[Run]) -> None:
@@ -89,10 +89,12 @@ def _heal(sup: Supervisor, runs: list[Run]) -> None:
             log.error("run %d of %s had no watcher; watching it again", run.id, run.task)
             _adopt(sup, run, taken=True)
             continue
-        # running -> lost: its watcher died and took the outcome with it.
+        # running -> lost: its watcher died and took the outcome with it. (Or it ended
+        # between this pass's read and now, its watcher done: then nothing changes.)
         try:
-            _mark_lost(sup, run, "Its watcher failed and its process has ended; its "
-                                 "outcome is unknown (see the application log).")
+            if not _mark_lost(sup, run, "Its watcher failed and its process has ended; "
+                                        "its outcome is unknown (see the application log)."):
+                continue
         except Exception:
             log.exception("run %d: could not mark it lost; retried at the next recovery",
                           run.id)
