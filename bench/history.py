@@ -98,7 +98,8 @@ def lifecycle_once(svc, meta, queued: bool) -> float:
             "b_created": 0.0, "b_launch": "cold", "b_id": run_id, "b_status": "succeeded",
             "b_error": None, "b_cancelled_by": None, "b_exit_code": 0, "b_signal": None,
             "b_exited_at": utcnow(), "b_finished_at": utcnow(), "b_cpu": 0.01,
-            "b_rss": None, "b_failure": None, "b_cells": None, "b_env": None})
+            "b_rss": None, "b_failure": None, "b_cells": None, "b_env": None,
+            "b_outputs": None, "b_result": None, "b_warnings": None})
     elapsed = (time.perf_counter() - t) * 1000
     assert RunPublic.from_row(row).status == "succeeded"
     return elapsed

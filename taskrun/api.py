@@ -7,6 +7,8 @@ Errors are ``{"detail": "..."}`` with the status code of the typed error.
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from . import __version__, logs, storage, web_login
+from . import __version__, logs, outputs, storage, web_login
 from . import oidc as oidc_mod
 from .auth import ANONYMOUS_ADMIN, Identity
 from .errors import (
@@ -38,6 +40,17 @@ from .peers import PEER_HEADER
 from .service import RunFilter, Service, default_service
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_UPLOADS = 8  # file parts in one execute request
+_PARAMS_SCHEMA = {"type": "object", "additionalProperties": True, "nullable": True,
+                  "description": "param name: value"}
+EXECUTE_BODY = {"requestBody": {"required": False, "content": {
+    "application/json": {"schema": {"type": "object", "additionalProperties": False,
+                                    "properties": {"params": _PARAMS_SCHEMA}}},
+    "multipart/form-data": {"schema": {
+        "type": "object", "properties": {"params": {"type": "string", "description":
+                                                    "the params as a JSON object"}},
+        "additionalProperties": {"type": "string", "format": "binary"},
+        "description": "one file part per file param, named after it"}}}}}
 
 
 # ---- shapes --------------------------------------------------------------
@@ -236,8 +249,17 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     @api.middleware("http")
     async def _limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"Request body larger than {MAX_BODY_BYTES} bytes."},
+        limit = MAX_BODY_BYTES
+        if request.url.path.endswith("/execute") and request.headers.get(
+                "content-type", "").startswith("multipart/form-data"):
+            # Uploads: each file is held to its param's own cap as it is kept.
+            try:
+                each = get_service().settings.upload_max_mb
+            except Exception:  # (not ready: the route says so)
+                each = 0
+            limit += int(each * (1 << 20)) * MAX_UPLOADS
+        if length and (not length.isdigit() or int(length) > limit):
+            return JSONResponse({"detail": f"Request body larger than {limit} bytes."},
                                 status_code=413)
         return await call_next(request)
 
@@ -291,6 +313,34 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         A file without markers is one cell."""
         return svc.run_cells(run_id)
 
+    @tasks.get("/runs/{run_id}/outputs")
+    def run_outputs(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:
+        """What the run left in `TASKRUN_OUTPUT_DIR`, recorded at its end: `name` (a path
+        in that dir), `size`, `sha256`, `kind` (table, image, chart, text, other) and,
+        for a table, `rows` and `columns` ([{name, type}]); `note` says what could not
+        be read."""
+        return svc.run_outputs(run_id)
+
+    @tasks.get("/runs/{run_id}/outputs/{name:path}",
+               responses={200: {"content": {"application/octet-stream": {}}}})
+    def run_output(run_id: RowId, name: str, request: Request, svc: Service = Depends(service)):
+        """One output's bytes (only a name the run's outputs list; links not followed)."""
+        entry, stream = svc.output_stream(run_id, name,
+                                          forward=PEER_HEADER not in request.headers)
+        base = name.rsplit("/", 1)[-1]
+        headers = {"Content-Disposition": "attachment; filename*=UTF-8''"
+                                          + urllib.parse.quote(base),
+                   "Content-Length": str(entry["size"]), "X-Content-Type-Options": "nosniff"}
+        return StreamingResponse(stream, media_type=outputs.media_type(name), headers=headers)
+
+    @tasks.get("/runs/{run_id}/preview/{name:path}")
+    def run_output_preview(run_id: RowId, name: str, request: Request,
+                           svc: Service = Depends(service),
+                           rows: int = Query(outputs.PREVIEW_ROWS, ge=1,
+                                             le=outputs.PREVIEW_MAX)) -> dict:
+        """A table output's first `rows` rows: `{"columns", "rows": [[...]], "total"}`."""
+        return svc.output_preview(run_id, name, rows, forward=PEER_HEADER not in request.headers)
+
     @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
     def run_attempts(run_id: RowId, svc: Service = Depends(service)):
         """The run's retry chain, first attempt to last."""
@@ -323,11 +373,47 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         svc.delete_task(task_id, author=who(request))
         return Response(status_code=204)
 
-    @tasks.post("/{task_id}/execute", response_model=RunAccepted, status_code=202)
-    def execute(task_id: str, request: Request, body: ExecuteRequest | None = None,
-                svc: Service = Depends(service)):
-        run = svc.submit(task_id, (body.params if body else None) or {}, trigger="api",
-                         user=who(request))
+    @tasks.post("/{task_id}/execute", response_model=RunAccepted, status_code=202,
+                openapi_extra=EXECUTE_BODY)
+    async def execute(task_id: str, request: Request, svc: Service = Depends(service)):
+        """Queue a run. JSON: `{"params": {...}}`. With file params: `multipart/form-data`,
+        a `params` field (that JSON object) and one file part per file param, named
+        after it. Every upload is checked before anything is queued."""
+        kind = request.headers.get("content-type", "")
+        files: dict[str, tuple[str, Any]] = {}
+        if kind.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS + 1)
+            except Exception as exc:  # a malformed body (Starlette's parser says why)
+                raise InvalidParams(f"The multipart body cannot be read: {exc}") from None
+            params: Any = {}
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    if key != "params":
+                        raise InvalidParams(f"unknown form field {key[:80]!r}: params go in "
+                                            "the 'params' field as a JSON object")
+                    try:
+                        params = json.loads(value or "{}")
+                    except ValueError:
+                        raise InvalidParams("the 'params' field is not JSON") from None
+                elif key in files:
+                    raise InvalidParams(f"more than one file for param {key[:80]!r}")
+                else:
+                    files[key] = (value.filename or "", value.file)
+        else:
+            raw = await request.body()
+            try:
+                body = ExecuteRequest.model_validate_json(raw) if raw.strip() else None
+            except ValueError as exc:
+                raise InvalidParams(f"The body is not a valid execute request: "
+                                    f"{str(exc).splitlines()[0]}") from None
+            params = (body.params if body else None) or {}
+        try:
+            run = await run_in_threadpool(svc.submit, task_id, params, "api", who(request),
+                                          files or None)
+        finally:
+            for _, stream in files.values():
+                stream.close()
         return run.model_dump() | {"run_id": run.id}
 
     @tasks.get("/{task_id}/schedule")

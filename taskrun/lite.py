@@ -48,8 +48,10 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     for key in _TIMES:
         if run[key] is not None:
             run[key] = datetime.fromisoformat(run[key]).replace(tzinfo=UTC)
-    for key in ("params", "failure", "cells", "environment", "placement"):
+    for key in ("params", "failure", "cells", "environment", "placement", "outputs",
+                "output_warnings"):
         run[key] = json.loads(run[key]) if run[key] else run[key]
+    run["result"] = None if run["result"] is None else json.loads(run["result"])
     run["followed_up"] = bool(run["followed_up"])
     run["duration"] = None
     if run["started_at"]:

@@ -21,11 +21,11 @@ from .status import Concurrency
 BLOCK_RE = re.compile(
     r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
 )
-PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice")
+PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice", "file")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
               "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
-              "after", "after_on", "launch", "preload", "backend", "resources"}
+              "after", "after_on", "launch", "preload", "backend", "resources", "outputs"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
@@ -39,6 +39,7 @@ TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 WEBHOOK_RE = re.compile(r"https?://[^\s/]+\S*")
 EMAIL_RE = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
 MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+EXTENSION_RE = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,19 @@ class Param:
     help: str = ""
     choices: tuple[str, ...] = ()
     required: bool = False
+    accept: tuple[str, ...] = ()  # a file param: the extensions it takes (lower case)
+    max_mb: float | None = None  # a file param: its size cap (else TASKRUN_UPLOAD_MAX_MB)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """``[tool.taskrun.outputs."<name>"]``: what a successful run must have produced."""
+
+    name: str  # a path relative to the run's output dir
+    required: bool = False
+    min_rows: int | None = None
+    max_rows: int | None = None
+    columns: tuple[str, ...] = ()  # columns the table must have (others may be there too)
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class TaskMeta:
     backend: str | None = None  # "local" or "ray"; None: the server's TASKRUN_BACKEND
     # What a run needs of a cluster node: num_cpus, memory_mb, num_gpus, custom names
     resources: tuple[tuple[str, float], ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()  # expectations checked when a run succeeds
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,6 +102,8 @@ class TaskMeta:
             "concurrency": self.concurrency.value,
             "params": {p.name: {"type": p.type, "default": p.default, "help": p.help,
                                 "choices": list(p.choices), "required": p.required}
+                       | ({"accept": list(p.accept), "max_mb": p.max_mb}
+                          if p.type == "file" else {})
                        for p in self.params},
             "env": dict(self.env),
             "memory_mb": self.memory_mb,
@@ -108,6 +125,9 @@ class TaskMeta:
             "preload": list(self.preload),
             "backend": self.backend,
             "resources": dict(self.resources),
+            "outputs": {o.name: {"required": o.required, "min_rows": o.min_rows,
+                                 "max_rows": o.max_rows, "columns": list(o.columns)}
+                        for o in self.outputs},
         }
 
 
@@ -146,15 +166,74 @@ def _param(name: str, spec: Any) -> Param:
     choices = tuple(str(c) for c in spec.get("choices", ()))
     if ptype == "choice" and not choices:
         raise InvalidMetadata(f"param '{name}': type 'choice' needs a 'choices' list")
+    accept, max_mb = _file_spec(name, ptype, spec)
     param = Param(name=name, type=ptype, default=spec.get("default"),
                   help=str(spec.get("help", "")), choices=choices,
-                  required=bool(spec.get("required", False)))
+                  required=bool(spec.get("required", False)), accept=accept, max_mb=max_mb)
     if param.default is not None:
         try:
             coerce(param, param.default)
         except InvalidParams as exc:
             raise InvalidMetadata(f"default of {exc}") from None
     return param
+
+
+def _file_spec(name: str, ptype: str, spec: dict) -> tuple[tuple[str, ...], float | None]:
+    """A file param's ``accept`` (extensions) and ``max_mb``; refused on other types."""
+    if ptype != "file":
+        if "accept" in spec or "max_mb" in spec:
+            raise InvalidMetadata(f"param '{name}': accept and max_mb are for type 'file'")
+        return (), None
+    if spec.get("default") is not None:
+        raise InvalidMetadata(f"param '{name}': a file param has no default")
+    accept = spec.get("accept", [])
+    accept = [accept] if isinstance(accept, str) else accept
+    if not isinstance(accept, list) or not all(
+            isinstance(a, str) and EXTENSION_RE.match(a) for a in accept):
+        raise InvalidMetadata(f"param '{name}': accept must be a list of extensions, "
+                              "e.g. [\".csv\", \".parquet\"]")
+    max_mb = spec.get("max_mb")
+    if max_mb is not None and (isinstance(max_mb, bool) or not isinstance(max_mb, int | float)
+                               or max_mb <= 0):
+        raise InvalidMetadata(f"param '{name}': max_mb must be a number > 0")
+    return tuple(dict.fromkeys(a.lower() for a in accept)), \
+        None if max_mb is None else float(max_mb)
+
+
+def _outputs(conf: dict) -> tuple[OutputSpec, ...]:
+    """``[tool.taskrun.outputs."orders.csv"]`` tables: each output's expectations."""
+    from .outputs import check_name
+
+    table = conf.get("outputs", {})
+    if not isinstance(table, dict):
+        raise InvalidMetadata('outputs must be a table, e.g. [tool.taskrun.outputs."a.csv"]')
+    specs = []
+    for name, spec in table.items():
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise InvalidMetadata(f"outputs: {exc}") from None
+        if not isinstance(spec, dict):
+            raise InvalidMetadata(f"outputs.{name!r} must be a table, e.g. {{ min_rows = 1 }}")
+        unknown = set(spec) - {"required", "min_rows", "max_rows", "columns"}
+        if unknown:
+            raise InvalidMetadata(f"outputs.{name!r}: unknown key(s) {', '.join(sorted(unknown))}"
+                                  " (known: columns, max_rows, min_rows, required)")
+        rows = {}
+        for key in ("min_rows", "max_rows"):
+            value = spec.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise InvalidMetadata(f"outputs.{name!r}: {key} must be a whole number >= 0")
+            rows[key] = value
+        columns = spec.get("columns", [])
+        if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+            raise InvalidMetadata(f"outputs.{name!r}: columns must be a list of names")
+        required = spec.get("required", False)
+        if not isinstance(required, bool):
+            raise InvalidMetadata(f"outputs.{name!r}: required must be true or false")
+        specs.append(OutputSpec(name=name, required=required, columns=tuple(columns), **rows))
+    return tuple(specs)
 
 
 def parse(code: str) -> TaskMeta:
@@ -277,6 +356,7 @@ def _automation(conf: dict) -> dict[str, Any]:
         "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
         "launch": _choice(conf, "launch", LAUNCH), "preload": tuple(preload),
         "backend": _backend(conf), "resources": _resources(conf),
+        "outputs": _outputs(conf),
     }
 
 
@@ -318,9 +398,14 @@ def check_timezone(name: Any) -> str:
     return name
 
 
-def coerce(param: Param, value: Any) -> str:
-    """The value as the string the task receives; InvalidParams if it does not fit the type."""
+def coerce(param: Param, value: Any) -> Any:
+    """The value as the string the task receives; InvalidParams if it does not fit the type.
+    A file param's value is the upload it names (``uploads.check_ref``)."""
     text = value if isinstance(value, str) else json.dumps(value)
+    if param.type == "file":
+        from .uploads import check_ref
+
+        return check_ref(param, value)  # (a dict: the upload it names)
     try:
         if param.type == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -356,7 +441,7 @@ def coerce(param: Param, value: Any) -> str:
             f"param '{param.name}': {text[:80]!r} is not a valid {expected}") from None
 
 
-def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, str]:
+def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, Any]:
     """Declared params with defaults applied and values checked; unknown names refused."""
     given = dict(given or {})
     declared = {p.name: p for p in meta.params}

@@ -102,6 +102,12 @@ class RunBase(SQLModel):
     backend: str | None = Field(default=None, max_length=16)  # where it ran: local, ray
     # A Ray run: {"job": submission id, "address", "node", "node_id", "dashboard": link}
     placement: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # What it produced (``outputs.describe_all``): [{name, size, sha256, kind, rows,
+    # columns, note}], None when nothing; the JSON it wrote to TASKRUN_RESULT_FILE;
+    # what the checks of its outputs found (``output_checks``).
+    outputs: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    result: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+    output_warnings: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(RunBase, table=True):

@@ -37,7 +37,7 @@ def _keeper(svc: Service, run: Run) -> dict | None:
 
 
 def _signed(svc: Service, keeper: dict, resource: str, query: dict) -> urllib.request.Request:
-    url = (keeper["advertise_url"].rstrip("/") + resource + "?"
+    url = (keeper["advertise_url"].rstrip("/") + urllib.parse.quote(resource) + "?"
            + urllib.parse.urlencode(query) + ("&" if query else "")
            + svc.auth.sign(resource, ttl=60))
     return urllib.request.Request(url, headers={PEER_HEADER: "1"})
@@ -70,6 +70,43 @@ def stream_log(svc: Service, run: Run) -> Iterator[bytes] | None:
                 yield block
 
     return blocks()
+
+
+def stream(svc: Service, run: Run, resource: str) -> Iterator[bytes] | None:
+    """A file of ``run`` (an output) in blocks from the server that keeps it; None when
+    it is not elsewhere (or that server has it not either)."""
+    keeper = _keeper(svc, run)
+    if keeper is None:
+        return None
+    req = _signed(svc, keeper, resource, {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
+    except OSError as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            return None
+        raise _unreachable(run, keeper, exc) from exc
+
+    def blocks() -> Iterator[bytes]:
+        with resp:
+            while block := resp.read(64 * 1024):
+                yield block
+
+    return blocks()
+
+
+def get_json(svc: Service, run: Run, resource: str, query: dict) -> dict | None:
+    """A JSON answer about ``run`` (an output's preview) from the server keeping it."""
+    keeper = _keeper(svc, run)
+    if keeper is None:
+        return None
+    req = _signed(svc, keeper, resource, query)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
+            return None
+        raise _unreachable(run, keeper, exc) from exc
 
 
 def read_log(svc: Service, run: Run, offset: int, max_bytes: int, tail_bytes: int | None,

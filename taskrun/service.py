@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import func, select
@@ -27,7 +28,9 @@ from . import (
     history,
     logs,
     metadata,
+    outputs,
     queueing,
+    run_files,
     scheduler,
     storage,
     versions,
@@ -38,6 +41,7 @@ from .errors import (
     Conflict,
     InvalidCode,
     InvalidMetadata,
+    InvalidName,
     InvalidParams,
     NotFound,
     StorageUnavailable,
@@ -51,6 +55,7 @@ from .settings import Settings, configure_logging, load
 from .shared import DashboardView
 from .status import ACTIVE, RunStatus
 from .store import TaskInfo, TaskStore, check_name
+from .uploads import Uploads
 from .vault import SecretInfo, Vault
 
 if TYPE_CHECKING:  # the supervising half is imported when the service starts: the CLI's
@@ -88,6 +93,7 @@ class Service:
         self.locks = Locks(s.locks_dir, s.max_concurrency)
         self.auth = Auth(self.db, s)
         self.vault = Vault(self.db, s)
+        self.uploads = Uploads(s)
         self.schedules = scheduler.Scheduler(s, self.db, self.store)  # state, pause/resume
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
@@ -291,8 +297,12 @@ class Service:
 
     @_changes_view
     def submit(self, task: str, params: dict[str, Any] | None = None, trigger: str = "manual",
-               user: str | None = None) -> RunPublic:
-        """Queue a run; refuses by the task's concurrency policy and the queue bound."""
+               user: str | None = None,
+               files: dict[str, tuple[str, IO[bytes]]] | None = None) -> RunPublic:
+        """Queue a run; refuses by the task's concurrency policy and the queue bound.
+
+        ``files``: {file param: (file name, stream)}, each checked (name, type, size)
+        while it is kept, before anything is queued."""
         info = self.store.info(task)
         # A run needs room for its log: below the floor it is refused now, with the
         # reason, rather than started to fail or to log nothing.
@@ -303,7 +313,16 @@ class Service:
         meta = info.meta
         if not isinstance(params, dict | None):
             raise InvalidParams("params must be an object of name: value")
+        params = dict(params or {})
+        if files:
+            declared = {p.name: p for p in meta.params}
+            for name, (file_name, stream) in files.items():
+                if name not in declared:
+                    raise InvalidParams(f"unknown file param {name[:80]!r} (declared: "
+                                        f"{', '.join(declared) or 'none'})")
+                params[name] = self.uploads.store(declared[name], file_name, stream)
         values = metadata.resolve_params(meta, params)
+        self.uploads.check_kept(meta, values)
         sup = self.supervisor
         if sup is not None and sup.backend_of(task) == "ray":
             sup.cluster.check()  # a cluster that does not answer: said now, nothing queued
@@ -496,6 +515,77 @@ class Service:
         from . import notify
 
         return notify.deliveries(self.db, run_id)
+
+    # ---- what runs produced (``outputs``, ``run_files``) -------------------
+
+    def run_outputs(self, run_id: int) -> list[dict]:
+        """The files the run left in its output dir (recorded at its end)."""
+        return list(find_run(self.db, run_id).outputs or [])
+
+    def _output(self, run_id: int, name: str) -> tuple[Run, dict, Path]:
+        run = find_run(self.db, run_id)
+        try:
+            outputs.check_name(name)
+        except ValueError as exc:
+            raise InvalidName(str(exc)) from None
+        entry = next((o for o in run.outputs or () if o["name"] == name), None)
+        if entry is None:
+            raise NotFound(f"Run {run_id} has no output named {name[:200]!r}.")
+        return run, entry, run_files.run_dir(self.settings, run.id) / "outputs" / name
+
+    def output_stream(self, run_id: int, name: str, forward: bool = True
+                      ) -> tuple[dict, Iterator[bytes]]:
+        """(its entry, its bytes in blocks): from this server's data dir, or from the
+        server that ran it (unless ``forward`` is off: a peer is asking)."""
+        run, entry, path = self._output(run_id, name)
+        try:
+            fd = outputs.open_regular(path)
+        except FileNotFoundError:
+            if forward and not self.db.is_sqlite and run.owner:
+                from . import peers
+
+                remote = peers.stream(self, run, f"/api/tasks/runs/{run.id}/outputs/{name}")
+                if remote is not None:
+                    return entry, remote
+            raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
+        except OSError as exc:
+            raise NotFound(f"The output {name!r} of run {run_id} cannot be read: {exc}.") \
+                from None
+
+        def blocks() -> Iterator[bytes]:
+            with os.fdopen(fd, "rb") as f:
+                while block := f.read(256 * 1024):
+                    yield block
+
+        return entry, blocks()
+
+    def output_bytes(self, run_id: int, name: str, limit: int = 50 << 20) -> bytes:
+        """A (small) output whole, for the dashboard to draw; NotFound past ``limit``."""
+        entry, stream = self.output_stream(run_id, name)
+        if entry["size"] > limit:
+            raise NotFound(f"{name} is larger than {limit >> 20} MB: download it instead.")
+        return b"".join(stream)
+
+    def output_preview(self, run_id: int, name: str, rows: int = outputs.PREVIEW_ROWS,
+                       forward: bool = True) -> dict:
+        """A table output's first rows: {"columns", "rows", "total"}."""
+        run, entry, path = self._output(run_id, name)
+        if entry.get("kind") != "table":
+            raise InvalidParams(f"{name} is not a table ({entry.get('kind')}): no preview")
+        if not path.exists() and forward and not self.db.is_sqlite and run.owner:
+            from . import peers
+
+            remote = peers.get_json(self, run, f"/api/tasks/runs/{run.id}/preview/{name}",
+                                    {"rows": rows})
+            if remote is not None:
+                return remote
+        try:
+            shown = outputs.preview(path, name, rows)
+        except FileNotFoundError:
+            raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
+        except (ValueError, OSError) as exc:
+            raise InvalidParams(str(exc)) from None
+        return shown | {"total": entry.get("rows")}
 
     # ---- logs ------------------------------------------------------------
 

@@ -50,6 +50,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError
+    return value
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -265,6 +272,23 @@ SETTINGS: tuple[Setting, ...] = (
             "Runs this server keeps on the Ray cluster at once (the cluster's capacity, not "
             "this host's): further Ray runs wait queued.", _positive_int,
             "a positive integer"),
+    Setting("TASKRUN_UPLOAD_MAX_MB", "100",
+            "The largest file a `file` param accepts (MB); a param's own `max_mb` can "
+            "lower it.", _positive_float, "a number > 0"),
+    Setting("TASKRUN_OUTPUT_INSPECT_MB", "512",
+            "Tables in a run's outputs up to this size (MB) are read to the end for their "
+            "row count; larger ones get their header's columns and \"too large to "
+            "inspect\".", _positive_float, "a number > 0"),
+    Setting("TASKRUN_OUTPUT_ROWS_DROP", "0.5",
+            "A successful run is warned about when a table has fewer rows than the last "
+            "good run's by more than this fraction.", _fraction, "a fraction in (0, 1]"),
+    Setting("TASKRUN_RESULT_MAX_KB", "64",
+            "The largest result (JSON written to `TASKRUN_RESULT_FILE`) kept on a run.",
+            _positive_int, "a positive integer"),
+    Setting("TASKRUN_RAY_OUTPUTS_MAX_MB", "100",
+            "What a Ray run's outputs may add up to when brought back from its node (MB); "
+            "files past it are listed as not brought back.", _positive_float,
+            "a number > 0"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -315,6 +339,11 @@ class Settings:
     ray_address: str = ""
     ray_python: str = "python"
     ray_max_concurrency: int = 4
+    upload_max_mb: float = 100.0
+    output_inspect_mb: float = 512.0
+    output_rows_drop: float = 0.5
+    result_max_kb: int = 64
+    ray_outputs_max_mb: float = 100.0
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property  # (a launch asks for several of these paths)
@@ -332,6 +361,16 @@ class Settings:
     @cached_property
     def work_dir(self) -> Path:
         return self.home / "work"
+
+    @cached_property
+    def runs_dir(self) -> Path:
+        """``<id>/`` per run: its ``inputs/`` (file params), ``outputs/`` and result."""
+        return self.home / "runs"
+
+    @cached_property
+    def uploads_dir(self) -> Path:
+        """Uploaded files, one per distinct content (named by its sha256)."""
+        return self.home / "uploads"
 
     @cached_property
     def app_log(self) -> Path:

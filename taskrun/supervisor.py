@@ -43,6 +43,7 @@ from . import (
     recovery,
     replicas,
     retention,
+    run_files,
     versions,
     watch,
     watch_remote,
@@ -61,6 +62,7 @@ from .pending import PendingWrites
 from .settings import Settings
 from .status import Concurrency, RunStatus
 from .store import TaskStore, sha256
+from .uploads import Uploads
 from .vault import Vault
 from .watch import Active
 from .watchers import Watchers
@@ -145,6 +147,7 @@ class Supervisor:
                                          vault.marks if vault is not None else None)
         self._last_reap = 0.0
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
+        self.uploads = Uploads(settings)  # the files runs' file params name
         self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
         self.watchers = Watchers()
         # Runs may wait here for a slot or a task's lock: wake the loop the moment a
@@ -577,7 +580,8 @@ class Supervisor:
             extra["TASKRUN_UPSTREAM_RUN_ID"] = str(claimed.upstream_run)
         if claimed.scheduled_for:
             extra["TASKRUN_SCHEDULED_FOR"] = claimed.scheduled_for.isoformat()
-        extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()})
+        extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()
+                      if not isinstance(v, dict)})  # (a file's: its path, below)
         try:
             info = self.store.info(run.task)  # parsed once per version of the file
             meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
@@ -588,10 +592,18 @@ class Supervisor:
             warm = mode == "warm" or (mode == "auto" and meta is not None and meta.launch == "warm")
             preload = meta.preload if meta else ()
             resources = dict(meta.resources) if meta else {}
+            expects = meta.outputs if meta else ()
+            files = run_files.file_params(meta, params)
         except Exception:
             meta_env, limits, wanted, warm, preload = {}, (None, None), (), False, ()
-            resources = {}
+            resources, expects, files = {}, (), {}
         problem = None
+        for param, value in files.items():
+            extra[f"TASKRUN_PARAM_{param.upper()}_NAME"] = value["file"]
+        if claimed.upstream_run:
+            upstream = self._upstream_result(claimed.upstream_run)
+            if upstream is not None:
+                extra["TASKRUN_UPSTREAM_RESULT"] = upstream
         try:
             secret_env, missing = self.vault.resolve(run.task, wanted) if self.vault \
                 else ({}, list(wanted))
@@ -608,7 +620,18 @@ class Supervisor:
         if backend == "ray":
             # Not this server's environment: the node's own, plus what the run gets.
             self._launch_remote(run, data, sha, fds, log_path, progress_path, cell_record,
-                                {**meta_env, **secret_env, **extra}, secret_env, resources)
+                                {**meta_env, **secret_env, **extra}, secret_env, resources,
+                                files, expects)
+            return
+        try:
+            extra.update(run_files.prepare(self.settings, self.uploads, run.id, files))
+        except (OSError, TaskRunError) as exc:
+            for fd in fds:
+                os.close(fd)
+            gone = isinstance(exc, FileNotFoundError)
+            self._finish_unstarted(run.id, "Could not start: " + (
+                "a file its params name is no longer kept (upload it again)." if gone else
+                f"its run dir could not be made ({exc})."))
             return
         env = {**self._base_env, **meta_env, **secret_env, **extra}
         try:
@@ -646,6 +669,7 @@ class Supervisor:
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path,
                         progress_path=progress_path, cells_path=cell_record, key=key, popen=popen,
+                        expects=expects,
                         memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                         started_at=spawned_at,
                         spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
@@ -658,7 +682,8 @@ class Supervisor:
 
     def _launch_remote(self, run, data: bytes, sha: str, fds: list[int], log_path: Path,
                        progress_path: Path, cell_record: Path | None, env: dict[str, str],
-                       secret_env: dict[str, str], resources: dict[str, float]) -> None:
+                       secret_env: dict[str, str], resources: dict[str, float],
+                       files: dict[str, dict], expects: tuple) -> None:
         """Hand a run to its watcher, which submits it to the cluster (off this thread:
         a slow cluster must not hold up other launches). The task's lock, if any, is
         held here while the job runs."""
@@ -666,18 +691,22 @@ class Supervisor:
             self.cluster.backend()
             log_fd = self.log_files.open(log_path)  # (readers see the run has a log)
             os.close(log_fd)
+            run_files.prepare(self.settings, self.uploads, run.id, {})  # (outputs come here)
         except (TaskRunError, OSError) as exc:
             for fd in fds:
                 os.close(fd)
             self._finish_unstarted(run.id, f"Could not start: {exc}.")
             return
+        inputs = {param: (value["file"], self.uploads.path(value["sha256"]))
+                  for param, value in files.items()}
         submission = self.cluster.submission(run.id, run.task, data, env,
-                                             cell_record is not None, resources)
+                                             cell_record is not None, resources, inputs)
         now = utcnow()
         active = Active(run_id=run.id, task=run.task, pid=0,
                         deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                         log_path=log_path, progress_path=progress_path, key="",
                         cells_path=cell_record, backend="ray", job=submission.job,
+                        expects=expects,
                         submission=submission,
                         held_fds=fds, holds_lock=False, started_at=now,
                         spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
@@ -685,6 +714,17 @@ class Supervisor:
                                            "secrets": self.vault.marks(secret_env)
                                            if self.vault else {}}})
         self.start_watching(active)
+
+    def _upstream_result(self, run_id: int) -> str | None:
+        """The result of the run whose end started this one, as JSON text."""
+        try:
+            with self.db.connect() as c:
+                row = c.execute(sa.select(Run.__table__.c.result).where(
+                    Run.__table__.c.id == run_id)).first()
+        except Exception:
+            log.exception("could not read the result of run %d", run_id)
+            return None
+        return None if row is None or row[0] is None else json.dumps(row[0])
 
     def _finish_unstarted(self, run_id: int, error: str) -> None:
         # running -> failed: it was claimed but no process could be started. Its lock

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import cells, failures, logs, procs, storage
+from . import cells, failures, logs, procs, run_files, storage
 from .fastsql import Fast
 from .models import Run, RunPublic, RunSample, utcnow
 from .status import RunStatus
@@ -55,7 +55,10 @@ def _finish(with_spawned: bool) -> Fast:
         cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float), _T.c.cpu_seconds),
         peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss),
         failure=sa.bindparam("b_failure", type_=_T.c.failure.type),
-        cells=sa.bindparam("b_cells", type_=_T.c.cells.type))
+        cells=sa.bindparam("b_cells", type_=_T.c.cells.type),
+        outputs=sa.bindparam("b_outputs", type_=_T.c.outputs.type),
+        result=sa.bindparam("b_result", type_=_T.c.result.type),
+        output_warnings=sa.bindparam("b_warnings", type_=_T.c.output_warnings.type))
     if with_spawned:
         values.update(_SPAWNED_VALUES)
     return Fast(
@@ -85,6 +88,7 @@ class Active:
     progress_path: Path
     key: str
     cells_path: Path | None = None  # the record of a file in cells
+    expects: tuple = ()  # the task's declared outputs (metadata.OutputSpec)
     backend: str = "local"  # where it executes: "local" (a process here) or "ray"
     job: str | None = None  # its job on the cluster (a remote run)
     submission: Any = None  # what to submit, until the watcher has (a remote run)
@@ -163,6 +167,7 @@ def _done(sup: Supervisor, a: Active) -> None:
     if a.cells_path is not None:
         _remove(a.cells_path)
     _close_held(a)
+    run_files.tidy(sup.settings, a.run_id)
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
@@ -480,6 +485,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
         failure = failure_cause(sup, a)
     spawned = a.spawned or {}
     statement = _FINISH_SPAWNED if spawned else _FINISH
+    status, error, failure, made = products(sup, a, status, error, failure)
     # finished_at is when the exit was seen, not when this write happens (it may be
     # late: after the next run's launch, or retried after a storage fault).
     values = {**spawned, "b_id": a.run_id, "b_status": status.value, "b_error": error,
@@ -487,7 +493,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
               "b_rss": a.peak_rss or None, "b_failure": failure,
-              "b_cells": run_cells(a, status, exited_at)}
+              "b_cells": run_cells(a, status, exited_at), **made}
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:
@@ -495,6 +501,26 @@ def finalize(sup: Supervisor, a: Active) -> None:
 
     a.outcome = (status, code)  # logged once waiters are told
     record_end(sup, a, write)
+
+def products(sup: Supervisor, a: Active, status: RunStatus, error: str | None,
+             failure: dict | None) -> tuple[RunStatus, str | None, dict | None, dict]:
+    """What the run produced, read before its end is recorded: (status, error, failure,
+    the end's values for them). A declared expectation it violates fails it (its exit
+    code stays), so a chain stops there and its retries apply."""
+    try:
+        made = run_files.collect(sup.settings, sup.db, a.run_id, a.task, status, a.expects)
+    except Exception:  # what it produced is worth much, its end being recorded more
+        log.exception("could not read the outputs of run %d", a.run_id)
+        made = run_files.Products(warnings=["its outputs could not be read; see the "
+                                            "application log"])
+    if made.violations and status == RunStatus.SUCCEEDED:
+        status = RunStatus.FAILED
+        error = "Its outputs failed their checks: " + "; ".join(made.violations) + "."
+        failure = {"exception": "OutputCheck", "location": made.violations[0].split(":")[0],
+                   "function": "[tool.taskrun.outputs]", "message": "; ".join(made.violations)}
+    return status, error, failure, {"b_outputs": made.outputs, "b_result": made.result,
+                                    "b_warnings": made.warnings or None}
+
 
 def run_cells(a: Active, status: RunStatus, ended: datetime) -> list[dict] | None:
     """A file in cells: what each cell did, from its record (None for any other run)."""

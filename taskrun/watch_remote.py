@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import procs, watch
+from . import procs, run_files, watch
 from .backends.ray import JobState
 from .backends.ray_log import LogSink
 from .errors import ClusterUnavailable, TaskRunError
@@ -105,7 +105,8 @@ def _follow(sup: Supervisor, a: Active
     def new_sink(skip: int) -> LogSink:
         return LogSink(a.log_path, a.job, sup.cluster.nonce(a.run_id), skip, cap,
                        lambda c: watch._marker(a, c), a.cells_path, a.progress_path,
-                       on_end=lambda: watch.wake(a))
+                       on_end=lambda: watch.wake(a),
+                       files=run_files.run_dir(settings, a.run_id))
 
     sink = new_sink(skip)
     tail = None  # followed once the job's driver has a node
@@ -255,11 +256,13 @@ def _finalize(sup: Supervisor, a: Active, state: JobState | None, sink: LogSink 
         failure = watch.failure_cause(sup, a)
     signame = procs.signal_name(code) if code is not None else None
     exited_at = a.exited_at or utcnow()
+    # (its outputs came back in the log stream, into the same dir a local run's are in)
+    status, error, failure, made = watch.products(sup, a, status, error, failure)
     values = {"b_id": a.run_id, "b_status": status.value, "b_error": error,
               "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": cpu, "b_rss": rss, "b_failure": failure,
-              "b_cells": watch.run_cells(a, status, exited_at)}
+              "b_cells": watch.run_cells(a, status, exited_at), **made}
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:

@@ -72,6 +72,8 @@ class Submission:
     grace: float
     resources: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, tuple[str, Path]] = field(default_factory=dict)  # param: (name, file)
+    outputs_max: int = 100 << 20  # what its outputs may add up to, brought back
 
 
 def _ray_client_module():
@@ -155,7 +157,15 @@ class RayBackend:
             (folder / script).write_bytes(s.code)
             shutil.copy(ENTRY, meta / "ray_entry.py")
             shutil.copy(CELL_RUNNER, meta / "cell_main.py")
-            spec = {"script": script, "env": s.env, "nonce": s.nonce, "cells": s.cells}
+            # Its file params' uploads travel as its code does: in the working dir.
+            inputs = {}
+            for param, (name, source) in s.inputs.items():
+                target = folder / "inputs" / param / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                inputs[f"TASKRUN_PARAM_{param.upper()}"] = f"inputs/{param}/{name}"
+            spec = {"script": script, "env": s.env, "nonce": s.nonce, "cells": s.cells,
+                    "inputs": inputs, "outputs_max": s.outputs_max}
             fd = os.open(meta / "run.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(spec, f)

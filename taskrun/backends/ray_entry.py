@@ -18,11 +18,13 @@ working dir, with the run's environment, and keeps what a local run guarantees:
 Standalone on purpose: the standard library only (the node has no taskrun).
 """
 
+import base64
 import ctypes
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ import time
 SEP = "\x1e"
 PR_SET_CHILD_SUBREAPER = 36
 PROGRESS_EVERY_S = 0.25
+FILE_BLOCK = 36 * 1024  # a file's bytes per record: 48 KB of base64, under 64 KB a line
+MAX_FILES = 1000
 
 
 def emit(nonce: str, kind: str, body=None) -> None:
@@ -111,6 +115,50 @@ class Progress(threading.Thread):
             self.check()
 
 
+def _regular(path: str):
+    """An open file if ``path`` is a regular file reached without a link; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def send_outputs(nonce: str, produced: str, limit: int) -> None:
+    """The run's outputs and result, into the output as ``file`` records the service
+    writes back into the run's own dir (the node's copy goes with the job). Links
+    are not followed; past ``limit`` bytes in all, a file is named, not sent."""
+    root = os.path.join(produced, "outputs")
+    sent = 0
+    names = []
+    for folder, dirs, files in os.walk(root):  # (os.walk does not follow links)
+        dirs.sort()
+        for name in sorted(files):
+            names.append(os.path.relpath(os.path.join(folder, name), root))
+    names = [("outputs/" + n) for n in names[:MAX_FILES]] + ["result.json"]
+    for name in names:
+        f = _regular(os.path.join(produced, name))
+        if f is None:
+            continue
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if sent + size > limit:
+                emit(nonce, "file", {"name": name, "left": size})
+                continue
+            sent += size
+            offset = 0
+            while True:
+                block = f.read(FILE_BLOCK)
+                emit(nonce, "file", {"name": name, "offset": offset,
+                                     "data": base64.b64encode(block).decode()})
+                offset += len(block)
+                if len(block) < FILE_BLOCK:
+                    break
+
+
 def main() -> None:
     here = os.getcwd()
     spec_path = os.path.join(here, ".taskrun", "run.json")
@@ -127,6 +175,15 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_JOB_STOP_")}
     env.update(spec["env"])
     env["TASKRUN_PROGRESS_FILE"] = progress_path
+    for name, relative in spec.get("inputs", {}).items():
+        path = os.path.join(here, relative)
+        os.chmod(path, 0o444)
+        env[name] = path
+    produced = tempfile.mkdtemp(prefix="taskrun-run-")
+    outputs = os.path.join(produced, "outputs")
+    os.mkdir(outputs)
+    env["TASKRUN_OUTPUT_DIR"] = outputs
+    env["TASKRUN_RESULT_FILE"] = os.path.join(produced, "result.json")
     script = os.path.join(here, spec["script"])
     argv = [sys.executable, "-u"]
     if spec.get("cells"):
@@ -149,6 +206,8 @@ def main() -> None:
     progress.stopped.set()
     progress.check()
     code = os.waitstatus_to_exitcode(status)
+    kill_leftovers()  # (nothing writes to its outputs while they are sent)
+    send_outputs(nonce, produced, spec.get("outputs_max", 100 << 20))
     emit(nonce, "end", {"exit": code, "cpu": round(usage.ru_utime + usage.ru_stime, 3),
                         "rss": usage.ru_maxrss * 1024,
                         "seconds": round(time.monotonic() - started, 3)})

@@ -9,6 +9,7 @@ records (``ray_entry``), which it acts on: progress, cell events, the end.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -97,8 +98,9 @@ class LogSink:
 
     def __init__(self, path: Path, job: str, nonce: str, skip: int, cap: Callable[[], int],
                  marker: Callable[[int], bytes], cells: Path | None, progress: Path,
-                 on_end: Callable[[], None] | None = None):
+                 on_end: Callable[[], None] | None = None, files: Path | None = None):
         self.path, self.cells, self.progress = path, cells, progress
+        self.files = files  # the run's own dir: its outputs and result are written there
         self.on_end = on_end  # told when the entrypoint reports the task's end
         # Ray's job supervisor writes this line once, through a buffered file, so it can
         # land after the task's first output: held back until it has been taken out.
@@ -240,6 +242,8 @@ class LogSink:
                 self.on_end()
         elif kind == "progress" and isinstance(value, str):
             _append(self.progress, value + "\n", truncate=True)
+        elif kind == "file" and isinstance(value, dict) and self.files is not None:
+            self._file(value)
         elif kind == "cell" and isinstance(value, dict) and self.cells is not None:
             if "offset" in value:  # where its output starts in the run's log
                 try:
@@ -247,6 +251,38 @@ class LogSink:
                 except OSError:
                     value["offset"] = 0
             _append(self.cells, json.dumps(value) + "\n")
+
+
+    def _file(self, value: dict) -> None:
+        """A piece of an output (or the result) the entrypoint sent: written at its
+        offset, so the same piece seen twice (a restart follows the log again) is
+        written once. A name that is not a path inside the run's dir is refused."""
+        from .. import outputs
+
+        name = value.get("name")
+        try:
+            outputs.check_name(name)
+            if not (name == "result.json" or name.startswith("outputs/")):
+                raise ValueError(name)
+        except ValueError:
+            log.warning("the job of %s sent a file named %r: refused", self.path.name,
+                        str(name)[:80])
+            return
+        target = self.files / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if "left" in value:  # not sent: past TASKRUN_RAY_OUTPUTS_MAX_MB
+                note = self.files / "not-brought-back"
+                _append(note, f"{name[8:]}\t{value['left']}\n")
+                return
+            data = base64.b64decode(value.get("data", ""))
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.pwrite(fd, data, int(value.get("offset", 0)))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("an output of %s could not be written: %s", self.path.name, exc)
 
 
 def _append(path: Path, text: str, truncate: bool = False) -> None:
