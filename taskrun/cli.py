@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import fmt, lite
@@ -113,18 +114,41 @@ def _exit_code(run) -> int:
     return 1
 
 
+def _split_files(pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """(params, files): ``name=@path`` is the file at ``path`` for a file param."""
+    params, files = {}, {}
+    for key, value in pairs:
+        if value.startswith("@"):
+            path = Path(value[1:]).expanduser()
+            try:
+                files[key] = (path.name, open(path, "rb"))  # noqa: SIM115 (cmd_run closes it)
+            except OSError as exc:
+                raise SystemExit(f"--param {key}: cannot read {path}: {exc.strerror}") from None
+        else:
+            params[key] = value
+    return params, files
+
+
 def cmd_run(args) -> int:
-    params = dict(args.param or [])
+    params, files = _split_files(args.param or [])
+    try:
+        return _run(args, params, files)
+    finally:
+        for _, f in files.values():
+            f.close()
+
+
+def _run(args, params: dict, files: dict) -> int:
     from .service import Service
 
     svc = Service(load())
     if args.detach:
         svc.open()
-        run = svc.submit(args.task, params, trigger="cli", user="cli")
+        run = svc.submit(args.task, params, trigger="cli", user="cli", files=files)
         print(run.id)
         return 0
     svc.open()
-    run = svc.submit(args.task, params, trigger="cli", user="cli")
+    run = svc.submit(args.task, params, trigger="cli", user="cli", files=files)
     claim = {run.id}
     svc.start(claim_only=claim, sample_system=False)
     print(f"run {run.id} of {args.task} queued", file=sys.stderr)
@@ -324,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a task: stream its output and exit with its exit code")
     p.add_argument("task")
     p.add_argument("--param", "-p", action="append", type=_param, metavar="NAME=VALUE",
-                   help="a param value (repeatable)")
+                   help="a param value (repeatable); NAME=@path uploads a file to a file param")
     p.add_argument("--detach", "-d", action="store_true",
                    help="only queue the run (a server executes it) and print its id")
     p.set_defaults(func=cmd_run)

@@ -46,12 +46,15 @@ def will_retry(run, meta: TaskMeta) -> bool:
     return run.status in RETRYABLE and run.attempt <= meta.retries
 
 
-def wants(on: str, status: str) -> bool:
+def wants(on: str, status: str, warned: bool = False) -> bool:
+    """Whether a target notified ``on`` these ends is told of this one. A success whose
+    outputs were warned about is told to "failure" targets too: a table that came out
+    empty is what they are there to hear of."""
     if on == "always":
         return True
     if on == "success":
         return status == RunStatus.SUCCEEDED
-    return status in UNSUCCESSFUL  # "failure"
+    return status in UNSUCCESSFUL or (warned and status == RunStatus.SUCCEEDED)
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
@@ -166,7 +169,8 @@ class FollowUps:
             targets.append((self.settings.webhook_url, self.settings.webhook_on))
         seen = set()
         for url, on in targets:
-            if url in seen or not wants(on, run.status) or run.status == RunStatus.SKIPPED:
+            if url in seen or not wants(on, run.status, bool(run.output_warnings)) or \
+                    run.status == RunStatus.SKIPPED:
                 continue
             seen.add(url)
             c.execute(sa.insert(_D).values(run_id=run.id, url=url, event=f"run.{run.status}",

@@ -45,6 +45,10 @@ def payload(run: RunPublic, settings: Settings) -> dict:
             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
             "duration": run.duration, "scheduled_for": _iso(run.scheduled_for),
             "upstream_run": run.upstream_run,
+            "output_warnings": run.output_warnings or [],
+            "outputs": [{k: o.get(k) for k in ("name", "size", "kind", "rows")}
+                        for o in run.outputs or ()],
+            "result": run.result,
         },
         "url": f"{settings.base_url}/runs?run={run.id}",
         "service": {"name": "taskrun", "version": __version__},
@@ -134,9 +138,12 @@ class Notifier:
         message = EmailMessage()
         message["From"] = self.settings.smtp_from
         message["To"] = address
-        message["Subject"] = f"[taskrun] {run.task} run #{run.id} {run.status}"
+        warned = run.output_warnings or []
+        message["Subject"] = f"[taskrun] {run.task} run #{run.id} {run.status}" + (
+            f" with {len(warned)} output warning(s)" if warned else "")
         lines = [f"Run #{run.id} of {run.task}: {run.status}"
                  + (f" ({run.error})" if run.error else ""),
+                 *(f"Warning: {w}" for w in warned),
                  f"Trigger: {run.trigger}, attempt {run.attempt}",
                  f"Duration: {run.duration if run.duration is not None else '-'} s",
                  f"Details: {data['url']}", "", json.dumps(data, indent=2)]

@@ -19,7 +19,6 @@ from typing import Any
 
 from .metadata import OutputSpec
 
-
 UNKNOWN = {"?", "null"}  # a type read from a header only, or from no values
 
 

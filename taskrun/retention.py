@@ -1,4 +1,5 @@
-"""Pruning old history: runs (with their samples and logs) past the retention settings.
+"""Pruning old history: runs (with their samples, logs and outputs) past the retention
+settings, and the uploads no run kept names any more.
 
 Active runs are never touched; neither are the newest runs of a task when a
 per-task count is set. Called by the supervisor about once an hour, and by
@@ -8,16 +9,19 @@ per-task count is set. Called by the supervisor about once an hour, and by
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import logs
+from . import logs, run_files
 from .db import Database
 from .models import Delivery, Run, RunSample, utcnow
 from .settings import Settings
 from .status import ACTIVE
+from .uploads import Uploads
 
 log = logging.getLogger("taskrun.retention")
 
@@ -30,6 +34,15 @@ BATCH = 5000
 class PruneResult:
     runs: int
     log_bytes: int
+
+
+def _remove_tree(folder: Path) -> int:
+    """Remove a run's dir (its outputs); the bytes it held."""
+    if not folder.exists():
+        return 0
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    shutil.rmtree(folder, ignore_errors=True)
+    return size
 
 
 def doomed_ids(db: Database, settings: Settings, now: datetime | None = None) -> list[int]:
@@ -71,6 +84,11 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
                 path.unlink()
             except FileNotFoundError:
                 pass
+            freed += _remove_tree(run_files.run_dir(settings, run_id))
+    try:  # uploads no run names any more
+        Uploads(settings).collect(db)
+    except Exception:
+        log.exception("could not remove unused uploads")
     log.info("pruned %d run(s) and %d bytes of logs (retention: %s days, %s runs per task)",
              len(ids), freed, settings.retention_days or "unlimited",
              settings.retention_runs or "unlimited")
