@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as ApiPath
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__, logs, outputs, storage, web_login
 from . import oidc as oidc_mod
@@ -381,7 +381,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         after it. Every upload is checked before anything is queued."""
         kind = request.headers.get("content-type", "")
         files: dict[str, tuple[str, Any]] = {}
-        if kind.startswith("multipart/form-data"):
+        if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             try:
                 form = await request.form(max_files=MAX_UPLOADS, max_fields=MAX_UPLOADS + 1)
             except Exception as exc:  # a malformed body (Starlette's parser says why)
@@ -404,9 +404,11 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
             raw = await request.body()
             try:
                 body = ExecuteRequest.model_validate_json(raw) if raw.strip() else None
-            except ValueError as exc:
-                raise InvalidParams(f"The body is not a valid execute request: "
-                                    f"{str(exc).splitlines()[0]}") from None
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+                raise InvalidParams(f"The body is not a valid execute request: {where}: "
+                                    f"{first.get('msg')}") from None
             params = (body.params if body else None) or {}
         try:
             run = await run_in_threadpool(svc.submit, task_id, params, "api", who(request),
