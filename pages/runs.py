@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages import cells_view
+from pages import cells_view, outputs_view
 from pages.common import (
     PAGES,
     ended,
@@ -114,6 +114,7 @@ with history_tab:
                             " (its page on the Ray dashboard)")
             if run.error:
                 st.warning(run.error)
+            outputs_view.warnings(run)
             if run.failure:
                 cause = run.failure
                 st.markdown(f"**Cause** `{cause['exception']}` at `{cause['location']}` in "
@@ -216,6 +217,8 @@ with history_tab:
             name = f"{run.task}_{run.id}.log"
             url = f"/api/logs/{name}/download"
             st.link_button("⬇ Download the whole log", f"{url}?{svc.auth.sign(url)}")
+
+            outputs_view.show(svc, run, f"runs_{run.id}")
 
             samples = svc.run_samples(run.id)
             if samples:

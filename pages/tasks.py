@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages import outputs_view
 from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
@@ -82,6 +83,11 @@ def run_dialog(task: dict) -> None:
                 choices = spec.get("choices") or []
                 index = choices.index(default) if default in choices else 0
                 values[name] = st.selectbox(label, choices, index=index, help=help_, key=key)
+            elif kind == "file":
+                accept = [a.lstrip(".") for a in spec.get("accept") or []] or None
+                limit = f" (at most {spec['max_mb']:g} MB)" if spec.get("max_mb") else ""
+                values[name] = st.file_uploader(label, type=accept, key=key,
+                                                help=(help_ or "") + limit or None)
             elif kind == "date":
                 values[name] = st.text_input(label, value=str(default or date.today()),
                                              help=(help_ or "") + " (YYYY-MM-DD, today, yesterday)",
@@ -93,8 +99,13 @@ def run_dialog(task: dict) -> None:
             st.caption("This task declares no params.")
         submitted = st.form_submit_button("Run", type="primary")
     if submitted:
+        files = {name: (value.name, value) for name, value in values.items()
+                 if params[name].get("type") == "file" and value is not None}
+        values = {name: value for name, value in values.items()
+                  if params[name].get("type") != "file"}
         try:
-            run = svc.submit(task["name"], values, trigger="manual", user=signed_in().name)
+            run = svc.submit(task["name"], values, trigger="manual", user=signed_in().name,
+                             files=files or None)
         except TaskRunError as exc:
             show_error(exc)
             return
@@ -178,6 +189,7 @@ tasks = svc.view.tasks()
 if not tasks:
     st.info("No tasks yet: create one above.")
 
+latest_outputs = svc.latest_outputs()
 header = st.columns([3, 4, 1.3, 2.2, 1.3, 1.2, 2.6])
 for col, label in zip(header, ["Task", "Description", "State", "Last run", "Duration",
                                "Success", "Actions"], strict=True):
@@ -196,6 +208,11 @@ for task in tasks:
     if last:
         when = datetime.fromisoformat(last["finished_at"] or last["queued_at"])
         cols[3].write(f"{status_label(last['status'])} · {fmt.ago(when)}")
+        made = latest_outputs.get(name)
+        if made:  # the latest successful run's main output, a click from its page
+            run_id, entry = made
+            cols[3].page_link(PAGES["runs"], label=outputs_view.summary(entry).replace("`", ""),
+                              query_params={"run": str(run_id)})
         cols[4].write(fmt.duration(last["duration"]))
     else:
         cols[3].write("never run")

@@ -559,6 +559,21 @@ class Service:
 
         return entry, blocks()
 
+    def latest_outputs(self) -> dict[str, tuple[int, dict]]:
+        """Per task: (run id, main output) of its latest successful run that made any."""
+        latest = (sa.select(_T.c.task, sa.func.max(_T.c.id).label("id"))
+                  .where(_T.c.status == RunStatus.SUCCEEDED.value, _T.c.outputs.is_not(None))
+                  .group_by(_T.c.task).subquery())
+        with self.db.connect() as c:
+            rows = c.execute(sa.select(_T.c.id, _T.c.task, _T.c.outputs)
+                             .join(latest, latest.c.id == _T.c.id)).all()
+        found = {}
+        for run_id, task, made in rows:
+            main = outputs.main_output(made)
+            if main is not None:
+                found[task] = (run_id, main)
+        return found
+
     def output_bytes(self, run_id: int, name: str, limit: int = 50 << 20) -> bytes:
         """A (small) output whole, for the dashboard to draw; NotFound past ``limit``."""
         entry, stream = self.output_stream(run_id, name)

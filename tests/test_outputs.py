@@ -117,7 +117,7 @@ def test_outputs_are_listed_with_kind_rows_and_columns_and_download_byte_identic
     assert client.get(f"/tasks/runs/{first.id}/outputs/orders.csv").content == expected
     again = {o["name"]: o for o in second.outputs}
     assert again["orders.csv"]["rows"] == 5 and "table.parquet" not in again
-    assert "table.parquet: not produced this time (last good run #%d had it)" % first.id \
+    assert f"table.parquet: not produced this time (last good run #{first.id} had it)" \
         in second.output_warnings
 
 
@@ -170,7 +170,7 @@ columns = ["a", "b"]
     chained = wait_for(lambda: [r for r in service.task_history("after")
                                 if r.status == "succeeded"])
     assert service.read_log(chained[0].id).content.strip() == \
-        'got {"rows": 2, "run": "%d"}' % ok.id
+        'got {"rows": 2, "run": "' + str(ok.id) + '"}'
     bad = finished(service, service.submit("produce", {"n": 0}).id)
     assert bad.status == "failed" and bad.exit_code == 0
     assert bad.error == ("Its outputs failed their checks: orders.csv: 0 rows, expected at "

@@ -308,3 +308,42 @@ def test_a_run_on_a_cluster_says_where_it_ran(env):
     at = goto(app(), "runs", run=str(run.id))
     assert ("**Ran on** the Ray cluster at `http://ray-head:8265`, node `10.0.0.7` · job "
             "[`taskrun-abc-1`](http://ray-head:8265/#/jobs/taskrun-abc-1)") in texts(at)
+
+
+def test_a_runs_outputs_are_shown_by_kind_with_its_warnings_and_result(env):
+    from .test_outputs import PRODUCE, PRODUCE_META, task
+
+    svc = service_mod.default_service()
+    (env / "produce.py").write_text(task(PRODUCE, PRODUCE_META))
+    good = svc.wait(svc.submit("produce", {"n": 4, "all": True}).id, 60)
+    empty = svc.wait(svc.submit("produce", {"n": 0}).id, 60)
+    assert good.status == empty.status == RunStatus.SUCCEEDED
+    at = goto(app(), "runs", run=str(good.id))
+    labels = [e.label for e in at.expander]
+    assert "`orders.csv` · 26 B · 4 rows · 2 columns · table" in labels, labels
+    assert any(label.startswith("`chart.json`") and label.endswith("chart") for label in labels)
+    frames = [d.value for d in at.dataframe]
+    assert any(list(f.columns) == ["a", "b"] and len(f) == 4 for f in frames), frames
+    assert "Schema: a (int64), b (int64)" in texts(at)
+    assert at.get("plotly_chart") and at.get("image"), "the chart and the image are drawn"
+    assert any(j.value == {"rows": 4, "run": str(good.id)} or '"rows": 4' in str(j.value)
+               for j in at.json)
+    assert any(b.url.startswith(f"/api/tasks/runs/{good.id}/outputs/orders.csv?exp=")
+               for b in at.get("link_button"))
+    at = goto(at, "runs", run=str(empty.id))
+    assert f"orders.csv: 0 rows (last good run #{good.id} had 4)" in texts(at)
+    # The Tasks page: the latest successful run's main output, linked to its page.
+    at = goto(at, "tasks")
+    assert any(getattr(p, "label", "") == "orders.csv · 4 B · 0 rows · 2 columns"
+               for p in at.get("page_link")), [getattr(p, "label", "") for p in
+                                               at.get("page_link")]
+
+
+def test_the_run_dialog_uploads_a_file_param(env):
+    from .test_outputs import READER, READER_META, task
+
+    (env / "reader.py").write_text(task(READER, READER_META))
+    at = goto(app(), "tasks")
+    at.button(key="run-reader").click().run()
+    uploaders = at.get("file_uploader")
+    assert uploaders, "the run dialog has an upload for the file param"
