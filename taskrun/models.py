@@ -105,9 +105,11 @@ class RunBase(SQLModel):
     # What it produced (``outputs.describe_all``): [{name, size, sha256, kind, rows,
     # columns, note}], None when nothing; the JSON it wrote to TASKRUN_RESULT_FILE;
     # what the checks of its outputs found (``output_checks``).
-    outputs: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    outputs: list | None = Field(default=None, sa_column=Column(JSON(none_as_null=True),
+                                                                nullable=True))
     result: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
-    output_warnings: list | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    output_warnings: list | None = Field(default=None,
+                                         sa_column=Column(JSON(none_as_null=True), nullable=True))
 
 
 class Run(RunBase, table=True):

@@ -30,7 +30,7 @@ def compare(outputs: list[dict], last: tuple[int, list[dict]] | None,
             drop: float) -> list[str]:
     """Warnings for ``outputs`` against ``(run id, outputs)`` of the last good run."""
     warnings = []
-    before = {o["name"]: o for o in (last[1] if last else ())}
+    before = {o["name"]: o for o in ((last[1] or ()) if last else ())}
     ref = f"last good run #{last[0]}" if last else ""
     for out in outputs:
         if out.get("kind") != "table":

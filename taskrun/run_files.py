@@ -121,9 +121,11 @@ def _not_brought_back(folder: Path) -> list[str]:
     except OSError:
         return []
     said = []
-    for line in lines:
+    for line in dict.fromkeys(lines):  # (a log followed again after a restart: twice)
         name, _, size = line.rpartition("\t")
-        if name:
+        if name and size == "link":
+            said.append(f"{name}: a symbolic link, not kept")
+        elif name:
             said.append(f"{name}: {outputs._mb(int(size) if size.isdigit() else 0)}, not "
                         "brought back from the Ray node (past TASKRUN_RAY_OUTPUTS_MAX_MB)")
     return said

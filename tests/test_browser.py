@@ -424,6 +424,69 @@ def test_a_run_in_cells_its_failure_group_and_what_changed(page, server):
     shot(page, "run-diff")
 
 
+SPLITTER = '''# /// script
+# [tool.taskrun]
+# description = "Keep the big orders"
+# [tool.taskrun.params]
+# orders = {{ type = "file", accept = [".csv"], required = true }}
+# ///
+import csv, os
+out = os.path.join(os.environ["TASKRUN_OUTPUT_DIR"], "big_orders.csv")
+with open(os.environ["TASKRUN_PARAM_ORDERS"]) as f, open(out, "w", newline="") as g:
+    rows = [r for r in csv.DictReader(f) if int(r["amount"]) >= {least}]
+    w = csv.DictWriter(g, ["order_id", "amount"])
+    w.writeheader()
+    w.writerows(rows)
+print("kept", len(rows), "of", os.environ["TASKRUN_PARAM_ORDERS_NAME"])
+'''
+
+
+def test_upload_in_the_run_dialog_run_see_the_output_table_and_download_it(page, server,
+                                                                            tmp_path):
+    (Path(server.env["TASKRUN_TASKS_DIR"]) / "splitter.py").write_text(
+        SPLITTER.format(least=100))
+    upload = tmp_path / "orders.csv"
+    upload.write_text("order_id,amount\n1,50\n2,150\n3,300\n")
+    open_page(page, server)
+    page.locator(".st-key-run-splitter button").first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    dialog.locator("input[type=file]").set_input_files(str(upload))
+    expect(dialog.get_by_text("orders.csv")).to_be_visible()  # (uploaded to the server)
+    idle(page)
+    dialog.get_by_role("button", name="Run", exact=True).click()
+    flash = page.get_by_text(re.compile(r"Run #\d+ of splitter queued\."))
+    expect(flash).to_be_visible()
+    run_id = run_id_of(flash.inner_text())
+    assert wait_run(server, run_id)["status"] == "succeeded"
+
+    open_page(page, server, f"runs?run={run_id}")
+    expect(page.get_by_text("kept 2 of orders.csv")).to_be_visible()
+    table = page.get_by_test_id("stExpander").filter(has_text="big_orders.csv")
+    expect(table.get_by_text("The first 2 of 2 rows")).to_be_visible()
+    expect(table.get_by_text("Schema: order_id (int64), amount (int64)")).to_be_visible()
+    expect(table.get_by_test_id("stDataFrame")).to_be_visible()
+    shot(page, "run-outputs")
+    with page.expect_download() as info:
+        table.get_by_role("link", name=re.compile("Download")).click()
+    target = tmp_path / "big_orders.csv"
+    info.value.save_as(target)
+    assert target.read_text() == "order_id,amount\r\n2,150\r\n3,300\r\n"
+
+    # A later run that keeps nothing is warned about at the top of its page.
+    (Path(server.env["TASKRUN_TASKS_DIR"]) / "splitter.py").write_text(
+        SPLITTER.format(least=1000))
+    status, again = server.json("POST", "/api/tasks/splitter/execute",
+                                {"params": {"orders": wait_run(server, run_id)["params"][
+                                    "orders"]}})
+    assert status == 202, again
+    assert wait_run(server, again["run_id"])["status"] == "succeeded"
+    open_page(page, server, f"runs?run={again['run_id']}")
+    expect(page.get_by_text(f"big_orders.csv: 0 rows (last good run #{run_id} had 2)")
+           ).to_be_visible()
+    shot(page, "run-output-warning")
+
+
 def test_system_page_charts_render_and_update(page, server):
     open_page(page, server, "system")
     chart = page.locator(".js-plotly-plot").first

@@ -316,3 +316,44 @@ def test_a_dead_replicas_ray_run_is_followed_to_its_end_by_another(tmp_path, tas
         first.wait()
         first.stdin.close()
         first.stdout.close()
+
+
+def test_uploads_reach_the_node_and_outputs_and_result_come_back(tmp_path, tasks_dir, cluster):
+    import hashlib
+    import io
+
+    from .test_outputs import PRODUCE, PRODUCE_META, READER, READER_META, task
+
+    svc = Service(ray_settings(tmp_path, cluster, TASKRUN_RAY_OUTPUTS_MAX_MB=1)).start(
+        sample_system=False)
+    try:
+        (tasks_dir / "reader.py").write_text(task(READER, READER_META))
+        read = svc.wait(svc.submit("reader", files={"data": ("in.csv", io.BytesIO(b"x,y\n"))}).id,
+                        90)
+        assert read.status == "succeeded" and read.backend == "ray"
+        assert svc.read_log(read.id).content == "name in.csv\nmode 0o444\nbody x,y\n"
+
+        (tasks_dir / "produce.py").write_text(task(PRODUCE + """
+with open(os.path.join(out, "big.bin"), "wb") as f:
+    f.write(os.urandom(2 << 20))  # past TASKRUN_RAY_OUTPUTS_MAX_MB: named, left on the node
+with open(os.path.join(out, "mid.bin"), "wb") as f:
+    f.write(bytes(range(256)) * 1000)  # many records' worth
+""", PRODUCE_META))
+        made = svc.wait(svc.submit("produce", {"all": True}).id, 90)
+        assert made.status == "succeeded", svc.read_log(made.id).content
+        listed = {o["name"]: o for o in made.outputs}
+        assert set(listed) == {"orders.csv", "table.parquet", "img/dot.png", "chart.json",
+                               "mid.bin"}
+        assert listed["orders.csv"]["rows"] == 3 and listed["table.parquet"]["rows"] == 2
+        assert listed["chart.json"]["kind"] == "chart"
+        _, stream = svc.output_stream(made.id, "mid.bin")
+        body = b"".join(stream)
+        assert body == bytes(range(256)) * 1000
+        assert hashlib.sha256(body).hexdigest() == listed["mid.bin"]["sha256"]
+        assert made.result == {"rows": 3, "run": str(made.id)}
+        assert "escape.txt: a symbolic link, not kept" in made.output_warnings
+        assert any(w.startswith("big.bin: 2 MB, not brought back from the Ray node")
+                   for w in made.output_warnings), made.output_warnings
+        assert svc.read_log(made.id).content == "made 3\n"  # the records are not in the log
+    finally:
+        svc.stop()

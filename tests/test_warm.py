@@ -68,7 +68,8 @@ def test_a_warm_run_sees_what_a_cold_run_sees(svc, tasks_dir):
     assert hot.launch == "warm" and cold.launch == "cold"
     assert hot.status == cold.status == "succeeded"
     a, b = probe(svc, hot.id), probe(svc, cold.id)
-    for key in ("TASKRUN_RUN_ID", "TASKRUN_TASK", "TASKRUN_RUN_KEY", "TASKRUN_PROGRESS_FILE"):
+    for key in ("TASKRUN_RUN_ID", "TASKRUN_TASK", "TASKRUN_RUN_KEY", "TASKRUN_PROGRESS_FILE",
+                "TASKRUN_OUTPUT_DIR", "TASKRUN_RESULT_FILE"):
         a["env"].pop(key), b["env"].pop(key)
     assert a["argv"] == [str(tasks_dir / "hot.py")] and b["argv"] == [str(tasks_dir / "cold.py")]
     assert a["file"] == a["argv"][0] and a["path0"] == b["path0"] == str(tasks_dir)

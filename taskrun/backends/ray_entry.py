@@ -142,6 +142,8 @@ def send_outputs(nonce: str, produced: str, limit: int) -> None:
     for name in names:
         f = _regular(os.path.join(produced, name))
         if f is None:
+            if os.path.lexists(os.path.join(produced, name)):
+                emit(nonce, "file", {"name": name, "left": "link"})  # (named, not followed)
             continue
         with f:
             size = os.fstat(f.fileno()).st_size

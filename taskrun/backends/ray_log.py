@@ -270,11 +270,12 @@ class LogSink:
             return
         target = self.files / name
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if "left" in value:  # not sent: past TASKRUN_RAY_OUTPUTS_MAX_MB
-                note = self.files / "not-brought-back"
-                _append(note, f"{name[8:]}\t{value['left']}\n")
+            if "left" in value:  # not sent: a link, or past TASKRUN_RAY_OUTPUTS_MAX_MB
+                self.files.mkdir(parents=True, exist_ok=True)
+                _append(self.files / "not-brought-back",
+                        f"{name.removeprefix('outputs/')}\t{value['left']}\n")
                 return
+            target.parent.mkdir(parents=True, exist_ok=True)
             data = base64.b64decode(value.get("data", ""))
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
