@@ -341,6 +341,20 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """A table output's first `rows` rows: `{"columns", "rows": [[...]], "total"}`."""
         return svc.output_preview(run_id, name, rows, forward=PEER_HEADER not in request.headers)
 
+    @api.get("/uploads/{sha}", tags=["tasks"],
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def upload(sha: str = ApiPath(pattern="^[0-9a-f]{64}$"), svc: Service = Depends(service)):
+        """An upload kept by this server, by its sha256 (what a server sharing the database
+        fetches for a run it claimed; never forwarded)."""
+        f = svc.uploads.open(sha)
+
+        def blocks():
+            with f:
+                while block := f.read(256 * 1024):
+                    yield block
+
+        return StreamingResponse(blocks(), media_type="application/octet-stream")
+
     @tasks.get("/runs/{run_id}/attempts", response_model=list[RunPublic])
     def run_attempts(run_id: RowId, svc: Service = Depends(service)):
         """The run's retry chain, first attempt to last."""

@@ -1,4 +1,5 @@
-"""Reading a run's log from the server that ran it, when that is another server.
+"""Reading a run's log (and outputs) from the server that ran it, when that is another
+server; fetching an upload a run needs from the server that took it.
 
 A run's log lives in the data dir of the server that claimed it. Servers that
 share a database but not a data dir read each other's logs over HTTP, with the
@@ -10,11 +11,15 @@ and never forwards again.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logs, replicas
@@ -23,6 +28,8 @@ from .errors import NotReady
 if TYPE_CHECKING:
     from .models import Run
     from .service import Service
+
+log = logging.getLogger("taskrun.peers")
 
 PEER_HEADER = "x-taskrun-peer"  # a read asked by another server: answered from here only
 TIMEOUT_S = 5
@@ -131,3 +138,32 @@ def read_log(svc: Service, run: Run, offset: int, max_bytes: int, tail_bytes: in
         raise _unreachable(run, keeper, exc) from exc
     return logs.LogChunk(data["content"], data["offset"], data["next_offset"], data["size"],
                          data["complete"])
+
+
+def fetch_upload(svc: Service, sha: str, target: Path) -> bool:
+    """Copy the upload ``sha`` from whichever live server has it into ``target``
+    (checked against its sha256); False when none has it."""
+    mine = str(svc.settings.home)
+    for keeper in replicas.listing(svc.db):
+        if keeper["home"] == mine or keeper["stopped_at"] is not None:
+            continue
+        req = _signed(svc, keeper, f"/api/uploads/{sha}", {})
+        part = target.with_name(f".fetch-{sha}-{os.getpid()}")
+        try:
+            digest = hashlib.sha256()
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp, open(part, "wb") as out:
+                while block := resp.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != sha:
+                raise OSError("its bytes do not match its sha256")
+            os.chmod(part, 0o444)
+            os.replace(part, target)
+            return True
+        except OSError as exc:
+            if not (isinstance(exc, urllib.error.HTTPError) and exc.code == 404):
+                log.warning("could not fetch upload %s from %s: %s", sha[:12],
+                            keeper["advertise_url"], exc)
+        finally:
+            part.unlink(missing_ok=True)
+    return False

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -133,6 +134,11 @@ class Service:
             self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
                                      vault=self.vault, automation=automation)
+        if not self.db.is_sqlite:  # (other servers, other data dirs)
+            from . import peers
+
+            fetch = partial(peers.fetch_upload, self)
+            self.uploads.fetch = self.supervisor.uploads.fetch = fetch
         self.supervisor.start()
         if sample_system:
             self.sampler = monitor.Sampler(self.settings.home, self.settings.monitor_interval)

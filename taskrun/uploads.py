@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -80,6 +81,8 @@ class Uploads:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.uploads_dir
+        # Servers sharing a database: an upload taken by another one is fetched from it.
+        self.fetch: Callable[[str, Path], bool] | None = None
 
     def path(self, sha: str) -> Path:
         if not SHA_RE.match(sha):
@@ -121,19 +124,31 @@ class Uploads:
             temp.unlink(missing_ok=True)
         return {"file": name, "size": size, "sha256": sha}
 
+    def open(self, sha: str) -> IO[bytes]:
+        """An upload's bytes (for a server that needs it for a run it claimed)."""
+        from .errors import NotFound
+
+        try:
+            return open(self.path(sha), "rb")
+        except OSError:
+            raise NotFound("No such upload here.") from None
+
     def check_kept(self, meta: TaskMeta, values: dict[str, Any]) -> None:
         """Every file a run's params name is still kept (a re-run after it was removed is
         refused now, not failed at its launch)."""
         for param in meta.params:
             value = values.get(param.name)
             if param.type == "file" and isinstance(value, dict) and \
-                    not self.path(value["sha256"]).exists():
+                    not self.path(value["sha256"]).exists() and self.fetch is None:
                 raise InvalidParams(f"param '{param.name}': the file {value['file']!r} is no "
                                     "longer kept; upload it again")
 
     def copy_into(self, run_dir: Path, param: str, value: dict) -> Path:
         """The run's own read-only copy of an upload: ``inputs/<param>/<file name>``."""
         source = self.path(value["sha256"])
+        if not source.exists() and self.fetch is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.fetch(value["sha256"], source)
         target = run_dir / "inputs" / param / value["file"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)  # (in the kernel: copy_file_range/sendfile)

@@ -230,3 +230,51 @@ def test_a_host_that_dies_has_its_run_marked_lost_and_its_task_runs_again(hosts)
     again = b.json("POST", "/api/tasks/solo/execute", {})
     assert again[0] == 202, again
     b.json("POST", f"/api/tasks/runs/{again[1]['run_id']}/cancel")
+
+
+def test_an_upload_to_one_host_reaches_a_run_on_the_other_and_its_outputs_read_through_both(
+        hosts, tmp_path):
+    import httpx
+
+    from .server import API_TOKEN
+    from .test_outputs import task
+
+    a, b = hosts
+    tasks = Path(a.env["TASKRUN_TASKS_DIR"])
+    (tasks / "busy.py").write_text(task("import time\ntime.sleep(60)\n",
+                                        'concurrency = "parallel"'))
+    (tasks / "mirror.py").write_text(task("""
+        import os, shutil
+        shutil.copy(os.environ["TASKRUN_PARAM_DATA"],
+                    os.path.join(os.environ["TASKRUN_OUTPUT_DIR"], "copy.csv"))
+        print("on", os.environ["TASKRUN_PARAM_DATA_NAME"])
+    """, '[tool.taskrun.params]\ndata = { type = "file", accept = [".csv"] }'))
+    # B's two slots busy: the run B takes the upload for is claimed by A.
+    busy = [b.json("POST", "/api/tasks/busy/execute", {})[1]["run_id"] for _ in range(2)]
+    wait_for(lambda: all(b.json("GET", f"/api/tasks/runs/{r}")[1]["status"] == "running"
+                         for r in busy), timeout=30)
+    try:
+        body = b"id,v\n1,2\n3,4\n"
+        r = httpx.post(f"{b.url}/api/tasks/mirror/execute", data={"params": "{}"},
+                       files={"data": ("in.csv", body, "text/csv")},
+                       headers={"authorization": f"Bearer {API_TOKEN}"}, timeout=30)
+        assert r.status_code == 202, r.text
+        run_id = r.json()["run_id"]
+        run = wait_for(lambda: (x := a.json("GET", f"/api/tasks/runs/{run_id}")[1])[
+            "status"] not in ("queued", "running") and x, timeout=60)
+        assert run["status"] == "succeeded", run
+        keeper = next(r for r in a.json("GET", "/api/system/replicas")[1]
+                      if r["owner"] == run["owner"])
+        assert keeper["advertise_url"].startswith(a.url)  # (B's slots were taken)
+        status, raw, _ = a.request("GET", f"/api/logs/mirror_{run_id}.log")
+        assert b"on in.csv" in raw
+        for server in (a, b):  # each reads it, from its own data dir or from the other's
+            listed = server.json("GET", f"/api/tasks/runs/{run_id}/outputs")[1]
+            assert [(o["name"], o["rows"]) for o in listed] == [("copy.csv", 2)]
+            status, raw, _ = server.request("GET", f"/api/tasks/runs/{run_id}/outputs/copy.csv")
+            assert status == 200 and raw == body
+            preview = server.json("GET", f"/api/tasks/runs/{run_id}/preview/copy.csv")[1]
+            assert preview["rows"] == [[1, 2], [3, 4]]
+    finally:
+        for r in busy:
+            b.json("POST", f"/api/tasks/runs/{r}/cancel", {})
