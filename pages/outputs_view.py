@@ -29,6 +29,13 @@ def download_url(svc: Service, run_id: int, name: str) -> str:
     return f"{urllib.parse.quote(path)}?{svc.auth.sign(path)}"
 
 
+def params_text(params: dict | None) -> str:
+    """A run's params as people read them: an uploaded file by its name and size."""
+    shown = {k: f"{v['file']} ({fmt.size(v['size'])})"
+             if isinstance(v, dict) and "sha256" in v else v for k, v in (params or {}).items()}
+    return str(shown)
+
+
 def warnings(run: RunPublic) -> None:
     """The checks' findings, where nobody can miss them (top of the run's page)."""
     if run.output_warnings:

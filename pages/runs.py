@@ -97,7 +97,8 @@ with history_tab:
             st.subheader(run_summary(run))
             d1, d2, d3 = st.columns(3)
             d1.markdown(f"**Task** `{run.task}`  \n**Trigger** {run.trigger} by "
-                        f"{run.requested_by or '–'}  \n**Params** `{run.params or {}}`")
+                        f"{run.requested_by or '–'}  \n"
+                        f"**Params** `{outputs_view.params_text(run.params)}`")
             d2.markdown(f"**Queued** {run.queued_at:%Y-%m-%d %H:%M:%S} UTC  \n"
                         f"**Cancelled by** {run.cancelled_by or '–'}")
             if run.code_sha:
@@ -181,6 +182,8 @@ with history_tab:
                 except TaskRunError as exc:
                     show_error(exc)
 
+            outputs_view.show(svc, run, f"runs_{run.id}")
+
             def log_view(run_id: int) -> None:
                 current = svc.get_run(run_id)
                 ended("runs_log_live", current.status in ACTIVE)
@@ -217,8 +220,6 @@ with history_tab:
             name = f"{run.task}_{run.id}.log"
             url = f"/api/logs/{name}/download"
             st.link_button("⬇ Download the whole log", f"{url}?{svc.auth.sign(url)}")
-
-            outputs_view.show(svc, run, f"runs_{run.id}")
 
             samples = svc.run_samples(run.id)
             if samples:

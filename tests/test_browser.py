@@ -471,7 +471,9 @@ def test_upload_in_the_run_dialog_run_see_the_output_table_and_download_it(page,
         table.get_by_role("link", name=re.compile("Download")).click()
     target = tmp_path / "big_orders.csv"
     info.value.save_as(target)
-    assert target.read_text() == "order_id,amount\r\n2,150\r\n3,300\r\n"
+    assert target.read_bytes() == b"order_id,amount\r\n2,150\r\n3,300\r\n"
+    kept = Path(server.env["TASKRUN_HOME"]) / "runs" / str(run_id) / "outputs" / "big_orders.csv"
+    assert target.read_bytes() == kept.read_bytes()
 
     # A later run that keeps nothing is warned about at the top of its page.
     (Path(server.env["TASKRUN_TASKS_DIR"]) / "splitter.py").write_text(
