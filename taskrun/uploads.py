@@ -139,16 +139,24 @@ class Uploads:
         for param in meta.params:
             value = values.get(param.name)
             if param.type == "file" and isinstance(value, dict) and \
-                    not self.path(value["sha256"]).exists() and self.fetch is None:
+                    not self._here(value["sha256"]):
                 raise InvalidParams(f"param '{param.name}': the file {value['file']!r} is no "
                                     "longer kept; upload it again")
+
+    def _here(self, sha: str) -> bool:
+        """The upload is in this server's store, or could be fetched into it."""
+        path = self.path(sha)
+        if path.exists():
+            return True
+        if self.fetch is None:
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.fetch(sha, path)
 
     def copy_into(self, run_dir: Path, param: str, value: dict) -> Path:
         """The run's own read-only copy of an upload: ``inputs/<param>/<file name>``."""
         source = self.path(value["sha256"])
-        if not source.exists() and self.fetch is not None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.fetch(value["sha256"], source)
+        self._here(value["sha256"])  # (else the copy below says it is gone)
         target = run_dir / "inputs" / param / value["file"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)  # (in the kernel: copy_file_range/sendfile)
