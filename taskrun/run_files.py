@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,17 +100,51 @@ def collect(settings: Settings, db: Database, run_id: int, task: str, status: Ru
     if note:
         found.warnings.append(note)
     if status == RunStatus.SUCCEEDED:
-        try:
-            with db.connect() as c:
-                last = c.execute(_LAST_GOOD, {"task": task, "id": run_id}).first()
-        except Exception:  # a comparison is a help: the run's end must land regardless
-            log.exception("could not read the last good outputs of %s", task)
-            last = None
+        last = _last_good(db, task, run_id) if described or _SEEN.made(task) else None
+        _SEEN.saw(task, bool(described) or last is not None)
         if described or last is not None:
-            found.warnings += output_checks.compare(
-                described, (last[0], last[1]) if last else None, settings.output_rows_drop)
+            found.warnings += output_checks.compare(described, last, settings.output_rows_drop)
         found.violations = output_checks.expect(described, specs)
     return found
+
+
+class _Seen:
+    """Tasks known to have produced outputs, and since when others are known not to: a
+    successful run that made nothing asks for its task's last good outputs (to say
+    "not produced this time") only if the task has made any, looked up at most once a
+    minute per task (another server may have recorded some meanwhile)."""
+
+    TTL_S = 60.0
+
+    def __init__(self) -> None:
+        self._made: set[str] = set()
+        self._none_since: dict[str, float] = {}
+
+    def made(self, task: str) -> bool:
+        if task in self._made:
+            return True
+        since = self._none_since.get(task)
+        return since is None or time.monotonic() - since > self.TTL_S
+
+    def saw(self, task: str, made: bool) -> None:
+        if made:
+            self._made.add(task)
+            self._none_since.pop(task, None)
+        else:
+            self._none_since[task] = time.monotonic()
+
+
+_SEEN = _Seen()
+
+
+def _last_good(db: Database, task: str, run_id: int) -> tuple[int, list] | None:
+    try:
+        with db.connect() as c:
+            last = c.execute(_LAST_GOOD, {"task": task, "id": run_id}).first()
+    except Exception:  # a comparison is a help: the run's end must land regardless
+        log.exception("could not read the last good outputs of %s", task)
+        return None
+    return None if last is None else (last[0], last[1])
 
 
 def _not_brought_back(folder: Path) -> list[str]:
