@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,17 +55,124 @@ def file_params(meta: TaskMeta | None, params: dict[str, Any]) -> dict[str, dict
             if p.type == "file" and isinstance(params.get(p.name), dict)}
 
 
-def prepare(settings: Settings, uploads: Uploads, run_id: int,
-            files: dict[str, dict]) -> dict[str, str]:
+_NEXT_PREFIX = ".next-"  # never a run id, so never served nor pruned
+
+
+class RunDirs:
+    """Makes runs' dirs ahead of their runs, as ``logs.LogCreator`` makes their logs.
+
+    Making the two dirs of a run took about a millisecond here (an inode and a journal
+    entry each), renaming a made-ahead one into place ~0.03 ms. A run that left
+    nothing has its dir renamed back into the spares when it ends, so most runs cost
+    two renames and no inode.
+    """
+
+    AHEAD = 2
+
+    def __init__(self, settings: Settings, tag: str):
+        self.root = settings.runs_dir
+        self.tag = tag  # unique to this supervisor (several may share the data dir)
+        self._ready: list[Path] = []
+        self._count = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _spare_name(self) -> Path:
+        self._count += 1
+        return self.root / f"{_NEXT_PREFIX}{self.tag}-{self._count}"
+
+    def take(self, folder: Path) -> None:
+        """``folder`` made, with an empty ``outputs/`` (a spare renamed into place)."""
+        with self._lock:
+            spare = self._ready.pop(0) if self._ready else None
+        if spare is not None:
+            try:
+                os.rename(spare, folder)
+                return
+            except OSError:  # (a stale dir of the same id is there: made afresh below)
+                shutil.rmtree(spare, ignore_errors=True)
+        try:
+            (folder / "outputs").mkdir(parents=True)
+        except FileExistsError:
+            # Left by a run of the same id in a history since started afresh: not its.
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "outputs").mkdir(parents=True)
+
+    def prepare(self) -> None:
+        """Make spares up to ``AHEAD`` (a failure is left to ``take`` to report)."""
+        while True:
+            with self._lock:
+                if self._closed or len(self._ready) >= self.AHEAD:
+                    return
+                spare = self._spare_name()
+            try:
+                (spare / "outputs").mkdir(parents=True)
+            except OSError:
+                return
+            if not self._keep(spare):
+                return
+
+    def _keep(self, spare: Path) -> bool:
+        with self._lock:
+            if len(self._ready) < self.AHEAD and not self._closed:
+                self._ready.append(spare)
+                return True
+        shutil.rmtree(spare, ignore_errors=True)
+        return False
+
+    def recycle(self, folder: Path) -> None:
+        """A run's dir once its end is recorded: kept as a spare if it holds nothing."""
+        try:
+            entries = os.listdir(folder)
+            if entries != ["outputs"] or os.listdir(folder / "outputs"):
+                return  # it holds what the run made
+        except OSError:
+            return
+        with self._lock:
+            full = self._closed or len(self._ready) >= self.AHEAD
+            spare = None if full else self._spare_name()
+        try:
+            if spare is None:
+                (folder / "outputs").rmdir()
+                folder.rmdir()
+            else:
+                os.rename(folder, spare)
+                self._keep(spare)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, []
+        for spare in ready:
+            shutil.rmtree(spare, ignore_errors=True)
+
+    @staticmethod
+    def remove_left_over(settings: Settings, alive) -> None:
+        """Remove spares made by supervisors that are gone (``alive(tag)`` is False)."""
+        try:
+            spares = list(settings.runs_dir.glob(f"{_NEXT_PREFIX}*"))
+        except OSError:
+            return
+        for spare in spares:
+            if not alive(spare.name[len(_NEXT_PREFIX):].rsplit("-", 1)[0]):
+                shutil.rmtree(spare, ignore_errors=True)
+
+
+def prepare(settings: Settings, uploads: Uploads, run_id: int, files: dict[str, dict],
+            dirs: RunDirs | None = None) -> dict[str, str]:
     """Make the run's dir (its output dir empty) and copy its inputs; its variables."""
     folder = run_dir(settings, run_id)
     out = folder / "outputs"
-    try:
-        out.mkdir(parents=True)
-    except FileExistsError:
-        # Left by a run of the same id in a history since started afresh: not this one's.
-        shutil.rmtree(folder, ignore_errors=True)
-        out.mkdir(parents=True)
+    if dirs is not None:
+        dirs.take(folder)
+    else:
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            shutil.rmtree(folder, ignore_errors=True)
+            out.mkdir(parents=True)
     env = {"TASKRUN_OUTPUT_DIR": str(out), "TASKRUN_RESULT_FILE": str(folder / "result.json")}
     for param, value in files.items():
         path = uploads.copy_into(folder, param, value)
@@ -191,11 +299,3 @@ def read_result(path: Path, limit: int) -> tuple[Any, str | None]:
         return None, f"result file: not JSON ({exc}), not kept"
 
 
-def tidy(settings: Settings, run_id: int) -> None:
-    """A run's dir goes if it holds nothing (after its end is recorded)."""
-    folder = run_dir(settings, run_id)
-    try:
-        (folder / "outputs").rmdir()
-        folder.rmdir()
-    except OSError:
-        pass  # it holds outputs (or was never made)

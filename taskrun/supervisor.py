@@ -149,6 +149,7 @@ class Supervisor:
         self._work_dirs: set[Path] = set()  # created already (not re-checked per launch)
         self.uploads = Uploads(settings)  # the files runs' file params name
         self.log_files = logs.LogCreator(settings.run_logs_dir, self.owner)
+        self.run_dirs = run_files.RunDirs(settings, self.owner)  # runs/<id>, made ahead
         self.watchers = Watchers()
         # Runs may wait here for a slot or a task's lock: wake the loop the moment a
         # run ends. Otherwise its wake-up would only compete with the run's own
@@ -179,7 +180,10 @@ class Supervisor:
         logs.LogCreator.remove_left_over(
             self.settings.run_logs_dir,
             lambda owner: LockFile(self.owners_dir / f"{owner}.lock").is_held())
+        run_files.RunDirs.remove_left_over(
+            self.settings, lambda owner: LockFile(self.owners_dir / f"{owner}.lock").is_held())
         self.log_files.prepare()
+        self.run_dirs.prepare()
         self.started_at = time.time()
         if self.automation is not None:
             self.automation.on_queued = self.wake
@@ -223,6 +227,7 @@ class Supervisor:
             log.warning("could not record this server's stop in the replica table")
         self.zygotes.stop()
         self.log_files.close()
+        self.run_dirs.close()
         if self._owner_fd is not None:
             os.close(self._owner_fd)
             try:
@@ -624,7 +629,8 @@ class Supervisor:
                                 files, expects)
             return
         try:
-            extra.update(run_files.prepare(self.settings, self.uploads, run.id, files))
+            extra.update(run_files.prepare(self.settings, self.uploads, run.id, files,
+                                           self.run_dirs))
         except (OSError, TaskRunError) as exc:
             for fd in fds:
                 os.close(fd)
@@ -691,7 +697,8 @@ class Supervisor:
             self.cluster.backend()
             log_fd = self.log_files.open(log_path)  # (readers see the run has a log)
             os.close(log_fd)
-            run_files.prepare(self.settings, self.uploads, run.id, {})  # (outputs come here)
+            run_files.prepare(self.settings, self.uploads, run.id, {},  # (outputs come here)
+                              self.run_dirs)
         except (TaskRunError, OSError) as exc:
             for fd in fds:
                 os.close(fd)

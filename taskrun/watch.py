@@ -167,7 +167,6 @@ def _done(sup: Supervisor, a: Active) -> None:
     if a.cells_path is not None:
         _remove(a.cells_path)
     _close_held(a)
-    run_files.tidy(sup.settings, a.run_id)
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
@@ -178,7 +177,9 @@ def _done(sup: Supervisor, a: Active) -> None:
     # (a spare forked again, logs made ahead), off every run's way.
     if isinstance(a.popen, WarmChild):
         a.popen.close()
+    sup.run_dirs.recycle(run_files.run_dir(sup.settings, a.run_id))
     sup.log_files.prepare()
+    sup.run_dirs.prepare()
 
 
 def _release(sup: Supervisor, a: Active) -> None:
