@@ -463,8 +463,13 @@ def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, An
 # Written by the settings form when they differ from the defaults (in this order);
 # ``concurrency`` is written whenever it is given.
 RENDERED_DEFAULTS: dict[str, Any] = {
-    k: v for k, v in TaskMeta().as_dict().items() if k not in ("params", "env")
+    k: v for k, v in TaskMeta().as_dict().items() if k not in ("params", "env", "outputs")
 } | {"concurrency": None}
+BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k: str) -> str:
+    return k if BARE_KEY_RE.match(k) else json.dumps(k, ensure_ascii=False)
 
 
 def _toml_value(v: Any) -> str:
@@ -474,6 +479,9 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (TOML has no null: those are left out)
+        return "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}"
+                                for k, x in v.items() if x is not None) + " }"
     return json.dumps(str(v), ensure_ascii=False)
 
 
@@ -498,6 +506,10 @@ def render_block(meta: dict[str, Any], top: dict[str, Any] | None = None) -> str
             parts = [f"{k} = {_toml_value(v)}" for k, v in spec.items()
                      if v not in (None, "", [], ()) and not (k == "required" and v is False)]
             lines.append(f"{name} = {{ {', '.join(parts)} }}")
+    for name, spec in (meta.get("outputs") or {}).items():
+        lines.append(f"[tool.taskrun.outputs.{_toml_key(name)}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()
+                  if v not in (None, [], ()) and not (k == "required" and v is False)]
     body = "\n".join(f"# {line}" for line in lines)
     return f"# /// script\n{body}\n# ///\n"
 

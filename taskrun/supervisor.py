@@ -699,6 +699,10 @@ class Supervisor:
             os.close(log_fd)
             run_files.prepare(self.settings, self.uploads, run.id, {},  # (outputs come here)
                               self.run_dirs)
+            for value in files.values():  # (shipped with the job from this server's store)
+                if not self.uploads.ensure(value["sha256"]):
+                    raise TaskRunError(f"the file {value['file']!r} its params name is no "
+                                       "longer kept (upload it again)")
         except (TaskRunError, OSError) as exc:
             for fd in fds:
                 os.close(fd)

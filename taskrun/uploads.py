@@ -139,11 +139,11 @@ class Uploads:
         for param in meta.params:
             value = values.get(param.name)
             if param.type == "file" and isinstance(value, dict) and \
-                    not self._here(value["sha256"]):
+                    not self.ensure(value["sha256"]):
                 raise InvalidParams(f"param '{param.name}': the file {value['file']!r} is no "
                                     "longer kept; upload it again")
 
-    def _here(self, sha: str) -> bool:
+    def ensure(self, sha: str) -> bool:
         """The upload is in this server's store, or could be fetched into it."""
         path = self.path(sha)
         if path.exists():
@@ -156,7 +156,7 @@ class Uploads:
     def copy_into(self, run_dir: Path, param: str, value: dict) -> Path:
         """The run's own read-only copy of an upload: ``inputs/<param>/<file name>``."""
         source = self.path(value["sha256"])
-        self._here(value["sha256"])  # (else the copy below says it is gone)
+        self.ensure(value["sha256"])  # (else the copy below says it is gone)
         target = run_dir / "inputs" / param / value["file"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)  # (in the kernel: copy_file_range/sendfile)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from taskrun import metadata
@@ -93,3 +95,33 @@ def test_the_settings_form_keeps_what_it_does_not_edit():
     assert {**after.as_dict(), "description": ""} == {**before.as_dict(), "description": ""}
     assert '# dependencies = ["requests"]' in after_code
     assert '# requires-python = ">=3.11"' in after_code
+
+
+def test_file_params_and_output_expectations_parse_and_survive_the_settings_form():
+    from taskrun import metadata as m
+
+    code = ('# /// script\n# [tool.taskrun]\n# resources = { num_cpus = 1, "accel:x" = 2 }\n'
+            '# [tool.taskrun.params]\n'
+            '# data = { type = "file", accept = [".CSV", ".parquet"], max_mb = 5 }\n'
+            '# [tool.taskrun.outputs."orders.csv"]\n# min_rows = 1\n# columns = ["a"]\n'
+            '# [tool.taskrun.outputs."sub/x.parquet"]\n# required = true\n# ///\nprint(1)\n')
+    meta = m.parse(code)
+    (data,) = meta.params
+    assert (data.type, data.accept, data.max_mb) == ("file", (".csv", ".parquet"), 5.0)
+    assert [(o.name, o.min_rows, o.columns, o.required) for o in meta.outputs] == [
+        ("orders.csv", 1, ("a",), False), ("sub/x.parquet", None, (), True)]
+    again = m.parse(m.replace_block(code, meta.as_dict()))
+    assert (again.params, again.outputs, again.resources) == \
+        (meta.params, meta.outputs, meta.resources)
+    bad = [('# [tool.taskrun.outputs."../x.csv"]\n# min_rows = 1\n', "'..' part"),
+           ('# [tool.taskrun.outputs."/abs.csv"]\n# min_rows = 1\n', "absolute"),
+           ('# [tool.taskrun.outputs."a.csv"]\n# min_rows = -1\n', "min_rows must be"),
+           ('# [tool.taskrun.outputs."a.csv"]\n# rows = 1\n', "unknown key"),
+           ('# [tool.taskrun.params]\n# f = { type = "file", default = "x" }\n', "no default"),
+           ('# [tool.taskrun.params]\n# f = { type = "str", accept = [".csv"] }\n',
+            "are for type 'file'"),
+           ('# [tool.taskrun.params]\n# f = { type = "file", accept = ["csv/x"] }\n',
+            "list of extensions")]
+    for block, message in bad:
+        with pytest.raises(InvalidMetadata, match=re.escape(message)):
+            m.parse(f"# /// script\n# [tool.taskrun]\n{block}# ///\n")
