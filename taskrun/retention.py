@@ -45,6 +45,14 @@ def _remove_tree(folder: Path) -> int:
     return size
 
 
+def _collect_uploads(db: Database, settings: Settings) -> None:
+    """Remove the uploads no run names any more."""
+    try:
+        Uploads(settings).collect(db)
+    except Exception:
+        log.exception("could not remove unused uploads")
+
+
 def doomed_ids(db: Database, settings: Settings, now: datetime | None = None) -> list[int]:
     """Ids of finished runs the retention settings no longer keep."""
     ids: set[int] = set()
@@ -65,8 +73,11 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
           dry_run: bool = False) -> PruneResult:
     ids = doomed_ids(db, settings, now)
     freed = 0
-    if dry_run or not ids:
+    if dry_run:
         return PruneResult(len(ids), 0)
+    if not ids:
+        _collect_uploads(db, settings)  # (one a refused submit left, say)
+        return PruneResult(0, 0)
     for start in range(0, len(ids), BATCH):
         batch = ids[start:start + BATCH]
         with db.connect() as c:
@@ -85,10 +96,7 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
             except FileNotFoundError:
                 pass
             freed += _remove_tree(run_files.run_dir(settings, run_id))
-    try:  # uploads no run names any more
-        Uploads(settings).collect(db)
-    except Exception:
-        log.exception("could not remove unused uploads")
+    _collect_uploads(db, settings)
     log.info("pruned %d run(s) and %d bytes of logs (retention: %s days, %s runs per task)",
              len(ids), freed, settings.retention_days or "unlimited",
              settings.retention_runs or "unlimited")
