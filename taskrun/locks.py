@@ -31,7 +31,8 @@ class HeldLock:
     since: float | None
 
 
-INFO_SIZE = 256
+INFO_SIZE = 512
+TAKERS = 6  # the latest holders a task's lock remembers, [run id, since] each
 
 
 INFO_READS = 20  # reads of a lock's record before it is given up as unreadable
@@ -66,6 +67,12 @@ class LockFile:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return None
             raise
+        if callable(info):  # built from the record the last holder left
+            try:
+                old = json.loads(os.pread(fd, INFO_SIZE, 0) or b"{}")
+            except (OSError, ValueError):
+                old = {}
+            info = info(old if isinstance(old, dict) else {})
         if info is not None:
             try:
                 # A new lock file has no block yet: writing who holds it can meet a
@@ -145,8 +152,16 @@ class Locks:
         The run that held the lock before had ended by then, whichever process
         watches it and however late that watcher sees it (see ``taken_after``).
         """
-        return self.task_lock(task).try_acquire(
-            {"task": task, "run_id": run_id, "since": time.time()})
+        now = time.time()
+
+        def record(old: dict) -> dict:
+            # The holders before, so the run before this one learns when it was
+            # succeeded even if a later run holds the lock by the time it looks.
+            takers = [t for t in old.get("takers", ()) if isinstance(t, list) and len(t) == 2]
+            return {"task": task, "run_id": run_id, "since": now,
+                    "takers": [*takers[-(TAKERS - 1):], [run_id, now]]}
+
+        return self.task_lock(task).try_acquire(record)
 
     def acquire_slot(self) -> int | None:
         """A free slot's locked fd, or None when every slot is taken (by any process)."""
@@ -160,15 +175,26 @@ class Locks:
     def record_pid(fd: int, task: str, run_id: int, pid: int) -> None:
         """Note who holds the task's lock, so operators (and the System page) can see it."""
         try:
-            taken = json.loads(os.pread(fd, INFO_SIZE, 0) or b"{}").get("since")
+            old = json.loads(os.pread(fd, INFO_SIZE, 0) or b"{}")
             write_info(fd, {"task": task, "run_id": run_id, "pid": pid,
-                            "since": taken or time.time()})
+                            "since": old.get("since") or time.time(),
+                            "takers": old.get("takers", [])})
         except (OSError, ValueError):
             pass
 
-    def taken_after(self, task: str, run_id: int) -> float | None:
-        """When another run took the task's lock after ``run_id`` held it, or None."""
+    def taken_after(self, task: str, run_id: int, held_at: float | None = None) -> float | None:
+        """When another run took the task's lock after ``run_id`` held it, or None.
+
+        ``held_at``: a moment ``run_id`` held it (its process's start). The first
+        holder recorded after that moment is the run after it, even when a later one
+        holds the lock by now (a lock taken for a run about to be inserted is
+        recorded before its id is known, so times, not ids, say who came next)."""
         info = self.task_lock(task).read_info()
+        takers = info.get("takers")
+        if held_at is not None and isinstance(takers, list):
+            later = [t[1] for t in takers if isinstance(t, list) and len(t) == 2
+                     and isinstance(t[1], int | float) and t[1] > held_at]
+            return float(min(later)) if later else None
         since = info.get("since")
         if info.get("run_id") == run_id or not isinstance(since, int | float):
             return None

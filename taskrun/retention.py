@@ -38,9 +38,12 @@ class PruneResult:
 
 def _remove_tree(folder: Path) -> int:
     """Remove a run's dir (its outputs); the bytes it held."""
-    if not folder.exists():
-        return 0
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    size = 0
+    try:
+        for path in folder.rglob("*"):
+            size += path.lstat().st_size if path.is_file() else 0
+    except OSError:  # gone meanwhile (a run's empty dir is given back as a spare)
+        pass
     shutil.rmtree(folder, ignore_errors=True)
     return size
 

@@ -555,7 +555,8 @@ def ended_before_next(sup: Supervisor, a: Active, seen: datetime) -> datetime:
     of its task took the lock its process held (in this or any process sharing the
     data dir). The kernel frees the lock before the exit can be seen, so the next
     run may start first; its start must not precede this run's end in the history."""
-    taken = sup.locks.taken_after(a.task, a.run_id)
+    taken = sup.locks.taken_after(a.task, a.run_id, a.started_at.timestamp()
+                                  if a.started_at is not None else None)
     if taken is None:
         return seen
     at = datetime.fromtimestamp(taken, UTC)

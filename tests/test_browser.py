@@ -286,6 +286,8 @@ def test_a_save_right_after_typing_saves_what_was_typed(page, server):
     expect(page.get_by_text(re.compile(r"^Saved \("))).to_be_visible()
     assert path.read_text().endswith("print('typed just now')\n")
     idle(page)
+    # (a save remounts the editor: for a moment the old frame and the new one are both there)
+    expect(page.locator('iframe[title*="code_editor"]')).to_have_count(1)
     editor.locator(".ace_content").click()  # the saved text was loaded afresh
     page.keyboard.press("Control+End")
     page.keyboard.insert_text("print('and with Ctrl-S')\n")

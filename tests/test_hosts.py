@@ -186,52 +186,6 @@ def test_a_log_is_read_live_through_the_other_host(hosts):
     assert whole["content"].count("line") == 40
 
 
-def test_a_schedule_fires_once_per_tick_with_both_hosts_up(hosts):
-    """Both schedulers look at every tick (every 2 s, cron's seconds field); each tick
-    makes one run, none is missed, none is doubled or recorded as skipped."""
-    a, b = hosts
-    path = Path(a.env["TASKRUN_TASKS_DIR"]) / "ticker.py"
-    path.write_text('# /// script\n# [tool.taskrun]\n# schedule = "* * * * * */2"\n'
-                    '# concurrency = "parallel"\n# ///\nprint("tick")\n')
-    try:
-        wait_for(lambda: len(b.json("GET", "/api/tasks/runs?task=ticker&limit=50")[1]) >= 5,
-                 timeout=60)
-        assert a.json("POST", "/api/tasks/ticker/schedule/pause")[0] == 200
-        time.sleep(3)  # a tick either scheduler was deciding about when it was paused
-
-        def all_finished():
-            found = a.json("GET", "/api/tasks/runs?task=ticker&limit=100")[1]
-            return all(r["finished_at"] for r in found) and found
-
-        runs = wait_for(all_finished, timeout=30)
-    finally:
-        path.unlink()
-    ticks = sorted(datetime.fromisoformat(r["scheduled_for"]) for r in runs)
-    assert len(ticks) == len(set(ticks)), ticks  # once per tick
-    assert {r["status"] for r in runs} == {"succeeded"}, [(r["id"], r["error"]) for r in runs]
-    assert all((later - earlier).total_seconds() == 2
-               for earlier, later in itertools.pairwise(ticks)), ticks  # none missed
-
-
-def test_a_host_that_dies_has_its_run_marked_lost_and_its_task_runs_again(hosts):
-    a, b = hosts
-    status, body = a.json("POST", "/api/tasks/solo/execute", {})
-    assert status == 202, body
-    run_id = body["run_id"]
-    wait_for(lambda: b.json("GET", f"/api/tasks/runs/{run_id}")[1]["pid"], timeout=30)
-    assert b.json("POST", "/api/tasks/solo/execute", {})[0] == 409
-    server = psutil.Process(a.proc.pid)
-    for proc in [*server.children(recursive=True), server]:  # the host goes, all of it
-        proc.kill()
-    a.proc.wait()
-    lost = wait_for(lambda: (r := b.json("GET", f"/api/tasks/runs/{run_id}")[1])["status"]
-                    == "lost" and r, timeout=LEASE_S + 5 + 10)
-    assert "stopped renewing its lease" in lost["error"], lost
-    again = b.json("POST", "/api/tasks/solo/execute", {})
-    assert again[0] == 202, again
-    b.json("POST", f"/api/tasks/runs/{again[1]['run_id']}/cancel")
-
-
 def test_an_upload_to_one_host_reaches_a_run_on_the_other_and_its_outputs_read_through_both(
         hosts, tmp_path):
     import httpx
@@ -278,3 +232,50 @@ def test_an_upload_to_one_host_reaches_a_run_on_the_other_and_its_outputs_read_t
     finally:
         for r in busy:
             b.json("POST", f"/api/tasks/runs/{r}/cancel", {})
+
+
+def test_a_schedule_fires_once_per_tick_with_both_hosts_up(hosts):
+    """Both schedulers look at every tick (every 2 s, cron's seconds field); each tick
+    makes one run, none is missed, none is doubled or recorded as skipped."""
+    a, b = hosts
+    path = Path(a.env["TASKRUN_TASKS_DIR"]) / "ticker.py"
+    path.write_text('# /// script\n# [tool.taskrun]\n# schedule = "* * * * * */2"\n'
+                    '# concurrency = "parallel"\n# ///\nprint("tick")\n')
+    try:
+        wait_for(lambda: len(b.json("GET", "/api/tasks/runs?task=ticker&limit=50")[1]) >= 5,
+                 timeout=60)
+        assert a.json("POST", "/api/tasks/ticker/schedule/pause")[0] == 200
+        time.sleep(3)  # a tick either scheduler was deciding about when it was paused
+
+        def all_finished():
+            found = a.json("GET", "/api/tasks/runs?task=ticker&limit=100")[1]
+            return all(r["finished_at"] for r in found) and found
+
+        runs = wait_for(all_finished, timeout=30)
+    finally:
+        path.unlink()
+    ticks = sorted(datetime.fromisoformat(r["scheduled_for"]) for r in runs)
+    assert len(ticks) == len(set(ticks)), ticks  # once per tick
+    assert {r["status"] for r in runs} == {"succeeded"}, [(r["id"], r["error"]) for r in runs]
+    assert all((later - earlier).total_seconds() == 2
+               for earlier, later in itertools.pairwise(ticks)), ticks  # none missed
+
+
+def test_a_host_that_dies_has_its_run_marked_lost_and_its_task_runs_again(hosts):
+    a, b = hosts
+    status, body = a.json("POST", "/api/tasks/solo/execute", {})
+    assert status == 202, body
+    run_id = body["run_id"]
+    wait_for(lambda: b.json("GET", f"/api/tasks/runs/{run_id}")[1]["pid"], timeout=30)
+    assert b.json("POST", "/api/tasks/solo/execute", {})[0] == 409
+    server = psutil.Process(a.proc.pid)
+    for proc in [*server.children(recursive=True), server]:  # the host goes, all of it
+        proc.kill()
+    a.proc.wait()
+    lost = wait_for(lambda: (r := b.json("GET", f"/api/tasks/runs/{run_id}")[1])["status"]
+                    == "lost" and r, timeout=LEASE_S + 5 + 10)
+    assert "stopped renewing its lease" in lost["error"], lost
+    again = b.json("POST", "/api/tasks/solo/execute", {})
+    assert again[0] == 202, again
+    b.json("POST", f"/api/tasks/runs/{again[1]['run_id']}/cancel")
+
