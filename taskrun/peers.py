@@ -52,7 +52,8 @@ def _signed(svc: Service, keeper: dict, resource: str, query: dict) -> urllib.re
 
 def _unreachable(run: Run, keeper: dict, exc: BaseException) -> NotReady:
     return NotReady(
-        f"The log of run {run.id} is kept by the server {run.owner} on {keeper['host']} "
+        f"The log and outputs of run {run.id} are kept by the server {run.owner} on "
+        f"{keeper['host']} "
         f"({keeper['advertise_url']}), which cannot be reached now ({exc}).")
 
 
@@ -60,23 +61,7 @@ def stream_log(svc: Service, run: Run) -> Iterator[bytes] | None:
     """``run``'s whole log (secrets masked by its server) in blocks, from the server
     that keeps it; None when it is not elsewhere. Unreachable: NotReady, before the
     first byte (a download that broke later ends short, as any broken download)."""
-    keeper = _keeper(svc, run)
-    if keeper is None:
-        return None
-    req = _signed(svc, keeper, f"/api/logs/{logs.log_name(run.task, run.id)}/download", {})
-    try:
-        resp = urllib.request.urlopen(req, timeout=TIMEOUT_S)
-    except OSError as exc:
-        if isinstance(exc, urllib.error.HTTPError) and exc.code == 404:
-            return None
-        raise _unreachable(run, keeper, exc) from exc
-
-    def blocks() -> Iterator[bytes]:
-        with resp:
-            while block := resp.read(64 * 1024):
-                yield block
-
-    return blocks()
+    return stream(svc, run, f"/api/logs/{logs.log_name(run.task, run.id)}/download")
 
 
 def stream(svc: Service, run: Run, resource: str) -> Iterator[bytes] | None:
