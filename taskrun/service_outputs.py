@@ -1,0 +1,115 @@
+"""The service's part about what runs produced: outputs listed, read, previewed.
+
+A mixin of ``service.Service`` (which it reads ``db``, ``settings`` and ``auth``
+from): the facade stays one object for its adapters, this concept its own module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from . import outputs, run_files
+from .errors import InvalidName, InvalidParams, NotFound
+from .history import find_run
+from .models import Run
+from .status import RunStatus
+
+if TYPE_CHECKING:
+    from .db import Database
+    from .settings import Settings
+
+_T = Run.__table__
+
+
+class RunProducts:
+    db: Database
+    settings: Settings
+
+    def run_outputs(self, run_id: int) -> list[dict]:
+        """The files the run left in its output dir (recorded at its end)."""
+        return list(find_run(self.db, run_id).outputs or [])
+
+    def _output(self, run_id: int, name: str) -> tuple[Run, dict, Path]:
+        run = find_run(self.db, run_id)
+        try:
+            outputs.check_name(name)
+        except ValueError as exc:
+            raise InvalidName(str(exc)) from None
+        entry = next((o for o in run.outputs or () if o["name"] == name), None)
+        if entry is None:
+            raise NotFound(f"Run {run_id} has no output named {name[:200]!r}.")
+        return run, entry, run_files.run_dir(self.settings, run.id) / "outputs" / name
+
+    def output_stream(self, run_id: int, name: str, forward: bool = True
+                      ) -> tuple[dict, Iterator[bytes]]:
+        """(its entry, its bytes in blocks): from this server's data dir, or from the
+        server that ran it (unless ``forward`` is off: a peer is asking)."""
+        run, entry, path = self._output(run_id, name)
+        try:
+            fd = outputs.open_regular(path)
+        except FileNotFoundError:
+            if forward and not self.db.is_sqlite and run.owner:
+                from . import peers
+
+                remote = peers.stream(self, run, f"/api/tasks/runs/{run.id}/outputs/{name}")
+                if remote is not None:
+                    return entry, remote
+            raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
+        except OSError as exc:
+            raise NotFound(f"The output {name!r} of run {run_id} cannot be read: {exc}.") \
+                from None
+
+        def blocks() -> Iterator[bytes]:
+            with os.fdopen(fd, "rb") as f:
+                while block := f.read(256 * 1024):
+                    yield block
+
+        return entry, blocks()
+
+    def latest_outputs(self) -> dict[str, tuple[int, dict]]:
+        """Per task: (run id, main output) of its latest successful run that made any."""
+        latest = (sa.select(_T.c.task, sa.func.max(_T.c.id).label("id"))
+                  .where(_T.c.status == RunStatus.SUCCEEDED.value, _T.c.outputs.is_not(None))
+                  .group_by(_T.c.task).subquery())
+        with self.db.connect() as c:
+            rows = c.execute(sa.select(_T.c.id, _T.c.task, _T.c.outputs)
+                             .join(latest, latest.c.id == _T.c.id)).all()
+        found = {}
+        for run_id, task, made in rows:
+            main = outputs.main_output(made)
+            if main is not None:
+                found[task] = (run_id, main)
+        return found
+
+    def output_bytes(self, run_id: int, name: str, limit: int = 50 << 20) -> bytes:
+        """A (small) output whole, for the dashboard to draw; NotFound past ``limit``."""
+        entry, stream = self.output_stream(run_id, name)
+        if entry["size"] > limit:
+            raise NotFound(f"{name} is larger than {limit >> 20} MB: download it instead.")
+        return b"".join(stream)
+
+    def output_preview(self, run_id: int, name: str, rows: int = outputs.PREVIEW_ROWS,
+                       forward: bool = True) -> dict:
+        """A table output's first rows: {"columns", "rows", "total"}."""
+        run, entry, path = self._output(run_id, name)
+        if entry.get("kind") != "table":
+            raise InvalidParams(f"{name} is not a table ({entry.get('kind')}): no preview")
+        if not path.exists() and forward and not self.db.is_sqlite and run.owner:
+            from . import peers
+
+            remote = peers.get_json(self, run, f"/api/tasks/runs/{run.id}/preview/{name}",
+                                    {"rows": rows})
+            if remote is not None:
+                return remote
+        try:
+            shown = outputs.preview(path, name, rows)
+        except FileNotFoundError:
+            raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
+        except (ValueError, OSError) as exc:
+            raise InvalidParams(str(exc)) from None
+        return shown | {"total": entry.get("rows")}
