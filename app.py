@@ -19,7 +19,7 @@ else:
     from streamlit.runtime.pages_manager import PagesManager
 
     from taskrun.api import create_api
-    from taskrun.service import default_service, shutdown_default
+    from taskrun.service.facade import default_service, shutdown_default
     from taskrun.web_login import LOGIN_PATH, SignInRequired, login_page
 
     @asynccontextmanager

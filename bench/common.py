@@ -119,7 +119,7 @@ database_factory: Callable[[str], str] | None = None
 @contextmanager
 def service_home(tasks: dict[str, str], start: bool = True, **settings):
     """A started Service in a temporary data dir with the given task files."""
-    from taskrun.service import Service
+    from taskrun.service.facade import Service
     from taskrun.settings import load
 
     home = scratch_dir("taskrun-bench-")

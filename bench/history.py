@@ -8,8 +8,8 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from taskrun.models import RunPublic, UTCDateTime, utcnow
-from taskrun.service import RunFilter
+from taskrun.history.models import RunPublic, UTCDateTime, utcnow
+from taskrun.service.facade import RunFilter
 
 from .common import Figure, bare_run, interleave, service_home
 
@@ -78,7 +78,7 @@ def lifecycle_once(svc, meta, queued: bool) -> float:
     launch suite) is inserted already claimed; a ``queued`` one is claimed by a
     separate statement.
     """
-    from taskrun import queueing, supervisor, watch
+    from taskrun.runs import ending, queueing, supervisor
 
     claim = None if queued else {"owner": "bench", "host": "bench"}
     t = time.perf_counter()
@@ -93,7 +93,7 @@ def lifecycle_once(svc, meta, queued: bool) -> float:
     # given: one write for a run that ends before its first sample (0.1 s), as the
     # launch suite's do; a longer run records its process with that sample.
     with svc.db.begin_fast() as c:
-        row = watch._FINISH_SPAWNED.first(c, {
+        row = ending.FINISH_SPAWNED.first(c, {
             "b_pid": 1, "b_sha": "x" * 64, "b_log": "bench.log", "b_spawned": utcnow(),
             "b_created": 0.0, "b_launch": "cold", "b_id": run_id, "b_status": "succeeded",
             "b_error": None, "b_cancelled_by": None, "b_exit_code": 0, "b_signal": None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from taskrun import logs
+from taskrun.runs import logs
 
 from .common import Figure, service_home
 

@@ -16,7 +16,7 @@ TRIVIAL = "import streamlit as st\nst.title('x')\nst.dataframe([{'a': 1}])\n"
 def run(size: int, reruns: int, rss_reruns: int) -> list[Figure]:
     from streamlit.testing.v1 import AppTest
 
-    from taskrun import service as service_mod
+    from taskrun.service import facade as service_mod
 
     with service_home({"hello": NOOP}, start=False) as (svc, home):
         bulk_load(svc.db, size)

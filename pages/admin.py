@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import service, show_error, signed_in
-from taskrun.auth import ROLES
+from taskrun.access.auth import ROLES
 from taskrun.errors import TaskRunError
 
 svc = service()

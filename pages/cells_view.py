@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from taskrun import fmt
-from taskrun.cells import key as cell_key
 from taskrun.errors import TaskRunError
-from taskrun.models import RunPublic
-from taskrun.service import Service
+from taskrun.history.models import RunPublic
+from taskrun.service.facade import Service
+from taskrun.store.cells import key as cell_key
 
 SOURCE_LINES = 3  # a cell's code is shown collapsed to its first lines
 OUTPUT_BYTES = 64 * 1024  # per cell: the start of its output (the whole log downloads)

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import streamlit as st
 
 from taskrun import fmt
-from taskrun.auth import ANONYMOUS_ADMIN, Identity
+from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
+from taskrun.access.sessions import COOKIE
 from taskrun.errors import TaskRunError
-from taskrun.service import Service, default_service
-from taskrun.sessions import COOKIE
+from taskrun.service.facade import Service, default_service
 from taskrun.status import ICONS, RunStatus
 from taskrun.web_login import LOGIN_PATH, safe_next
 

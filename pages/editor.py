@@ -19,8 +19,8 @@ from pages.common import (
     signed_in,
 )
 from taskrun.errors import InvalidCode, StaleWrite, TaskRunError
-from taskrun.metadata import PARAM_TYPES
 from taskrun.status import ACTIVE
+from taskrun.store.metadata import PARAM_TYPES
 
 svc = service()
 signed_in()  # a page never runs for a browser that is not signed in

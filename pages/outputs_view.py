@@ -16,8 +16,8 @@ import streamlit as st
 
 from taskrun import fmt
 from taskrun.errors import TaskRunError
-from taskrun.models import RunPublic
-from taskrun.service import Service
+from taskrun.history.models import RunPublic
+from taskrun.service.facade import Service
 
 PREVIEW_ROWS = 100
 DRAWN_BYTES = 10 << 20  # images, charts and text past this are only downloadable

@@ -22,7 +22,7 @@ from pages.common import (
 )
 from taskrun import fmt
 from taskrun.errors import TaskRunError
-from taskrun.service import RunFilter
+from taskrun.service.facade import RunFilter
 from taskrun.status import ACTIVE, RunStatus
 
 svc = service()

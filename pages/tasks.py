@@ -11,7 +11,7 @@ from pages import outputs_view
 from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
-from taskrun.templates import TEMPLATES
+from taskrun.store.templates import TEMPLATES
 
 svc = service()
 signed_in()  # a page never runs for a browser that is not signed in

@@ -20,10 +20,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__, logs, outputs, storage, web_login
-from . import oidc as oidc_mod
-from .auth import ANONYMOUS_ADMIN, Identity
-from .errors import (
+from taskrun import __version__, storage, web_login
+from taskrun.access import oidc as oidc_mod
+from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
+from taskrun.errors import (
     AlreadyActive,
     Forbidden,
     InvalidCode,
@@ -35,9 +35,11 @@ from .errors import (
     TooManyAttempts,
     Unauthorized,
 )
-from .models import RunPublic, VersionPublic
-from .peers import PEER_HEADER
-from .service import RunFilter, Service, default_service
+from taskrun.history.models import RunPublic, VersionPublic
+from taskrun.runs import logs
+from taskrun.service.facade import RunFilter, Service, default_service
+from taskrun.service.peers import PEER_HEADER
+from taskrun.store import outputs
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_UPLOADS = 8  # file parts in one execute request

@@ -17,13 +17,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import fmt, lite
-from .errors import TaskRunError
-from .settings import SECRET_SETTINGS, SETTINGS, load
-from .status import ACTIVE, ROLES, RunStatus
+from taskrun import fmt, lite
+from taskrun.errors import TaskRunError
+from taskrun.settings import SECRET_SETTINGS, SETTINGS, load
+from taskrun.status import ACTIVE, ROLES, RunStatus
 
 if TYPE_CHECKING:
-    from .service import Service
+    from taskrun.service.facade import Service
 
 EXIT_ERROR = 2  # bad input, unknown task or run, refused run
 EXIT_NOT_READY = 3
@@ -47,7 +47,7 @@ def _param(text: str) -> tuple[str, str]:
 def _open(args) -> Service:
     # Imported here: the database layer is most of a command's start, and the
     # commonest reads do without it (``taskrun.lite``).
-    from .service import Service
+    from taskrun.service.facade import Service
 
     return Service(load()).open()
 
@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
 
 
 def _run(args, params: dict, files: dict) -> int:
-    from .service import Service
+    from taskrun.service.facade import Service
 
     svc = Service(load())
     if args.detach:
@@ -168,7 +168,7 @@ def _run(args, params: dict, files: dict) -> int:
 
 def cmd_runs(args) -> int:
     svc = _open(args)
-    from .service import RunFilter
+    from taskrun.service.facade import RunFilter
 
     runs = svc.list_runs(RunFilter(task=args.task, status=args.status, trigger=args.trigger),
                          args.limit, args.offset)

@@ -15,11 +15,11 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import NotFound
-from .schema import head_revision
-from .settings import Settings
-from .status import RunStatus
-from .store import TaskStore
+from taskrun.errors import NotFound
+from taskrun.history.schema import head_revision
+from taskrun.settings import Settings
+from taskrun.status import RunStatus
+from taskrun.store.tasks import TaskStore
 
 HISTORY_WINDOW = 20  # as the service's success rate (history.HISTORY_WINDOW)
 _TIMES = ("queued_at", "started_at", "finished_at", "spawned_at", "exited_at",

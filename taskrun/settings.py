@@ -17,7 +17,7 @@ from functools import cached_property
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from .errors import SettingsError
+from taskrun.errors import SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StorageUnavailable
-from .settings import Settings
+from taskrun.errors import StorageUnavailable
+from taskrun.settings import Settings
 
 MB = 1024 * 1024
 

@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from .errors import Forbidden, TooManyAttempts
-from .sessions import COOKIE
+from taskrun.access.sessions import COOKIE
+from taskrun.errors import Forbidden, TooManyAttempts
 
 LOGIN_PATH = "/login"
 # Paths that are never a page: the API, the form itself, Streamlit's own routes.
@@ -148,7 +148,7 @@ def sso_label(svc) -> str | None:
 
 async def login_page(request: Request) -> HTMLResponse:
     note = "You have been signed out." if request.query_params.get("out") else None
-    from .service import default_service
+    from taskrun.service.facade import default_service
 
     return render(request.query_params.get("next"), note=note,
                   sso=sso_label(await run_in_threadpool(default_service)))
@@ -209,7 +209,7 @@ class SignInRequired:
 
     def _service(self):
         if self._get_service is None:
-            from .service import default_service
+            from taskrun.service.facade import default_service
             self._get_service = default_service
         try:
             return self._get_service()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from taskrun import settings as settings_mod
-from taskrun.service import Service
+from taskrun.service.facade import Service
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLES = PROJECT / "tasks"

@@ -98,7 +98,7 @@ def test_execute_errors(client, write_task):
 
 
 def test_queue_full_is_429(tmp_path, write_task):
-    from taskrun.service import Service
+    from taskrun.service.facade import Service
 
     from .conftest import make_settings
 

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
-from taskrun import service as service_mod
-from taskrun import sessions as sessions_mod
 from taskrun import web_login
+from taskrun.access import sessions as sessions_mod
 from taskrun.api import create_api
 from taskrun.errors import Forbidden, Unauthorized
-from taskrun.service import Service
+from taskrun.service import facade as service_mod
+from taskrun.service.facade import Service
 
 from .conftest import PROJECT, database_env, make_settings, wait_for
 
@@ -314,7 +314,7 @@ def test_pages_redirect_to_the_form_and_the_form_escapes_what_it_shows(secured):
 
 
 def test_single_sign_on_state_is_sealed_and_unknown_identities_need_a_default_role(tmp_path):
-    from taskrun.oidc import Oidc, OidcConfig
+    from taskrun.access.oidc import Oidc, OidcConfig
 
     oidc = Oidc(OidcConfig("https://idp.example", "c", "s", "IdP", None,
                            "https://dash.example/api/auth/oidc/callback"), b"k" * 32)

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from taskrun.api import create_api
+from taskrun.automation.followups import FollowUps
+from taskrun.automation.notify import Notifier
+from taskrun.automation.scheduler import Scheduler
 from taskrun.errors import InvalidMetadata
-from taskrun.followups import FollowUps
-from taskrun.notify import Notifier
-from taskrun.scheduler import Scheduler
-from taskrun.service import RunFilter, Service
+from taskrun.service.facade import RunFilter, Service
 
 from .conftest import PROJECT, make_settings, wait_for
 
@@ -155,8 +155,8 @@ def test_a_cancelled_run_is_not_retried(service, tasks_dir):
 def test_retry_delays_grow_are_capped_and_jittered():
     from random import Random
 
-    from taskrun.followups import retry_delay
-    from taskrun.metadata import TaskMeta
+    from taskrun.automation.followups import retry_delay
+    from taskrun.store.metadata import TaskMeta
 
     meta = TaskMeta(retries=10, retry_delay=1, retry_backoff=3, retry_max_delay=20)
     rng = Random(1)

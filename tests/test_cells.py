@@ -7,8 +7,8 @@ import os
 import pytest
 from fastapi.testclient import TestClient
 
-from taskrun import cells
 from taskrun.api import create_api
+from taskrun.store import cells
 
 THREE = '''"""A task in three cells."""
 

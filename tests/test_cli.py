@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from taskrun.errors import NotFound
-from taskrun.service import Service
+from taskrun.service.facade import Service
 
 from .conftest import PROJECT, wait_for
 

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from taskrun.db import Database
-from taskrun.models import Run, utcnow
+from taskrun.history.db import Database
+from taskrun.history.models import Run, utcnow
 
 
 def test_migrations_build_exactly_the_models(tmp_path):
@@ -54,7 +54,7 @@ def test_upgrading_an_old_database_keeps_its_history(tmp_path):
     from alembic import command
     from alembic.config import Config
 
-    from taskrun.db import MIGRATIONS_DIR
+    from taskrun.history.db import MIGRATIONS_DIR
 
     db = Database(f"sqlite:///{tmp_path / 't.db'}", tmp_path / "locks")
     cfg = Config()
@@ -78,7 +78,7 @@ def test_the_head_read_from_the_files_is_alembics(tmp_path):
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from taskrun.db import MIGRATIONS_DIR, Database, head_revision
+    from taskrun.history.db import MIGRATIONS_DIR, Database, head_revision
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -6,8 +6,8 @@ import sys
 
 from fastapi.testclient import TestClient
 
-from taskrun import environments, failures
 from taskrun.api import create_api
+from taskrun.history import environments, failures
 
 ETL = '''
 import json, os, sys

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from taskrun import queueing
-from taskrun.db import Database
-from taskrun.fastsql import Fast
-from taskrun.history import _FIND_RUN, find_run
-from taskrun.models import Run, RunBase
+from taskrun.history.db import Database
+from taskrun.history.fastsql import Fast
+from taskrun.history.models import Run, RunBase
+from taskrun.history.queries import _FIND_RUN, find_run
+from taskrun.runs import queueing
 
 from .conftest import make_settings
 

@@ -14,9 +14,9 @@ import time
 import psutil
 import pytest
 
-from taskrun import procs
-from taskrun.service import Service
-from taskrun.zygote import marker_name
+from taskrun.backends import procs
+from taskrun.backends.zygote import marker_name
+from taskrun.service.facade import Service
 
 from .conftest import PROJECT, make_settings, wait_for
 from .test_recovery import settings_env

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from taskrun import logs
 from taskrun.errors import InvalidName, NotFound
+from taskrun.runs import logs
 
 
 def test_read_by_offset_follows_a_growing_file(tmp_path):

@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from taskrun import metadata
 from taskrun.errors import InvalidMetadata, InvalidParams
 from taskrun.status import Concurrency
+from taskrun.store import metadata
 
 CODE = '''"""Docstring line."""
 # /// script
@@ -98,7 +98,7 @@ def test_the_settings_form_keeps_what_it_does_not_edit():
 
 
 def test_file_params_and_output_expectations_parse_and_survive_the_settings_form():
-    from taskrun import metadata as m
+    from taskrun.store import metadata as m
 
     code = ('# /// script\n# [tool.taskrun]\n# resources = { num_cpus = 1, "accel:x" = 2 }\n'
             '# [tool.taskrun.params]\n'

@@ -13,9 +13,9 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from taskrun import retention
 from taskrun.api import create_api
 from taskrun.errors import InvalidParams
+from taskrun.runs import retention
 
 from .conftest import PROJECT, database_env, make_settings, wait_for
 
@@ -183,7 +183,7 @@ columns = ["a", "b"]
 
 
 def test_a_huge_sparse_table_is_not_loaded_into_the_server(tmp_path, tasks_dir):
-    from taskrun.service import Service
+    from taskrun.service.facade import Service
 
     svc = Service(make_settings(tmp_path, TASKRUN_OUTPUT_INSPECT_MB=64)).start(
         sample_system=False)
@@ -297,8 +297,8 @@ def test_the_cli_uploads_a_file_param(tmp_path, tasks_dir):
 def test_outputs_and_uploads_go_with_their_runs(tmp_path, tasks_dir):
     from datetime import timedelta
 
-    from taskrun.models import utcnow
-    from taskrun.service import Service
+    from taskrun.history.models import utcnow
+    from taskrun.service.facade import Service
 
     svc = Service(make_settings(tmp_path, TASKRUN_RETENTION_DAYS=1)).start(sample_system=False)
     try:

@@ -6,10 +6,10 @@ import pytest
 import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
-from taskrun import service as service_mod
-from taskrun.models import Run
+from taskrun.history.models import Run
+from taskrun.service import facade as service_mod
 from taskrun.status import RunStatus
-from taskrun.store import sha256
+from taskrun.store.tasks import sha256
 
 from .conftest import EXAMPLES, PROJECT, wait_for
 

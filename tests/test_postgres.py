@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import SQLModel
 
 from taskrun.api import create_api
-from taskrun.db import MIGRATIONS_DIR, Database
 from taskrun.errors import AlreadyActive, NotReady, StorageUnavailable
-from taskrun.models import Run
-from taskrun.service import Service
+from taskrun.history.db import MIGRATIONS_DIR, Database
+from taskrun.history.models import Run
+from taskrun.service.facade import Service
 
 from .conftest import make_settings, wait_for
 from .pg import Cluster, cluster

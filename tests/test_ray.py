@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from taskrun.errors import AlreadyActive, ClusterUnavailable, InvalidCode
-from taskrun.service import Service
+from taskrun.service.facade import Service
 
 from .conftest import make_settings, task_code, wait_for
 from .ray_cluster import Cluster, require_ray

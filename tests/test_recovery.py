@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from taskrun import procs
+from taskrun.backends import procs
 from taskrun.errors import AlreadyActive
-from taskrun.service import Service
+from taskrun.service.facade import Service
 from taskrun.status import RunStatus
 
 from .conftest import PROJECT, database_env, make_settings, wait_for

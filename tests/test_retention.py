@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from taskrun import retention
-from taskrun.models import Delivery, Run, RunSample, utcnow
-from taskrun.service import Service
+from taskrun.history.models import Delivery, Run, RunSample, utcnow
+from taskrun.runs import retention
+from taskrun.service.facade import Service
 
 from .conftest import make_settings
 

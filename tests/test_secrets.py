@@ -12,11 +12,11 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
+from taskrun.access.masking import Masker
+from taskrun.access.vault import InvalidSecret
 from taskrun.api import create_api
 from taskrun.errors import InvalidName
-from taskrun.masking import Masker
-from taskrun.service import Service
-from taskrun.vault import InvalidSecret
+from taskrun.service.facade import Service
 
 from .conftest import PROJECT, database_env, make_settings, wait_for
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskrun.store import NAME_RE
+from taskrun.store.tasks import NAME_RE
 
 from .server import API_TOKEN, Server
 
@@ -71,7 +71,7 @@ def test_sigterm_shuts_down_cleanly_and_records_running_runs(tmp_path):
         srv.proc.wait(timeout=30)
     finally:
         srv.stop()
-    from taskrun.service import Service
+    from taskrun.service.facade import Service
     from taskrun.settings import load
 
     svc = Service(load(srv.env)).open()

@@ -3,7 +3,7 @@
 import pytest
 
 from taskrun.errors import Conflict, InvalidCode, NotFound, StaleWrite, TaskBusy
-from taskrun.service import RunFilter, Service
+from taskrun.service.facade import RunFilter, Service
 from taskrun.status import RunStatus
 
 from .conftest import make_settings, wait_for
@@ -81,7 +81,7 @@ def test_history_filters_and_paging(service, write_task):
 
 
 def test_the_task_list_reads_in_chunks_past_a_compound_select_limit(service, write_task):
-    from taskrun import history as facade
+    from taskrun.history import queries as facade
 
     for i in range(facade._CHUNK + 5):
         write_task(f"t{i:03}", "pass", concurrency="parallel")

@@ -26,11 +26,12 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from taskrun import storage, watch
+from taskrun import storage
 from taskrun.api import create_api
 from taskrun.errors import NotFound, StorageUnavailable
-from taskrun.locks import Locks
-from taskrun.service import Service
+from taskrun.runs import ending, watch
+from taskrun.runs.locks import Locks
+from taskrun.service.facade import Service
 
 from .conftest import make_settings, wait_for
 
@@ -458,18 +459,18 @@ def test_a_run_ends_no_later_than_the_next_run_took_its_lock(service, write_task
     active = wait_for(lambda: service.supervisor.watched(run.id))
     seen = active.started_at + timedelta(seconds=2)
     # Nobody else took the lock: the watcher's own sighting stands.
-    assert watch.ended_before_next(service.supervisor, active, seen) == seen
+    assert ending.ended_before_next(service.supervisor, active, seen) == seen
     # The next run (of any process) took it 1 s in: the process had ended by then.
     lock = service.locks.task_lock("q")
     taken = active.started_at + timedelta(seconds=1)
     lock.path.write_text(json.dumps({"task": "q", "run_id": run.id + 1,
                                      "since": taken.timestamp()}))
-    assert watch.ended_before_next(service.supervisor, active, seen) == taken
+    assert ending.ended_before_next(service.supervisor, active, seen) == taken
     # A record older than the run itself (its own was never written) is ignored.
     lock.path.write_text(json.dumps({"task": "q", "run_id": run.id - 1,
                                      "since": (active.started_at - timedelta(seconds=1))
                                      .timestamp()}))
-    assert watch.ended_before_next(service.supervisor, active, seen) == seen
+    assert ending.ended_before_next(service.supervisor, active, seen) == seen
     service.cancel(run.id)
     service.wait(run.id, 20)
 

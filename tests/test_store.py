@@ -3,7 +3,7 @@ import os
 import pytest
 
 from taskrun.errors import AlreadyExists, InvalidCode, InvalidName, NotFound, StaleWrite
-from taskrun.store import TaskStore, sha256
+from taskrun.store.tasks import TaskStore, sha256
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import threading
 import psutil
 import pytest
 
-from taskrun import procs
+from taskrun.backends import procs
 from taskrun.errors import AlreadyActive, InvalidParams, QueueFull
-from taskrun.service import Service
+from taskrun.service.facade import Service
 from taskrun.status import RunStatus
 
 from .conftest import make_settings, wait_for

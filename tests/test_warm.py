@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from taskrun import zygote as zygote_mod
-from taskrun.service import Service
+from taskrun.backends import zygote as zygote_mod
+from taskrun.service.facade import Service
 
 from .conftest import make_settings, wait_for
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from taskrun import watchers
-from taskrun.watchers import Watchers
+from taskrun.runs import watchers
+from taskrun.runs.watchers import Watchers
 
 from .conftest import wait_for
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from .db import Database
-from .fastsql import Connection, Insert
-from .models import AuditEvent, utcnow
+from taskrun.history.db import Database
+from taskrun.history.fastsql import Connection, Insert
+from taskrun.history.models import AuditEvent, utcnow
 
 _T = AuditEvent.__table__
 _INSERT = Insert(_T)

@@ -21,9 +21,10 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from . import audit, keys
-from .db import Database
-from .errors import (
+from taskrun import keys
+from taskrun.access import audit
+from taskrun.access.sessions import Sessions, SignInGate
+from taskrun.errors import (
     Conflict,
     Forbidden,
     InvalidParams,
@@ -31,10 +32,10 @@ from .errors import (
     TaskRunError,
     TooManyAttempts,
 )
-from .models import ApiToken, User, utcnow
-from .sessions import Sessions, SignInGate
-from .settings import Settings
-from .status import ROLES
+from taskrun.history.db import Database
+from taskrun.history.models import ApiToken, User, utcnow
+from taskrun.settings import Settings
+from taskrun.status import ROLES
 
 log = logging.getLogger("taskrun.auth")
 
@@ -92,7 +93,7 @@ class Auth:
     def oidc(self):
         """Single sign-on, when ``TASKRUN_OIDC_ISSUER`` is set (else None)."""
         if self._oidc is None and self._settings.oidc_issuer:
-            from .oidc import Oidc, OidcConfig
+            from taskrun.access.oidc import Oidc, OidcConfig
 
             s = self._settings
             self._oidc = Oidc(OidcConfig(

@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .errors import Unauthorized
+from taskrun.errors import Unauthorized
 
 STATE_COOKIE = "taskrun_oidc"
 STATE_TTL_S = 600  # a sign-in at the provider must be done within this

@@ -22,10 +22,10 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from . import audit
-from .db import Database
-from .errors import NotFound, TaskRunError, TooManyAttempts
-from .models import User, WebSession, utcnow
+from taskrun.access import audit
+from taskrun.errors import NotFound, TaskRunError, TooManyAttempts
+from taskrun.history.db import Database
+from taskrun.history.models import User, WebSession, utcnow
 
 COOKIE = "taskrun_session"
 TOKEN_PREFIX = "trs_"

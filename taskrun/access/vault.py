@@ -17,14 +17,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 
-from . import audit, keys
-from .db import Database
-from .errors import InvalidName, NotFound, TaskRunError
-from .masking import MIN_SECRET_LEN, Masker
-from .metadata import SECRET_NAME_RE
-from .models import Secret, utcnow
-from .settings import Settings
-from .store import check_name
+from taskrun import keys
+from taskrun.access import audit
+from taskrun.access.masking import MIN_SECRET_LEN, Masker
+from taskrun.errors import InvalidName, NotFound, TaskRunError
+from taskrun.history.db import Database
+from taskrun.history.models import Secret, utcnow
+from taskrun.settings import Settings
+from taskrun.store.metadata import SECRET_NAME_RE
+from taskrun.store.tasks import check_name
 
 MAX_VALUE = 64 * 1024
 _T = Secret.__table__

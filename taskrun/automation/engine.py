@@ -12,12 +12,12 @@ import logging
 import threading
 import time
 
-from .db import Database
-from .followups import FollowUps
-from .notify import Notifier
-from .scheduler import Scheduler
-from .settings import Settings
-from .store import TaskStore
+from taskrun.automation.followups import FollowUps
+from taskrun.automation.notify import Notifier
+from taskrun.automation.scheduler import Scheduler
+from taskrun.history.db import Database
+from taskrun.settings import Settings
+from taskrun.store.tasks import TaskStore
 
 log = logging.getLogger("taskrun.automation")
 

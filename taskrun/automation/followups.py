@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from . import queueing
-from .db import Database
-from .errors import QueueFull
-from .metadata import TaskMeta
-from .models import Delivery, Run, utcnow
-from .settings import Settings
-from .status import ACTIVE, RETRYABLE, UNSUCCESSFUL, RunStatus
-from .store import TaskStore
+from taskrun.errors import QueueFull
+from taskrun.history.db import Database
+from taskrun.history.models import Delivery, Run, utcnow
+from taskrun.runs import queueing
+from taskrun.settings import Settings
+from taskrun.status import ACTIVE, RETRYABLE, UNSUCCESSFUL, RunStatus
+from taskrun.store.metadata import TaskMeta
+from taskrun.store.tasks import TaskStore
 
 log = logging.getLogger("taskrun.followups")
 

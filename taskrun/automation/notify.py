@@ -20,12 +20,12 @@ from email.message import EmailMessage
 
 import sqlalchemy as sa
 
-from . import __version__
-from .db import Database
-from .errors import NotFound
-from .history import find_run
-from .models import Delivery, RunPublic, utcnow
-from .settings import Settings
+from taskrun import __version__
+from taskrun.errors import NotFound
+from taskrun.history.db import Database
+from taskrun.history.models import Delivery, RunPublic, utcnow
+from taskrun.history.queries import find_run
+from taskrun.settings import Settings
 
 log = logging.getLogger("taskrun.notify")
 

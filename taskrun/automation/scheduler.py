@@ -22,12 +22,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from croniter import croniter
 
-from . import queueing
-from .db import Database
-from .metadata import TaskMeta
-from .models import TaskSchedule, utcnow
-from .settings import Settings
-from .store import TaskStore
+from taskrun.history.db import Database
+from taskrun.history.models import TaskSchedule, utcnow
+from taskrun.runs import queueing
+from taskrun.settings import Settings
+from taskrun.store.metadata import TaskMeta
+from taskrun.store.tasks import TaskStore
 
 log = logging.getLogger("taskrun.scheduler")
 

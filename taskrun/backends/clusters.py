@@ -10,12 +10,12 @@ import hmac
 import secrets
 from typing import TYPE_CHECKING
 
-from . import keys
-from .errors import ClusterUnavailable
-from .settings import Settings
+from taskrun import keys
+from taskrun.errors import ClusterUnavailable
+from taskrun.settings import Settings
 
 if TYPE_CHECKING:
-    from .backends.ray import RayBackend, Submission
+    from taskrun.backends.ray import RayBackend, Submission
 
 
 class Cluster:
@@ -28,7 +28,7 @@ class Cluster:
     def backend(self) -> RayBackend:
         """The cluster's client; TaskRunError when no cluster is configured."""
         if self._backend is None:
-            from .backends.ray import RayBackend
+            from taskrun.backends.ray import RayBackend
             self._backend = RayBackend(self.settings.ray_address, self.settings.ray_python)
         return self._backend
 
@@ -60,7 +60,7 @@ class Cluster:
                    cells: bool, resources: dict[str, float],
                    inputs: dict | None = None) -> Submission:
         """What the cluster is given to run ``run_id`` (under a new job id)."""
-        from .backends.ray import Submission
+        from taskrun.backends.ray import Submission
         return Submission(job=self.job(run_id), task=task, code=code, env=env,
                           nonce=self.nonce(run_id), cells=cells,
                           grace=self.settings.kill_grace, resources=resources,

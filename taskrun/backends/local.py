@@ -8,10 +8,9 @@ long as it lives, and its limits are applied before it is watched.
 
 from __future__ import annotations
 
-from .. import procs
-from ..models import utcnow
-from ..zygote import Zygotes
-from . import Launch, Started
+from taskrun.backends import Launch, Started, procs
+from taskrun.backends.zygote import Zygotes
+from taskrun.history.models import utcnow
 
 
 class LocalBackend:

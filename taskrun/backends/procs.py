@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from .zygote import CELL_RUNNER, marker_name
+from taskrun.backends.zygote import CELL_RUNNER, marker_name
 
 # Server variables a task may see. Everything else (tokens, passwords, the
 # server's own TASKRUN_* settings) stays out unless explicitly passed through.

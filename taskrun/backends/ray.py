@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClusterUnavailable, TaskRunError
-from . import ray_entry
-from .ray_log import Follower, LogSink
+from taskrun.backends.ray_log import Follower, LogSink
+from taskrun.child import cell_main, ray_entry
+from taskrun.errors import ClusterUnavailable, TaskRunError
 
 log = logging.getLogger("taskrun.backends.ray")
 ENTRY = Path(ray_entry.__file__)
-CELL_RUNNER = Path(__file__).resolve().parent.parent / "cell_main.py"
+CELL_RUNNER = Path(cell_main.__file__)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 HEALTH_TTL_S = 5.0
 SUBMIT_RETRY_S = 30.0  # how long a submit waits for a cluster that says "try again later"

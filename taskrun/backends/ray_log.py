@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from . import ray_entry
+from taskrun.child import ray_entry
 
 log = logging.getLogger("taskrun.backends.ray")
 MAX_RECORD = 64 * 1024  # a control record is one short line; longer is task output
@@ -257,7 +257,7 @@ class LogSink:
         """A piece of an output (or the result) the entrypoint sent: written at its
         offset, so the same piece seen twice (a restart follows the log again) is
         written once. A name that is not a path inside the run's dir is refused."""
-        from .. import outputs
+        from taskrun.store import outputs
 
         name = value.get("name")
         try:

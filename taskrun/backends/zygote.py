@@ -33,7 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from .zygote_main import recv_msg, send_msg
+from taskrun.child import cell_main, zygote_main
+from taskrun.child.zygote_main import recv_msg, send_msg
 
 log = logging.getLogger("taskrun.zygote")
 
@@ -43,8 +44,8 @@ CHECK_FILES_EVERY_S = 1.0
 SPARES = 2
 SPARE_TIMEOUT_S = 10.0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
-SOURCE = (Path(__file__).with_name("zygote_main.py")).read_text()
-CELL_RUNNER = Path(__file__).with_name("cell_main.py")
+SOURCE = Path(zygote_main.__file__).read_text()
+CELL_RUNNER = Path(cell_main.__file__)
 
 
 def command(tasks_dir: Path, modules: tuple[str, ...], fd: int) -> list[str]:

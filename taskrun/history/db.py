@@ -19,12 +19,9 @@ import sqlalchemy as sa
 from filelock import FileLock
 from sqlmodel import Session
 
-from . import (
-    models,  # noqa: F401  (registers the tables on SQLModel.metadata)
-    storage,
-)
-from .fastsql import Connection
-from .schema import MIGRATIONS_DIR, head_revision
+from taskrun import storage
+from taskrun.history.fastsql import Connection
+from taskrun.history.schema import MIGRATIONS_DIR, head_revision
 
 BUSY_TIMEOUT_S = 30
 MAX_IDLE_READERS = 8

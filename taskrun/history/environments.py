@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .db import Database
-from .models import Environment, utcnow
+from taskrun.history.db import Database
+from taskrun.history.models import Environment, utcnow
 
 log = logging.getLogger("taskrun.environments")
 TTL_S = 30.0

@@ -9,12 +9,12 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from . import cells
-from .db import Database
-from .errors import InvalidParams, NotFound
-from .fastsql import Fast
-from .models import Run, RunPublic, RunSample
-from .status import ACTIVE, UNSUCCESSFUL, RunStatus
+from taskrun.errors import InvalidParams, NotFound
+from taskrun.history.db import Database
+from taskrun.history.fastsql import Fast
+from taskrun.history.models import Run, RunPublic, RunSample
+from taskrun.status import ACTIVE, UNSUCCESSFUL, RunStatus
+from taskrun.store import cells
 
 MAX_PAGE = 500
 _T = Run.__table__
@@ -164,7 +164,7 @@ MAX_FAILURES = 5000  # the newest unsuccessful runs grouped per request
 def failure_groups(db: Database, task: str | None = None, since: datetime | None = None
                    ) -> list[dict]:
     """The newest unsuccessful runs grouped by cause (``failures``), newest group first."""
-    from . import failures
+    from taskrun.history import failures
 
     query = (sa.select(_T.c.id, _T.c.task, _T.c.status, _T.c.error, _T.c.exit_code,
                        _T.c.signal, _T.c.failure, _T.c.queued_at, _T.c.finished_at)

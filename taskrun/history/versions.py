@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import select
 
-from .db import Database
-from .errors import NotFound
-from .models import TaskVersion, VersionPublic, utcnow
+from taskrun.errors import NotFound
+from taskrun.history.db import Database
+from taskrun.history.models import TaskVersion, VersionPublic, utcnow
 
 
 def record(db: Database, task: str, sha: str, content: str, author: str | None = None,

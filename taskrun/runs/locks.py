@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import storage
+from taskrun import storage
 
 
 @dataclass(frozen=True)

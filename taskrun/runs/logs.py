@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidName, NotFound
-from .masking import Masker
+from taskrun.access.masking import Masker
+from taskrun.errors import InvalidName, NotFound
 
 LOG_NAME_RE = re.compile(r"^(?P<task>[A-Za-z0-9][A-Za-z0-9_-]{0,63})_(?P<run>[0-9]{1,18})\.log$")
 MAX_READ = 1024 * 1024  # the most one read returns, so responses stay bounded

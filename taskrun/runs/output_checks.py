@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metadata import OutputSpec
+from taskrun.store.metadata import OutputSpec
 
 UNKNOWN = {"?", "null"}  # a type read from a header only, or from no values
 

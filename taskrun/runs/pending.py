@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("taskrun.supervisor")
 
@@ -24,7 +25,8 @@ MAX_DELAY_S = 4.0
 
 @dataclass
 class _Write:
-    write: Callable[[], None]  # raises while the storage still refuses
+    write: Callable[[], Any]  # raises while the storage still refuses
+    then: Callable[[Any], None]  # told what ``write`` returned, once it is no longer kept
     what: str
     due: float
     delay: float
@@ -37,21 +39,26 @@ class PendingWrites:
         self._items: dict[int, _Write] = {}
         self._lock = threading.Lock()
 
-    def add(self, run_id: int, write: Callable[[], None], what: str, exc: BaseException,
-            now: float | None = None) -> None:
-        """Keep ``write`` (which just failed with ``exc``) to be retried."""
+    def add(self, run_id: int, write: Callable[[], Any], what: str, exc: BaseException,
+            now: float | None = None, then: Callable[[Any], None] = lambda _: None) -> None:
+        """Keep ``write`` (which just failed with ``exc``) to be retried; ``then`` runs
+        with its result once it has landed."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._items[run_id] = _Write(write, what, now + FIRST_DELAY_S, FIRST_DELAY_S,
-                                         error=str(exc))
+            self._items[run_id] = _Write(write, then, what, now + FIRST_DELAY_S,
+                                         FIRST_DELAY_S, error=str(exc))
         log.error("run %d: could not record %s (%s); kept in memory and retried until it "
                   "lands", run_id, what, exc)
 
+    # Readers take the lock: a write that lands and leaves the kept set is one step to
+    # them, so no one sees a run's end recorded while it is still counted as waiting.
     def __contains__(self, run_id: int) -> bool:
-        return run_id in self._items
+        with self._lock:
+            return run_id in self._items
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
 
     def problem(self) -> str | None:
         """What health shows while writes wait; None when none does."""
@@ -70,21 +77,23 @@ class PendingWrites:
             due = [(rid, w) for rid, w in self._items.items() if force or w.due <= now]
         landed = 0
         for run_id, item in due:
-            try:
-                item.write()
-            except Exception as exc:
-                item.attempts += 1
-                item.error = str(exc)
-                item.delay = min(MAX_DELAY_S, item.delay * 2)
-                item.due = time.monotonic() + item.delay
-                if item.attempts in (2, 10) or item.attempts % 100 == 0:
-                    log.error("run %d: recording %s failed again (attempt %d): %s", run_id,
-                              item.what, item.attempts, exc)
-                continue
-            with self._lock:
-                if self._items.get(run_id) is item:
-                    del self._items[run_id]
+            with self._lock:  # the write and its leaving the set, as one step (see above)
+                if self._items.get(run_id) is not item:
+                    continue
+                try:
+                    result = item.write()
+                except Exception as exc:
+                    item.attempts += 1
+                    item.error = str(exc)
+                    item.delay = min(MAX_DELAY_S, item.delay * 2)
+                    item.due = time.monotonic() + item.delay
+                    if item.attempts in (2, 10) or item.attempts % 100 == 0:
+                        log.error("run %d: recording %s failed again (attempt %d): %s",
+                                  run_id, item.what, item.attempts, exc)
+                    continue
+                del self._items[run_id]
             landed += 1
             log.warning("run %d: %s recorded after %d attempt(s)", run_id, item.what,
                         item.attempts)
+            item.then(result)  # outside the lock: it wakes waiters and may take others
         return landed

@@ -12,14 +12,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import audit, metadata
-from .db import Database
-from .errors import AlreadyActive, QueueFull
-from .fastsql import Connection, Fast, Insert, is_postgres
-from .metadata import TaskMeta
-from .models import Run, RunBase, utcnow
-from .settings import Settings
-from .status import ACTIVE, Concurrency, RunStatus
+from taskrun.access import audit
+from taskrun.errors import AlreadyActive, QueueFull
+from taskrun.history.db import Database
+from taskrun.history.fastsql import Connection, Fast, Insert, is_postgres
+from taskrun.history.models import Run, RunBase, utcnow
+from taskrun.settings import Settings
+from taskrun.status import ACTIVE, Concurrency, RunStatus
+from taskrun.store import metadata
+from taskrun.store.metadata import TaskMeta
 
 _T = Run.__table__
 _ACTIVE_OF_TASK = sa.and_(_T.c.task == sa.bindparam("t"),

@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlmodel import select as sql_select
 
-from . import cells, logs, procs
-from .locks import LockFile
-from .models import Run, utcnow
-from .status import Concurrency, RunStatus
-from .watch import Active
+from taskrun.backends import procs
+from taskrun.history.models import Run, utcnow
+from taskrun.runs import logs
+from taskrun.runs.active import Active
+from taskrun.runs.locks import LockFile
+from taskrun.status import Concurrency, RunStatus
+from taskrun.store import cells
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from taskrun.runs.supervisor import Supervisor
 
 log = logging.getLogger("taskrun.supervisor")
 

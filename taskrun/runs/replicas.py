@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import audit, watch
-from .models import Replica, Run, utcnow
-from .status import RunStatus
+from taskrun.access import audit
+from taskrun.history.models import Replica, Run, utcnow
+from taskrun.runs import watch
+from taskrun.status import RunStatus
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from taskrun.runs.supervisor import Supervisor
 
 log = logging.getLogger("taskrun.supervisor")
 
@@ -101,7 +102,7 @@ def reap(sup: Supervisor) -> list[int]:
         if backend == "ray" and sup.cluster.configured:
             # Its job runs on the cluster, not on the dead replica's host: followed from
             # here to its true end instead.
-            from . import recovery
+            from taskrun.runs import recovery
             if recovery.take_over_remote(sup, run_id, owner):
                 audit.record(sup.db, sup.owner, "run.adopted", f"{task} #{run_id}",
                              f"lease of {owner} expired; its Ray job is followed here")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import logs, run_files
-from .db import Database
-from .models import Delivery, Run, RunSample, utcnow
-from .settings import Settings
-from .status import ACTIVE
-from .uploads import Uploads
+from taskrun.history.db import Database
+from taskrun.history.models import Delivery, Run, RunSample, utcnow
+from taskrun.runs import logs, run_files
+from taskrun.settings import Settings
+from taskrun.status import ACTIVE
+from taskrun.store.uploads import Uploads
 
 log = logging.getLogger("taskrun.retention")
 
@@ -51,7 +51,7 @@ def _remove_tree(folder: Path) -> int:
 def _collect_uploads(db: Database, settings: Settings) -> None:
     """Remove the uploads no run names any more."""
     try:
-        Uploads(settings).collect(db)
+        Uploads(settings).collect(named_uploads(db))
     except Exception:
         log.exception("could not remove unused uploads")
 
@@ -104,3 +104,16 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
              len(ids), freed, settings.retention_days or "unlimited",
              settings.retention_runs or "unlimited")
     return PruneResult(len(ids), freed)
+
+
+def named_uploads(db: Database) -> set[str]:
+    """The sha256 of every upload a kept run names in its params."""
+    named: set[str] = set()
+    with db.connect() as c:
+        text = sa.cast(Run.__table__.c.params, sa.Text)
+        for params in c.execute(sa.select(Run.__table__.c.params).where(
+                text.like('%"sha256"%'))).scalars():
+            for value in (params or {}).values():
+                if isinstance(value, dict) and isinstance(value.get("sha256"), str):
+                    named.add(value["sha256"])
+    return named

@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import output_checks, outputs
-from .models import Run
-from .status import RunStatus
+from taskrun.history.models import Run
+from taskrun.runs import output_checks
+from taskrun.status import RunStatus
+from taskrun.store import outputs
 
 if TYPE_CHECKING:
-    from .db import Database
-    from .metadata import OutputSpec, TaskMeta
-    from .settings import Settings
-    from .uploads import Uploads
+    from taskrun.history.db import Database
+    from taskrun.settings import Settings
+    from taskrun.store.metadata import OutputSpec, TaskMeta
+    from taskrun.store.uploads import Uploads
 
 log = logging.getLogger("taskrun.supervisor")
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import environments, metadata, versions
-from .db import Database
-from .errors import NotFound
-from .history import find_run
-from .models import Run, RunPublic
-from .status import RunStatus
+from taskrun.errors import NotFound
+from taskrun.history import environments, versions
+from taskrun.history.db import Database
+from taskrun.history.models import Run, RunPublic
+from taskrun.history.queries import find_run
+from taskrun.status import RunStatus
+from taskrun.store import metadata
 
 _T = Run.__table__
 CONTEXT_LINES = 3

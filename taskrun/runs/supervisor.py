@@ -31,42 +31,44 @@ import uuid
 from functools import cached_property, partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import (
-    cells,
+if TYPE_CHECKING:  # handed in by the service: the run path never imports automation
+    from taskrun.automation.engine import Automation
+
+from taskrun.access.vault import Vault
+from taskrun.backends import Launch, procs
+from taskrun.backends.clusters import Cluster
+from taskrun.backends.local import LocalBackend
+from taskrun.backends.zygote import Zygotes
+from taskrun.errors import InvalidName, StorageUnavailable, TaskRunError
+from taskrun.history import versions
+from taskrun.history.db import Database
+from taskrun.history.environments import Fingerprints
+from taskrun.history.fastsql import Fast
+from taskrun.history.models import Run, utcnow
+from taskrun.runs import (
+    ending,
     logs,
-    metadata,
-    procs,
     queueing,
     recovery,
     replicas,
     retention,
     run_files,
-    versions,
     watch,
     watch_remote,
 )
-from .automation import Automation
-from .backends import Launch
-from .backends.local import LocalBackend
-from .clusters import Cluster
-from .db import Database
-from .environments import Fingerprints
-from .errors import InvalidName, StorageUnavailable, TaskRunError
-from .fastsql import Fast
-from .locks import LockFile, Locks
-from .models import Run, utcnow
-from .pending import PendingWrites
-from .settings import Settings
-from .status import Concurrency, RunStatus
-from .store import TaskStore, sha256
-from .uploads import Uploads
-from .vault import Vault
-from .watch import Active
-from .watchers import Watchers
-from .zygote import Zygotes
+from taskrun.runs.active import Active
+from taskrun.runs.locks import LockFile, Locks
+from taskrun.runs.pending import PendingWrites
+from taskrun.runs.watchers import Watchers
+from taskrun.settings import Settings
+from taskrun.status import Concurrency, RunStatus
+from taskrun.store import cells, metadata
+from taskrun.store.tasks import TaskStore, sha256
+from taskrun.store.uploads import Uploads
 
 log = logging.getLogger("taskrun.supervisor")
 
@@ -759,8 +761,8 @@ class Supervisor:
                     run_id=run_id, task="", pid=0, deadline=float("inf"), timeout=0,
                     log_path=Path(), progress_path=Path(), key="", exited_at=ended,
                     holds_lock=False, pending=True)
-            self.pending.add(run_id, lambda: (write(), watch.landed(self, placeholder, None)),
-                             "that it could not start", exc)
+            self.pending.add(run_id, write, "that it could not start", exc,
+                             then=lambda _row: ending.landed(self, placeholder, None))
             return
         self.notify_finished()
 

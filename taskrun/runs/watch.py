@@ -12,116 +12,39 @@ import logging
 import os
 import select
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import cells, failures, logs, procs, run_files, storage
-from .fastsql import Fast
-from .models import Run, RunPublic, RunSample, utcnow
-from .status import RunStatus
-from .zygote import WarmChild
+from taskrun import storage
+from taskrun.backends import procs
+from taskrun.backends.zygote import WarmChild
+from taskrun.history.models import RunSample, utcnow
+from taskrun.runs import logs
+from taskrun.runs.active import Active
+from taskrun.runs.ending import (
+    BY_ID,
+    FINISH,
+    FINISH_SPAWNED,
+    SPAWNED,
+    T,
+    done,
+    ended_before_next,
+    failure_cause,
+    limit_reason,
+    products,
+    record_end,
+    release,
+    run_cells,
+)
+from taskrun.status import RunStatus
 
 if TYPE_CHECKING:
-    import subprocess
 
-    from .supervisor import Supervisor
+    from taskrun.runs.supervisor import Supervisor
 
 log = logging.getLogger("taskrun.supervisor")
-
-_T = Run.__table__
-# A run's start is its process's start (not its claim): the history's times are
-# the times things happened, so consecutive runs of a task never overlap there.
-_SPAWNED_VALUES = dict(
-    started_at=sa.bindparam("b_spawned"), pid=sa.bindparam("b_pid"),
-    code_sha=sa.bindparam("b_sha"), log_path=sa.bindparam("b_log"),
-    spawned_at=sa.bindparam("b_spawned"), pid_created=sa.bindparam("b_created"),
-    launch=sa.bindparam("b_launch"),
-    environment=sa.bindparam("b_env", type_=_T.c.environment.type))
-_SPAWNED = Fast(sa.update(_T).where(_T.c.id == sa.bindparam("b_id")).values(**_SPAWNED_VALUES))
-
-
-def _finish(with_spawned: bool) -> Fast:
-    values = dict(
-        status=sa.bindparam("b_status"), error=sa.bindparam("b_error"),
-        cancelled_by=sa.bindparam("b_cancelled_by"),
-        exit_code=sa.bindparam("b_exit_code"), signal=sa.bindparam("b_signal"),
-        exited_at=sa.bindparam("b_exited_at"), finished_at=sa.bindparam("b_finished_at"),
-        cpu_seconds=sa.func.coalesce(sa.bindparam("b_cpu", type_=sa.Float), _T.c.cpu_seconds),
-        peak_rss=sa.func.coalesce(sa.bindparam("b_rss", type_=sa.Integer), _T.c.peak_rss),
-        failure=sa.bindparam("b_failure", type_=_T.c.failure.type),
-        cells=sa.bindparam("b_cells", type_=_T.c.cells.type),
-        outputs=sa.bindparam("b_outputs", type_=_T.c.outputs.type),
-        result=sa.bindparam("b_result", type_=_T.c.result.type),
-        output_warnings=sa.bindparam("b_warnings", type_=_T.c.output_warnings.type))
-    if with_spawned:
-        values.update(_SPAWNED_VALUES)
-    return Fast(
-        sa.update(_T)
-        .where(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.RUNNING.value)
-        .values(**values)
-        # The whole ended row: waiters in this process take it from here, not from a read.
-        .returning(*_T.c))
-
-
-_FINISH = _finish(with_spawned=False)
-# A run that ended before its first sample: its start and end recorded in one write.
-_FINISH_SPAWNED = _finish(with_spawned=True)
-_BY_ID = sa.update(_T).where(_T.c.id == sa.bindparam("b_id"))
-
-
-@dataclass
-class Active:
-    """A run this supervisor is watching."""
-
-    run_id: int
-    task: str
-    pid: int
-    deadline: float  # time.monotonic() at which the run times out
-    timeout: float
-    log_path: Path
-    progress_path: Path
-    key: str
-    cells_path: Path | None = None  # the record of a file in cells
-    expects: tuple = ()  # the task's declared outputs (metadata.OutputSpec)
-    backend: str = "local"  # where it executes: "local" (a process here) or "ray"
-    job: str | None = None  # its job on the cluster (a remote run)
-    submission: Any = None  # what to submit, until the watcher has (a remote run)
-    held_fds: list[int] = field(default_factory=list)  # locks this server holds for it
-    # None when adopted after a restart (not our child); a WarmChild when forked warm
-    popen: subprocess.Popen | WarmChild | None = None
-    wake_fd: int = -1
-    pidfd: int = -1
-    kill_reason: RunStatus | None = None
-    kill_by: str | None = None
-    kill_error: str | None = None
-    kill_at: float | None = None
-    doomed: set[int] = field(default_factory=set)
-    known_pids: set[int] = field(default_factory=set)
-    peak_rss: int = 0
-    cpu_seconds: float = 0.0
-    progress_mtime: float = 0.0
-    done: threading.Event = field(default_factory=threading.Event)  # its watcher is done
-    pending_cancel: tuple[str, str] | None = None  # (by, reason), read by the watcher
-    spawned: dict | None = None  # what to record about the new process
-    memory_mb: int | None = None  # rlimits the task declared
-    cpu_limit: int | None = None
-    started_at: datetime | None = None  # when its process was started
-    exited_at: datetime | None = None  # when its watcher saw the process end
-    holds_lock: bool = True  # it holds its task's lock (not a parallel run)
-    log_cap: int | None = None  # its log's cap, once the disk's floor has lowered it
-    log_seen: tuple[float, int] = (0.0, 0)  # (monotonic time, size) at the last check
-    disk_note: str | None = None  # why its log was capped, for its record
-    sample_failed: bool = False  # the last sample could not be written (said once)
-    pending: bool = False  # its end waits in sup.pending to be recorded
-    final: RunPublic | None = None  # the run as its end was recorded
-    reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
-    outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
 
 
 def run(sup: Supervisor, a: Active) -> None:
@@ -145,98 +68,9 @@ def run(sup: Supervisor, a: Active) -> None:
         if a.pending:
             # Its end is kept in sup.pending and retried: the run stays ours (cancels,
             # waiters, recovery know it) until that lands (``landed``).
-            _release(sup, a)
+            release(sup, a)
         else:
-            _done(sup, a)
-
-
-def _done(sup: Supervisor, a: Active) -> None:
-    """A watcher's last steps once the run's end is recorded."""
-    notified = a.reported is not None and a.final is not None
-    if notified:
-        # Recorded from the run's own report: waiters take its end now, while the
-        # kernel is still tearing the process down. It stays tracked (not a stray
-        # to reap elsewhere) until it is waited for here.
-        sup.notify_finished()
-        procs.wait_child(a.pid)
-    sup.forget(a.run_id)
-    for fd in (a.wake_fd, a.pidfd):
-        if fd >= 0:
-            os.close(fd)
-    _remove(a.progress_path)
-    if a.cells_path is not None:
-        _remove(a.cells_path)
-    _close_held(a)
-    a.done.set()
-    # A waiter that sees the run no longer watched reads its end.
-    if not notified:
-        sup.notify_finished()
-    if a.outcome is not None:
-        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
-    # Last, with the run recorded and its waiters told: what the next runs need
-    # (a spare forked again, logs made ahead), off every run's way.
-    if isinstance(a.popen, WarmChild):
-        a.popen.close()
-    sup.run_dirs.recycle(run_files.run_dir(sup.settings, a.run_id))
-    sup.log_files.prepare()
-    sup.run_dirs.prepare()
-
-
-def _release(sup: Supervisor, a: Active) -> None:
-    """What a watcher gives back when it ends with the run's end still unrecorded."""
-    if a.reported is not None:
-        procs.wait_child(a.pid)
-    for fd in (a.wake_fd, a.pidfd):
-        if fd >= 0:
-            os.close(fd)
-    a.wake_fd = a.pidfd = -1
-    _remove(a.progress_path)
-    if a.cells_path is not None:
-        _remove(a.cells_path)
-    _close_held(a)
-    if isinstance(a.popen, WarmChild):
-        a.popen.close()
-
-
-def _close_held(a: Active) -> None:
-    for fd in a.held_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    a.held_fds = []
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # a read-only data dir: a stale progress file is harmless
-        pass
-
-
-def landed(sup: Supervisor, a: Active, row: dict | None) -> None:
-    """A kept end of a run has been recorded at last: the run is no longer ours."""
-    if row is not None:
-        a.final = RunPublic.from_row(row)
-    a.pending = False
-    sup.forget(a.run_id)
-    a.done.set()
-    sup.notify_finished()
-    if a.outcome is not None:
-        log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
-
-
-def record_end(sup: Supervisor, a: Active, write, what: str = "its end") -> None:
-    """Run ``write()`` (the run's end, returning its row); if the storage refuses it,
-    keep it and retry it from the supervisor's loop until it lands."""
-    try:
-        row = write()
-    except Exception as exc:
-        a.pending = True
-        sup.pending.add(a.run_id, lambda: landed(sup, a, write()), what, exc)
-        return
-    if row is not None:  # None: something else ended it first (waiters then read it)
-        a.final = RunPublic.from_row(row)
+            done(sup, a)
 
 
 def watch_until_exit(sup: Supervisor, a: Active) -> None:
@@ -312,9 +146,9 @@ def sample(sup: Supervisor, a: Active) -> None:
     try:
         with sup.db.begin() as c:
             if a.spawned is not None:
-                _SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
+                SPAWNED.run(c, {"b_id": a.run_id, **a.spawned})
                 a.spawned = None
-            c.execute(_BY_ID.values(**values), {"b_id": a.run_id})
+            c.execute(BY_ID.values(**values), {"b_id": a.run_id})
             c.execute(sa.insert(RunSample).values(run_id=a.run_id, t=utcnow(), rss=rss,
                                                   cpu_percent=round(percent, 1)))
     except Exception as exc:
@@ -355,7 +189,7 @@ def check_log(sup: Supervisor, a: Active, now: float) -> float:
         log.warning("run %d: log capped at %d bytes: %s", a.run_id, cap, a.disk_note)
     size = raw
     if raw > cap:
-        logs.enforce_cap(a.log_path, cap, _marker(a, cap))
+        logs.enforce_cap(a.log_path, cap, marker(a, cap))
         size = cap
     then, before = a.log_seen
     a.log_seen = (now, size)
@@ -370,7 +204,7 @@ def check_log(sup: Supervisor, a: Active, now: float) -> float:
     return min(interval, max(0.005, room / rate / 4))
 
 
-def _marker(a: Active, cap: int) -> bytes:
+def marker(a: Active, cap: int) -> bytes:
     if a.log_cap is None:
         return logs.marker(cap)
     return (f"\n[taskrun] log capped at {cap} bytes: {a.disk_note}; "
@@ -485,7 +319,7 @@ def finalize(sup: Supervisor, a: Active) -> None:
             error += f" Its log was capped: {a.disk_note}."
         failure = failure_cause(sup, a)
     spawned = a.spawned or {}
-    statement = _FINISH_SPAWNED if spawned else _FINISH
+    statement = FINISH_SPAWNED if spawned else FINISH
     status, error, failure, made = products(sup, a, status, error, failure)
     # finished_at is when the exit was seen, not when this write happens (it may be
     # late: after the next run's launch, or retried after a storage fault).
@@ -503,78 +337,6 @@ def finalize(sup: Supervisor, a: Active) -> None:
     a.outcome = (status, code)  # logged once waiters are told
     record_end(sup, a, write)
 
-def products(sup: Supervisor, a: Active, status: RunStatus, error: str | None,
-             failure: dict | None) -> tuple[RunStatus, str | None, dict | None, dict]:
-    """What the run produced, read before its end is recorded: (status, error, failure,
-    the end's values for them). A declared expectation it violates fails it (its exit
-    code stays), so a chain stops there and its retries apply."""
-    try:
-        made = run_files.collect(sup.settings, sup.db, a.run_id, a.task, status, a.expects)
-    except Exception:  # what it produced is worth much, its end being recorded more
-        log.exception("could not read the outputs of run %d", a.run_id)
-        made = run_files.Products(warnings=["its outputs could not be read; see the "
-                                            "application log"])
-    if made.violations and status == RunStatus.SUCCEEDED:
-        status = RunStatus.FAILED
-        error = "Its outputs failed their checks: " + "; ".join(made.violations) + "."
-        failure = {"exception": "OutputCheck", "location": made.violations[0].split(":")[0],
-                   "function": "[tool.taskrun.outputs]", "message": "; ".join(made.violations)}
-    return status, error, failure, {"b_outputs": made.outputs, "b_result": made.result,
-                                    "b_warnings": made.warnings or None}
-
-
-def run_cells(a: Active, status: RunStatus, ended: datetime) -> list[dict] | None:
-    """A file in cells: what each cell did, from its record (None for any other run)."""
-    if a.cells_path is None:
-        return None
-    try:
-        size = os.stat(a.log_path).st_size
-    except OSError:
-        size = 0
-    try:
-        return cells.collect(a.cells_path, size, run_status=status.value, ended_at=ended)
-    except Exception:  # like the cause: a help, never a reason for the end not to land
-        log.exception("could not read the cells of run %d", a.run_id)
-        return None
-
-
-def failure_cause(sup: Supervisor, a: Active) -> dict | None:
-    """The traceback's cause at the end of a failed run's log (secrets masked), or None.
-    A failed run only: the read of its log's last 64 KB is off every successful path."""
-    try:
-        tail = logs.tail(a.log_path, failures.TAIL_BYTES, masker=sup.vault.masker()
-                         if sup.vault else None).content
-        return failures.cause(tail, a.task)
-    except Exception:  # a cause is a help, never a reason for the end not to be recorded
-        log.exception("could not read the cause of run %d's failure", a.run_id)
-        return None
-
-
-def ended_before_next(sup: Supervisor, a: Active, seen: datetime) -> datetime:
-    """The run's end: when its watcher saw the exit, or, if earlier, when the next run
-    of its task took the lock its process held (in this or any process sharing the
-    data dir). The kernel frees the lock before the exit can be seen, so the next
-    run may start first; its start must not precede this run's end in the history."""
-    taken = sup.locks.taken_after(a.task, a.run_id, a.started_at.timestamp()
-                                  if a.started_at is not None else None)
-    if taken is None:
-        return seen
-    at = datetime.fromtimestamp(taken, UTC)
-    if a.started_at is not None and a.started_at <= at < seen:
-        return at
-    return seen
-
-
-def limit_reason(sup: Supervisor, a: Active, signame: str | None, cpu: float | None) -> str | None:
-    """Why a run failed, when it was one of the limits its task declared."""
-    if a.cpu_limit and (signame == "SIGXCPU" or (
-            signame == "SIGKILL" and (cpu or 0) >= a.cpu_limit)):
-        return f"Exceeded its cpu_seconds limit ({a.cpu_limit} s of CPU time)."
-    if a.memory_mb:
-        tail = logs.tail(a.log_path, 4096, cap=sup.settings.log_max_bytes).content
-        if "MemoryError" in tail or "Cannot allocate memory" in tail:
-            return f"Exceeded its memory_mb limit ({a.memory_mb} MiB)."
-    return None
 
 def finish_error(sup: Supervisor, a: Active) -> None:
     if a.pending:
@@ -587,10 +349,10 @@ def finish_error(sup: Supervisor, a: Active) -> None:
 
     def write() -> dict | None:
         with sup.db.begin() as c:
-            row = c.execute(_BY_ID.where(_T.c.status == RunStatus.RUNNING.value).values(
+            row = c.execute(BY_ID.where(T.c.status == RunStatus.RUNNING.value).values(
                 status=RunStatus.FAILED.value, exited_at=ended, finished_at=ended,
                 error="The supervisor failed while watching this run; "
-                      "see the application log.").returning(*_T.c),
+                      "see the application log.").returning(*T.c),
                 {"b_id": a.run_id}).first()
         return None if row is None else dict(row._mapping)
 

@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import procs, run_files, watch
-from .backends.ray import JobState
-from .backends.ray_log import LogSink
-from .errors import ClusterUnavailable, TaskRunError
-from .models import Run, utcnow
-from .status import RunStatus
-from .watch import Active
+from taskrun.backends import procs
+from taskrun.backends.ray import JobState
+from taskrun.backends.ray_log import LogSink
+from taskrun.errors import ClusterUnavailable, TaskRunError
+from taskrun.history.models import Run, utcnow
+from taskrun.runs import ending, run_files, watch
+from taskrun.runs.active import Active
+from taskrun.status import RunStatus
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from taskrun.runs.supervisor import Supervisor
 
 log = logging.getLogger("taskrun.supervisor")
 _T = Run.__table__
@@ -60,9 +61,9 @@ def run(sup: Supervisor, a: Active) -> None:
         watch.finish_error(sup, a)
     finally:
         if a.pending:
-            watch._release(sup, a)
+            ending.release(sup, a)
         else:
-            watch._done(sup, a)
+            ending.done(sup, a)
 
 
 def _placement(sup: Supervisor, a: Active, **more) -> dict:
@@ -104,7 +105,7 @@ def _follow(sup: Supervisor, a: Active
 
     def new_sink(skip: int) -> LogSink:
         return LogSink(a.log_path, a.job, sup.cluster.nonce(a.run_id), skip, cap,
-                       lambda c: watch._marker(a, c), a.cells_path, a.progress_path,
+                       lambda c: watch.marker(a, c), a.cells_path, a.progress_path,
                        on_end=lambda: watch.wake(a),
                        files=run_files.run_dir(settings, a.run_id))
 
@@ -253,20 +254,20 @@ def _finalize(sup: Supervisor, a: Active, state: JobState | None, sink: LogSink 
             error = f"Killed by {name}." if name else f"Exited with code {code}."
         if a.disk_note:
             error += f" Its log was capped: {a.disk_note}."
-        failure = watch.failure_cause(sup, a)
+        failure = ending.failure_cause(sup, a)
     signame = procs.signal_name(code) if code is not None else None
     exited_at = a.exited_at or utcnow()
     # (its outputs came back in the log stream, into the same dir a local run's are in)
-    status, error, failure, made = watch.products(sup, a, status, error, failure)
+    status, error, failure, made = ending.products(sup, a, status, error, failure)
     values = {"b_id": a.run_id, "b_status": status.value, "b_error": error,
               "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": cpu, "b_rss": rss, "b_failure": failure,
-              "b_cells": watch.run_cells(a, status, exited_at), **made}
+              "b_cells": ending.run_cells(a, status, exited_at), **made}
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:
-            return watch._FINISH.first(c, values)
+            return ending.FINISH.first(c, values)
 
     a.outcome = (status, code)
-    watch.record_end(sup, a, write)
+    ending.record_end(sup, a, write)

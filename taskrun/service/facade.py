@@ -22,20 +22,12 @@ from typing import IO, TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from . import (
-    audit,
-    cells,
-    history,
-    logs,
-    metadata,
-    queueing,
-    scheduler,
-    storage,
-    versions,
-)
-from .auth import Auth
-from .db import Database
-from .errors import (
+from taskrun import storage
+from taskrun.access import audit
+from taskrun.access.auth import Auth
+from taskrun.access.vault import SecretInfo, Vault
+from taskrun.automation import scheduler
+from taskrun.errors import (
     Conflict,
     InvalidCode,
     InvalidMetadata,
@@ -45,21 +37,25 @@ from .errors import (
     TaskBusy,
     TaskRunError,
 )
-from .history import MAX_PAGE, RunFilter, find_run
-from .locks import Locks
-from .models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
-from .service_outputs import RunProducts
-from .settings import Settings, configure_logging, load
-from .shared import DashboardView
-from .status import ACTIVE, RunStatus
-from .store import TaskInfo, TaskStore, check_name
-from .uploads import Uploads
-from .vault import SecretInfo, Vault
+from taskrun.history import queries as history
+from taskrun.history import versions
+from taskrun.history.db import Database
+from taskrun.history.models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
+from taskrun.history.queries import MAX_PAGE, RunFilter, find_run
+from taskrun.runs import logs, queueing
+from taskrun.runs.locks import Locks
+from taskrun.service.outputs import RunProducts
+from taskrun.service.shared import DashboardView
+from taskrun.settings import Settings, configure_logging, load
+from taskrun.status import ACTIVE, RunStatus
+from taskrun.store import cells, metadata
+from taskrun.store.tasks import TaskInfo, TaskStore, check_name
+from taskrun.store.uploads import Uploads
 
 if TYPE_CHECKING:  # the supervising half is imported when the service starts: the CLI's
     # reads (list, status, logs) do without it
-    from . import monitor
-    from .supervisor import Supervisor
+    from taskrun.runs.supervisor import Supervisor
+    from taskrun.service import monitor
 
 log = logging.getLogger("taskrun.service")
 
@@ -123,16 +119,16 @@ class Service(RunProducts):
         if self.started:
             return self
         self.open()
-        from . import monitor
-        from .automation import Automation
-        from .supervisor import Supervisor
+        from taskrun.automation.engine import Automation
+        from taskrun.runs.supervisor import Supervisor
+        from taskrun.service import monitor
 
         automation = None if claim_only is not None else Automation(
             self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
                                      vault=self.vault, automation=automation)
         if not self.db.is_sqlite:  # (other servers, other data dirs)
-            from . import peers
+            from taskrun.service import peers
 
             fetch = partial(peers.fetch_upload, self)
             self.uploads.fetch = self.supervisor.uploads.fetch = fetch
@@ -205,7 +201,7 @@ class Service(RunProducts):
             return  # the store's own validation reports it
         graph = {i.name: i.meta.after for i in self.store.list() if i.meta}
         graph[name] = after
-        from . import followups
+        from taskrun.automation import followups
 
         cycle = followups.find_cycle(graph)
         if cycle and name in cycle:
@@ -479,7 +475,7 @@ class Service(RunProducts):
 
     def run_diff(self, run_id: int, against: int | None = None) -> dict:
         """What changed since the task last worked (``rundiff``)."""
-        from . import rundiff
+        from taskrun.runs import rundiff
 
         return rundiff.diff(self.db, run_id, against)
 
@@ -515,7 +511,7 @@ class Service(RunProducts):
 
     def deliveries(self, run_id: int) -> list[dict]:
         find_run(self.db, run_id)
-        from . import notify
+        from taskrun.automation import notify
 
         return notify.deliveries(self.db, run_id)
 
@@ -546,7 +542,7 @@ class Service(RunProducts):
         complete = run.status not in ACTIVE
         if not path.exists():
             if forward and not self.db.is_sqlite and run.owner:
-                from . import peers
+                from taskrun.service import peers
 
                 remote = peers.read_log(self, run, offset, max_bytes, tail_bytes, lines)
                 if remote is not None:
@@ -566,7 +562,7 @@ class Service(RunProducts):
         path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
         if not path.exists():
             if forward and not self.db.is_sqlite and run.owner:
-                from . import peers
+                from taskrun.service import peers
 
                 return peers.stream_log(self, run)
             return None
@@ -622,7 +618,7 @@ class Service(RunProducts):
 
     def prune(self, dry_run: bool = False):
         """Remove finished runs and logs past the retention settings (see ``retention``)."""
-        from .retention import prune
+        from taskrun.runs.retention import prune
 
         return prune(self.db, self.settings, dry_run=dry_run)
 
@@ -632,24 +628,24 @@ class Service(RunProducts):
 
     def query(self, sql: str, max_rows: int = 10_000, time_limit: float = 5.0):
         """Read-only SQL over the history (see ``taskrun.query``)."""
-        from .query import run_readonly
+        from taskrun.history.readonly_sql import run_readonly
 
         return run_readonly(self.settings.database_url, sql, max_rows, time_limit)
 
     # ---- system ----------------------------------------------------------
 
     def system_info(self) -> dict:
-        from . import monitor
+        from taskrun.service import monitor
 
         return monitor.system_info(self.settings.home)
 
     def process_info(self) -> dict:
-        from . import monitor
+        from taskrun.service import monitor
 
         return monitor.process_info()
 
     def python_processes(self) -> list[dict]:
-        from . import monitor
+        from taskrun.service import monitor
 
         return monitor.python_processes({r.pid: r.id for r in self.active_runs() if r.pid})
 
@@ -677,7 +673,7 @@ class Service(RunProducts):
     def replicas(self) -> list[dict]:
         """Every server sharing this database: host, data dir, advertise URL, last
         heartbeat, runs it holds."""
-        from . import replicas
+        from taskrun.runs import replicas
 
         return replicas.listing(self.db)
 
@@ -706,7 +702,7 @@ class Service(RunProducts):
             checks["storage_problems"] = problems
         if checks["database"] and not self.db.is_sqlite:  # servers sharing the database
             try:
-                from . import replicas
+                from taskrun.runs import replicas
 
                 checks["replicas"] = replicas.live_count(self.db, self.settings.lease_seconds)
             except Exception:  # the listing is information, never a reason to be down

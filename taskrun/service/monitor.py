@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psutil
 
-from .zygote import preload_of
-from .zygote_main import SPARE_NAME, ZYGOTE_NAME
+from taskrun.backends.zygote import preload_of
+from taskrun.child.zygote_main import SPARE_NAME, ZYGOTE_NAME
 
 BOOT = time.time()
 

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from . import outputs, run_files
-from .errors import InvalidName, InvalidParams, NotFound
-from .history import find_run
-from .models import Run
-from .status import RunStatus
+from taskrun.errors import InvalidName, InvalidParams, NotFound
+from taskrun.history.models import Run
+from taskrun.history.queries import find_run
+from taskrun.runs import run_files
+from taskrun.status import RunStatus
+from taskrun.store import outputs
 
 if TYPE_CHECKING:
-    from .db import Database
-    from .settings import Settings
+    from taskrun.history.db import Database
+    from taskrun.settings import Settings
 
 _T = Run.__table__
 
@@ -54,7 +55,7 @@ class RunProducts:
             fd = outputs.open_regular(path)
         except FileNotFoundError:
             if forward and not self.db.is_sqlite and run.owner:
-                from . import peers
+                from taskrun.service import peers
 
                 remote = peers.stream(self, run, f"/api/tasks/runs/{run.id}/outputs/{name}")
                 if remote is not None:
@@ -100,7 +101,7 @@ class RunProducts:
         if entry.get("kind") != "table":
             raise InvalidParams(f"{name} is not a table ({entry.get('kind')}): no preview")
         if not path.exists() and forward and not self.db.is_sqlite and run.owner:
-            from . import peers
+            from taskrun.service import peers
 
             remote = peers.get_json(self, run, f"/api/tasks/runs/{run.id}/preview/{name}",
                                     {"rows": rows})

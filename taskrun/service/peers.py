@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import logs, replicas
-from .errors import NotReady
+from taskrun.errors import NotReady
+from taskrun.runs import logs, replicas
 
 if TYPE_CHECKING:
-    from .models import Run
-    from .service import Service
+    from taskrun.history.models import Run
+    from taskrun.service.facade import Service
 
 log = logging.getLogger("taskrun.peers")
 

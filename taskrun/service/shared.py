@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import RunPublic
-    from .service import Service
+    from taskrun.history.models import RunPublic
+    from taskrun.service.facade import Service
 
 ACTIVE_S = 1.0  # active runs and counts: what the fastest fragment (1 s) shows
 TASKS_S = 2.0  # the task list (files and their last runs)

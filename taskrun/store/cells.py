@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
-from . import cell_main
+from taskrun.child import cell_main
 
 RUNNER = Path(cell_main.__file__)
 NOT_RUN = "not_run"

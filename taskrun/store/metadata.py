@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from .errors import InvalidMetadata, InvalidParams
-from .status import Concurrency
+from taskrun.errors import InvalidMetadata, InvalidParams
+from taskrun.status import Concurrency
 
 # The reference regular expression from PEP 723.
 BLOCK_RE = re.compile(
@@ -202,7 +202,7 @@ def _file_spec(name: str, ptype: str, spec: dict) -> tuple[tuple[str, ...], floa
 
 def _outputs(conf: dict) -> tuple[OutputSpec, ...]:
     """``[tool.taskrun.outputs."orders.csv"]`` tables: each output's expectations."""
-    from .outputs import check_name
+    from taskrun.store.outputs import check_name
 
     table = conf.get("outputs", {})
     if not isinstance(table, dict):
@@ -403,7 +403,7 @@ def coerce(param: Param, value: Any) -> Any:
     A file param's value is the upload it names (``uploads.check_ref``)."""
     text = value if isinstance(value, str) else json.dumps(value)
     if param.type == "file":
-        from .uploads import check_ref
+        from taskrun.store.uploads import check_ref
 
         return check_ref(param, value)  # (a dict: the upload it names)
     try:

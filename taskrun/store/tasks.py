@@ -14,9 +14,17 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from . import metadata, storage
-from .errors import AlreadyExists, InvalidCode, InvalidMetadata, InvalidName, NotFound, StaleWrite
-from .metadata import TaskMeta
+from taskrun import storage
+from taskrun.errors import (
+    AlreadyExists,
+    InvalidCode,
+    InvalidMetadata,
+    InvalidName,
+    NotFound,
+    StaleWrite,
+)
+from taskrun.store import metadata
+from taskrun.store.metadata import TaskMeta
 
 NAME_RE = metadata.TASK_NAME_RE
 NAME_RULE = ("1-64 characters: letters, digits, '_' or '-', "

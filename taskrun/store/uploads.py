@@ -21,14 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from .errors import InvalidParams
+from taskrun.errors import InvalidParams
 
 if TYPE_CHECKING:
-    from .db import Database
-    from .metadata import Param, TaskMeta
-    from .settings import Settings
+    from taskrun.settings import Settings
+    from taskrun.store.metadata import Param, TaskMeta
 
 log = logging.getLogger("taskrun.uploads")
 
@@ -97,7 +94,7 @@ class Uploads:
         name = file_name(param.name, name)
         _check_extension(param, name)
         limit = limit_bytes(self.settings, param)
-        from . import storage
+        from taskrun import storage
 
         storage.check_floor(self.settings, "take an upload")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -126,7 +123,7 @@ class Uploads:
 
     def open(self, sha: str) -> IO[bytes]:
         """An upload's bytes (for a server that needs it for a run it claimed)."""
-        from .errors import NotFound
+        from taskrun.errors import NotFound
 
         try:
             return open(self.path(sha), "rb")
@@ -163,21 +160,11 @@ class Uploads:
         os.chmod(target, 0o444)
         return target
 
-    def collect(self, db: Database, now: float | None = None) -> int:
-        """Remove uploads no run names any more (and older than the grace); how many."""
+    def collect(self, named: set[str], now: float | None = None) -> int:
+        """Remove uploads not in ``named`` (the shas runs name) and older than the grace."""
         if not self.root.exists():
             return 0
-        from .models import Run
-
         now = time.time() if now is None else now
-        named: set[str] = set()
-        with db.connect() as c:
-            text = sa.cast(Run.__table__.c.params, sa.Text)
-            for params in c.execute(sa.select(Run.__table__.c.params).where(
-                    text.like('%"sha256"%'))).scalars():
-                for value in (params or {}).values():
-                    if isinstance(value, dict) and isinstance(value.get("sha256"), str):
-                        named.add(value["sha256"])
         removed = 0
         for entry in os.scandir(self.root):
             try:

@@ -3,8 +3,6 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-from taskrun import models  # noqa: F401
-
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
