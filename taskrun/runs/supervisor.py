@@ -20,7 +20,6 @@ in ``service``):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -39,18 +38,17 @@ if TYPE_CHECKING:  # handed in by the service: the run path never imports automa
     from taskrun.automation.engine import Automation
 
 from taskrun.access.vault import Vault
-from taskrun.backends import Launch, procs
+from taskrun.backends import procs
 from taskrun.backends.clusters import Cluster
 from taskrun.backends.local import LocalBackend
 from taskrun.backends.zygote import Zygotes
-from taskrun.errors import InvalidName, StorageUnavailable, TaskRunError
-from taskrun.history import versions
+from taskrun.errors import StorageUnavailable
 from taskrun.history.db import Database
 from taskrun.history.environments import Fingerprints
 from taskrun.history.fastsql import Fast
 from taskrun.history.models import Run, utcnow
 from taskrun.runs import (
-    ending,
+    launch,
     logs,
     queueing,
     recovery,
@@ -66,8 +64,7 @@ from taskrun.runs.pending import PendingWrites
 from taskrun.runs.watchers import Watchers
 from taskrun.settings import Settings
 from taskrun.status import Concurrency, RunStatus
-from taskrun.store import cells, metadata
-from taskrun.store.tasks import TaskStore, sha256
+from taskrun.store.tasks import TaskStore
 from taskrun.store.uploads import Uploads
 
 log = logging.getLogger("taskrun.supervisor")
@@ -543,228 +540,11 @@ class Supervisor:
             return run, SimpleNamespace(**claimed), task_fd, backend
         return None
 
-    # ---- launching -------------------------------------------------------
+    # ---- launching (runs/launch.py) ----------------------------------------
 
     def _launch(self, run, claimed, slot_fd: int | None, task_fd: int | None,
                 backend: str = "local") -> None:
-        params = claimed.params or {}
-        fds = ([slot_fd] if slot_fd is not None else []) + \
-            ([task_fd] if task_fd is not None else [])
-        try:
-            path = self.store.path(run.task)
-            data = path.read_bytes()
-        except (InvalidName, OSError) as exc:
-            for fd in fds:
-                os.close(fd)
-            missing = isinstance(exc, FileNotFoundError)
-            why = "the task file no longer exists" if missing else str(exc)
-            self._finish_unstarted(run.id, f"Could not start: {why}.")
-            return
-        sha = sha256(data)
-        if sha not in self._known_shas.get(run.task, ()):
-            try:
-                versions.record(self.db, run.task, sha, data.decode("utf-8", "replace"),
-                                note="first run of this code", only_if_new=True)
-                self._known_shas[run.task] = {sha}
-            except Exception:
-                log.exception("could not record the version of %s", run.task)
-        log_path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
-        progress_path = self.progress_dir / f"{run.id}.progress"
-        cell_record = cells.record_path(self.settings.home, run.id) \
-            if cells.has_cells(data, sha) else None
-        key = procs.run_key(self.settings.home, run.id)
-        work = self.settings.work_dir / run.task
-        extra = {
-            "TASKRUN_RUN_ID": str(run.id),
-            "TASKRUN_TASK": run.task,
-            "TASKRUN_RUN_KEY": key,
-            "TASKRUN_PROGRESS_FILE": str(progress_path),
-            "TASKRUN_PARAMS": json.dumps(params),
-            "TASKRUN_TRIGGER": run.trigger,
-            "TASKRUN_ATTEMPT": str(claimed.attempt or 1),
-        }
-        if claimed.upstream_run:
-            extra["TASKRUN_UPSTREAM_RUN_ID"] = str(claimed.upstream_run)
-        if claimed.scheduled_for:
-            extra["TASKRUN_SCHEDULED_FOR"] = claimed.scheduled_for.isoformat()
-        extra.update({f"TASKRUN_PARAM_{k.upper()}": str(v) for k, v in params.items()
-                      if not isinstance(v, dict)})  # (a file's: its path, below)
-        try:
-            info = self.store.info(run.task)  # parsed once per version of the file
-            meta = info.meta if info.sha == sha else metadata.parse(data.decode("utf-8"))
-            meta_env = meta.env if meta else {}
-            limits = (meta.memory_mb, meta.cpu_seconds) if meta else (None, None)
-            wanted = meta.secrets if meta else ()
-            mode = self.settings.launch
-            warm = mode == "warm" or (mode == "auto" and meta is not None and meta.launch == "warm")
-            preload = meta.preload if meta else ()
-            resources = dict(meta.resources) if meta else {}
-            expects = meta.outputs if meta else ()
-            files = run_files.file_params(meta, params)
-        except Exception:
-            meta_env, limits, wanted, warm, preload = {}, (None, None), (), False, ()
-            resources, expects, files = {}, (), {}
-        problem = None
-        for param, value in files.items():
-            extra[f"TASKRUN_PARAM_{param.upper()}_NAME"] = value["file"]
-        if claimed.upstream_run:
-            upstream = self._upstream_result(claimed.upstream_run)
-            if upstream is not None:
-                extra["TASKRUN_UPSTREAM_RESULT"] = upstream
-        try:
-            secret_env, missing = self.vault.resolve(run.task, wanted) if self.vault \
-                else ({}, list(wanted))
-            if missing:
-                problem = (f"secret(s) not set: {', '.join(missing)} "
-                           "(an admin sets them on the Admin page or with `taskrun secret set`)")
-        except TaskRunError as exc:
-            problem = str(exc)
-        if problem:
-            for fd in fds:
-                os.close(fd)
-            self._finish_unstarted(run.id, f"Could not start: {problem}.")
-            return
-        if backend == "ray":
-            # Not this server's environment: the node's own, plus what the run gets.
-            self._launch_remote(run, data, sha, fds, log_path, progress_path, cell_record,
-                                {**meta_env, **secret_env, **extra}, secret_env, resources,
-                                files, expects)
-            return
-        try:
-            extra.update(run_files.prepare(self.settings, self.uploads, run.id, files,
-                                           self.run_dirs))
-        except (OSError, TaskRunError) as exc:
-            for fd in fds:
-                os.close(fd)
-            gone = isinstance(exc, FileNotFoundError)
-            self._finish_unstarted(run.id, "Could not start: " + (
-                "a file its params name is no longer kept (upload it again)." if gone else
-                f"its run dir could not be made ({exc})."))
-            return
-        env = {**self._base_env, **meta_env, **secret_env, **extra}
-        try:
-            if work not in self._work_dirs:
-                work.mkdir(parents=True, exist_ok=True)
-                self._work_dirs.add(work)
-            log_fd = self.log_files.open(log_path)
-        except OSError as exc:
-            # Disk full, a read-only or broken data dir: this run fails, the service goes on.
-            for fd in fds:
-                os.close(fd)
-            self.storage_problem = (time.time(), f"cannot write in the data dir: {exc}")
-            self._finish_unstarted(run.id, f"Could not create the run's log ({exc.strerror}: "
-                                   f"{exc.filename}); check the data dir's disk space and "
-                                   "permissions.")
-            return
-        self.storage_problem = None
-        try:
-            started = self.backend.start(Launch(
-                run_id=run.id, task=run.task, path=path, work=work, env=env, log_fd=log_fd,
-                keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits,
-                cells=cell_record))
-        except OSError as exc:
-            for fd in (*fds, log_fd):
-                os.close(fd)
-            self._finish_unstarted(run.id, f"Could not start the process: {exc}.")
-            return
-        popen, launch, spawned_at = started.process, started.launch, started.spawned_at
-        # The task process now holds the slot and the task lock; our copies go.
-        if task_fd is not None:
-            self.locks.record_pid(task_fd, run.task, run.id, popen.pid)
-        for fd in (*fds, log_fd):
-            os.close(fd)
-        active = Active(run_id=run.id, task=run.task, pid=popen.pid,
-                        deadline=time.monotonic() + run.timeout, timeout=run.timeout,
-                        log_path=log_path,
-                        progress_path=progress_path, cells_path=cell_record, key=key, popen=popen,
-                        expects=expects,
-                        memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
-                        started_at=spawned_at,
-                        spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
-                                 "b_spawned": spawned_at, "b_launch": launch,
-                                 "b_env": {"id": self.environments.current(),
-                                           "secrets": self.vault.marks(secret_env)
-                                           if self.vault else {}}})
-        self.start_watching(active)
-        log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
-
-    def _launch_remote(self, run, data: bytes, sha: str, fds: list[int], log_path: Path,
-                       progress_path: Path, cell_record: Path | None, env: dict[str, str],
-                       secret_env: dict[str, str], resources: dict[str, float],
-                       files: dict[str, dict], expects: tuple) -> None:
-        """Hand a run to its watcher, which submits it to the cluster (off this thread:
-        a slow cluster must not hold up other launches). The task's lock, if any, is
-        held here while the job runs."""
-        try:
-            self.cluster.backend()
-            log_fd = self.log_files.open(log_path)  # (readers see the run has a log)
-            os.close(log_fd)
-            run_files.prepare(self.settings, self.uploads, run.id, {},  # (outputs come here)
-                              self.run_dirs)
-            for value in files.values():  # (shipped with the job from this server's store)
-                if not self.uploads.ensure(value["sha256"]):
-                    raise TaskRunError(f"the file {value['file']!r} its params name is no "
-                                       "longer kept (upload it again)")
-        except (TaskRunError, OSError) as exc:
-            for fd in fds:
-                os.close(fd)
-            self._finish_unstarted(run.id, f"Could not start: {exc}.")
-            return
-        inputs = {param: (value["file"], self.uploads.path(value["sha256"]))
-                  for param, value in files.items()}
-        submission = self.cluster.submission(run.id, run.task, data, env,
-                                             cell_record is not None, resources, inputs)
-        now = utcnow()
-        active = Active(run_id=run.id, task=run.task, pid=0,
-                        deadline=time.monotonic() + run.timeout, timeout=run.timeout,
-                        log_path=log_path, progress_path=progress_path, key="",
-                        cells_path=cell_record, backend="ray", job=submission.job,
-                        expects=expects,
-                        submission=submission,
-                        held_fds=fds, holds_lock=False, started_at=now,
-                        spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
-                                 "b_env": {"id": self.environments.current(),
-                                           "secrets": self.vault.marks(secret_env)
-                                           if self.vault else {}}})
-        self.start_watching(active)
-
-    def _upstream_result(self, run_id: int) -> str | None:
-        """The result of the run whose end started this one, as JSON text."""
-        try:
-            with self.db.connect() as c:
-                row = c.execute(sa.select(Run.__table__.c.result).where(
-                    Run.__table__.c.id == run_id)).first()
-        except Exception:
-            log.exception("could not read the result of run %d", run_id)
-            return None
-        return None if row is None or row[0] is None else json.dumps(row[0])
-
-    def _finish_unstarted(self, run_id: int, error: str) -> None:
-        # running -> failed: it was claimed but no process could be started. Its lock
-        # and slot are free already; if the storage refuses even this write, the run
-        # is kept (as ours, with no process) until the write lands.
-        ended = utcnow()
-
-        def write() -> None:
-            with self.db.begin() as c:
-                c.execute(sa.update(Run).where(
-                    Run.id == run_id, Run.status == RunStatus.RUNNING).values(
-                    status=RunStatus.FAILED, finished_at=ended, error=error))
-
-        log.warning("run %d failed to start: %s", run_id, error)
-        try:
-            write()
-        except Exception as exc:
-            # Kept as ours (cancels, waiters and recovery see it) until the write lands.
-            with self._lock:
-                self.active[run_id] = placeholder = Active(
-                    run_id=run_id, task="", pid=0, deadline=float("inf"), timeout=0,
-                    log_path=Path(), progress_path=Path(), key="", exited_at=ended,
-                    holds_lock=False, pending=True)
-            self.pending.add(run_id, write, "that it could not start", exc,
-                             then=lambda _row: ending.landed(self, placeholder, None))
-            return
-        self.notify_finished()
+        launch.launch(self, run, claimed, slot_fd, task_fd, backend)
 
     def start_watching(self, active: Active) -> None:
         active.wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
