@@ -78,7 +78,7 @@ def lifecycle_once(svc, meta, queued: bool) -> float:
     launch suite) is inserted already claimed; a ``queued`` one is claimed by a
     separate statement.
     """
-    from taskrun.runs import ending, queueing, supervisor
+    from taskrun.runs import claims, ending, queueing
 
     claim = None if queued else {"owner": "bench", "host": "bench"}
     t = time.perf_counter()
@@ -87,7 +87,7 @@ def lifecycle_once(svc, meta, queued: bool) -> float:
                                 claim=claim)
     if queued:
         with svc.db.begin_fast() as c:  # queued -> running (compare-and-set)
-            supervisor._CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
+            claims.CLAIM.first(c, {"b_id": run_id, "b_now": utcnow(),
                                         "b_owner": "bench", "b_host": "bench"})
     # The outcome with what is recorded of its process, and the row its waiters are
     # given: one write for a run that ends before its first sample (0.1 s), as the

@@ -5,6 +5,7 @@ import pytest
 from taskrun.errors import InvalidMetadata, InvalidParams
 from taskrun.status import Concurrency
 from taskrun.store import metadata
+from taskrun.store.params import resolve_params
 
 CODE = '''"""Docstring line."""
 # /// script
@@ -54,15 +55,15 @@ def test_invalid_metadata_is_explained(bad):
 
 def test_params_are_coerced_and_checked():
     meta = metadata.parse(CODE)
-    assert metadata.resolve_params(meta, {"n": "7"}) == {"day": "today", "n": "7", "mode": "fast"}
+    assert resolve_params(meta, {"n": "7"}) == {"day": "today", "n": "7", "mode": "fast"}
     with pytest.raises(InvalidParams, match="'n'"):
-        metadata.resolve_params(meta, {"n": "seven"})
+        resolve_params(meta, {"n": "seven"})
     with pytest.raises(InvalidParams, match="unknown"):
-        metadata.resolve_params(meta, {"nope": 1})
+        resolve_params(meta, {"nope": 1})
     with pytest.raises(InvalidParams):
-        metadata.resolve_params(meta, {"mode": "slow"})
+        resolve_params(meta, {"mode": "slow"})
     with pytest.raises(InvalidParams):
-        metadata.resolve_params(meta, {"day": "2024-13-45"})
+        resolve_params(meta, {"day": "2024-13-45"})
 
 
 def test_replace_block_round_trips():

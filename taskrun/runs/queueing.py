@@ -19,8 +19,8 @@ from taskrun.history.fastsql import Connection, Fast, Insert, is_postgres
 from taskrun.history.models import Run, RunBase, utcnow
 from taskrun.settings import Settings
 from taskrun.status import ACTIVE, Concurrency, RunStatus
-from taskrun.store import metadata
 from taskrun.store.metadata import TaskMeta
+from taskrun.store.params import resolve_params
 
 _T = Run.__table__
 _ACTIVE_OF_TASK = sa.and_(_T.c.task == sa.bindparam("t"),
@@ -126,7 +126,7 @@ def queue_or_skip(c: Connection, settings: Settings, task: str, meta: TaskMeta, 
     Returns (run id, the reason it was skipped or None).
     """
     try:
-        params = metadata.resolve_params(meta, {})
+        params = resolve_params(meta, {})
         return queue_run(c, settings, task, meta, params, trigger, user, **extra)[0], None
     except (AlreadyActive, QueueFull) as exc:
         reason = f"Skipped: {exc}"

@@ -45,12 +45,11 @@ from taskrun.backends.zygote import Zygotes
 from taskrun.errors import StorageUnavailable
 from taskrun.history.db import Database
 from taskrun.history.environments import Fingerprints
-from taskrun.history.fastsql import Fast
-from taskrun.history.models import Run, utcnow
+from taskrun.history.models import Run
 from taskrun.runs import (
+    claims,
     launch,
     logs,
-    queueing,
     recovery,
     replicas,
     retention,
@@ -63,7 +62,7 @@ from taskrun.runs.locks import LockFile, Locks
 from taskrun.runs.pending import PendingWrites
 from taskrun.runs.watchers import Watchers
 from taskrun.settings import Settings
-from taskrun.status import Concurrency, RunStatus
+from taskrun.status import Concurrency
 from taskrun.store.tasks import TaskStore
 from taskrun.store.uploads import Uploads
 
@@ -73,35 +72,7 @@ RECOVER_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 PENDING_AT_STOP_S = 10.0  # how long a stop keeps trying to record the ends it knows
 
-# Statements on every run's path, built once: constructing SQLAlchemy expressions
-# per call cost more than executing them (see bench/, "launch overhead").
 _T = Run.__table__
-_CANDIDATE_SELECT = (
-    sa.select(_T.c.id, _T.c.task, _T.c.concurrency, _T.c.timeout, _T.c.trigger)
-    .where(_T.c.status == RunStatus.QUEUED.value,
-           # a retry waits out its backoff
-           sa.or_(_T.c.not_before.is_(None), _T.c.not_before <= sa.bindparam("b_now")))
-    .order_by(_T.c.id).limit(50))
-_CANDIDATES = Fast(_CANDIDATE_SELECT)
-_CANDIDATES_AMONG = _CANDIDATE_SELECT.where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
-_QUEUED_RUN = sa.and_(_T.c.id == sa.bindparam("b_id"), _T.c.status == RunStatus.QUEUED.value)
-
-
-def _claim(where: sa.ColumnElement) -> Fast:
-    return Fast(
-        sa.update(_T).where(where)
-        .values(status=RunStatus.RUNNING.value, started_at=sa.bindparam("b_now"),
-                owner=sa.bindparam("b_owner"), host=sa.bindparam("b_host"))
-        # decoded for the claimed run only
-        .returning(_T.c.params, _T.c.attempt, _T.c.upstream_run, _T.c.scheduled_for))
-
-
-_CLAIM = _claim(_QUEUED_RUN)
-# On PostgreSQL, a row another server is claiming right now is skipped, not waited
-# for: its UPDATE would block on the row lock until that server commits, then find
-# the run taken. (SQLite's writers are serialized already.)
-_CLAIM_SKIP_LOCKED = _claim(_T.c.id == sa.select(_T.c.id).where(_QUEUED_RUN)
-                            .with_for_update(skip_locked=True).scalar_subquery())
 _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
     _T.c.id.in_(sa.bindparam("ids", expanding=True)), _T.c.cancel_requested_by.is_not(None))
 
@@ -393,33 +364,8 @@ class Supervisor:
         return self.cluster.has_room(running)
 
     def reserve(self, task: str, concurrency: Concurrency) -> tuple[int, int | None] | None:
-        """A slot (and the task's lock unless it runs in parallel) for a local submit.
-
-        The submit then inserts its run already claimed if nothing else waits
-        (see ``queueing.queue_run``). Holds the launch lock until
-        ``launch_reserved`` or ``release``; None when anything is not free.
-        """
-        if self._stopping or self.claim_only is not None or self._slots_all_ours() or \
-                (self.cluster.configured and self.backend_of(task) == "ray") or \
-                not self._launching.acquire(blocking=False):
-            return None
-        slot_fd = task_fd = None
-        try:
-            slot_fd = self.locks.acquire_slot()
-            if slot_fd is not None and concurrency != Concurrency.PARALLEL:
-                task_fd = self.locks.acquire_task(task, 0)
-                if task_fd is None:
-                    os.close(slot_fd)
-                    slot_fd = None
-        except BaseException:  # a lock file the storage refused: nothing kept
-            if slot_fd is not None:
-                os.close(slot_fd)
-            self._launching.release()
-            raise
-        if slot_fd is None:
-            self._launching.release()
-            return None
-        return slot_fd, task_fd
+        """A slot (and the task's lock) for a local submit, or None (``claims.reserve``)."""
+        return claims.reserve(self, task, concurrency)
 
     @property
     def claim_values(self) -> dict[str, str]:
@@ -480,65 +426,7 @@ class Supervisor:
 
     def _claim_next(self, local: bool = True
                     ) -> tuple[SimpleNamespace, SimpleNamespace, int | None, str] | None:
-        """(run, claim, the task's lock fd, its backend) of the next run claimed here, or
-        None. ``local``: a slot of this host is free (else only cluster runs can start)."""
-        if self.claim_only is not None and not self.claim_only:
-            return None
-        # (id, task, concurrency, timeout, trigger) tuples: only a chosen one is unpacked.
-        if self.claim_only is None:
-            with self.db.read_fast() as c:
-                candidates = _CANDIDATES.rows(c, {"b_now": utcnow()})
-        else:
-            with self.db.connect() as c:
-                candidates = c.execute(_CANDIDATES_AMONG, {"ids": list(self.claim_only),
-                                                           "b_now": utcnow()}).all()
-        busy: set[str] = set()
-        # Left behind: runs waiting for their task's lock (or a retry of the claim).
-        self.backlog = bool(candidates)
-        ray_room = self._ray_room()
-        for row in candidates:
-            run_id, task, concurrency = row[0], row[1], row[2]
-            if task in busy:
-                continue  # keep FIFO order within a task
-            backend = self.backend_of(task)
-            # (a run for a cluster that is not configured is claimed, to fail saying so)
-            if not ((ray_room or not self.cluster.configured) if backend == "ray" else local):
-                busy.add(task)
-                continue  # no room where it runs; others may fit elsewhere
-            task_fd = None
-            if concurrency != Concurrency.PARALLEL:
-                task_fd = self.locks.acquire_task(task, run_id)
-                if task_fd is None:
-                    busy.add(task)
-                    continue
-            # queued -> running: the compare-and-set that makes a claim exclusive.
-            try:
-                with self.db.begin_fast() as c:
-                    # A run on a cluster holds no lock of this host while it runs: the
-                    # database says whether one is running (after a crash, say).
-                    if task_fd is not None and (not self.db.is_sqlite or self.cluster.configured) \
-                            and queueing.task_running_elsewhere(c, task, self.owner):
-                        claimed, busy_elsewhere = None, True
-                    else:
-                        busy_elsewhere = False
-                        claim = _CLAIM_SKIP_LOCKED if self.db.is_postgres else _CLAIM
-                        claimed = claim.first(c, {"b_id": run_id, "b_now": utcnow(),
-                                                   "b_owner": self.owner,
-                                                   "b_host": self.host})
-            except BaseException:
-                if task_fd is not None:
-                    os.close(task_fd)  # nor is the task's lock kept by a refused claim
-                raise
-            if claimed is None:
-                if task_fd is not None:
-                    os.close(task_fd)
-                if busy_elsewhere:
-                    busy.add(task)
-                continue
-            run = SimpleNamespace(id=run_id, task=task, concurrency=concurrency,
-                                  timeout=row[3], trigger=row[4])
-            return run, SimpleNamespace(**claimed), task_fd, backend
-        return None
+        return claims.claim_next(self, local)
 
     # ---- launching (runs/launch.py) ----------------------------------------
 

@@ -7,20 +7,15 @@ below. Errors are the typed exceptions of ``taskrun.errors``.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from datetime import datetime
+from contextlib import nullcontext
 from functools import partial
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlmodel import func, select
 
 from taskrun import storage
 from taskrun.access import audit
@@ -32,24 +27,24 @@ from taskrun.errors import (
     InvalidCode,
     InvalidMetadata,
     InvalidParams,
-    NotFound,
     StorageUnavailable,
-    TaskBusy,
-    TaskRunError,
 )
 from taskrun.history import queries as history
-from taskrun.history import versions
 from taskrun.history.db import Database
-from taskrun.history.models import Run, RunPublic, TaskVersion, VersionPublic, utcnow
-from taskrun.history.queries import MAX_PAGE, RunFilter, find_run
+from taskrun.history.models import Run, RunPublic, utcnow
+from taskrun.history.queries import RunFilter, find_run
 from taskrun.runs import logs, queueing
 from taskrun.runs.locks import Locks
+from taskrun.service.logs import RunLogs
 from taskrun.service.outputs import RunProducts
-from taskrun.service.shared import DashboardView
+from taskrun.service.shared import DashboardView, changes_view
+from taskrun.service.system import SystemViews
+from taskrun.service.tasks import TaskFiles
 from taskrun.settings import Settings, configure_logging, load
 from taskrun.status import ACTIVE, RunStatus
-from taskrun.store import cells, metadata
-from taskrun.store.tasks import TaskInfo, TaskStore, check_name
+from taskrun.store import cells
+from taskrun.store.params import resolve_params
+from taskrun.store.tasks import TaskStore, check_name
 from taskrun.store.uploads import Uploads
 
 if TYPE_CHECKING:  # the supervising half is imported when the service starts: the CLI's
@@ -59,26 +54,14 @@ if TYPE_CHECKING:  # the supervising half is imported when the service starts: t
 
 log = logging.getLogger("taskrun.service")
 
-# Statements of the task list (every Tasks page rerun) and of submit, built once.
+# Statements of submit, built once.
 _T = Run.__table__
 _ACTIVE = [s.value for s in ACTIVE]
-_ACTIVE_TASKS = sa.select(_T.c.task, _T.c.status).where(_T.c.status.in_(_ACTIVE))
-_BY_IDS = sa.select(_T).where(_T.c.id.in_(sa.bindparam("ids", expanding=True)))
 
 
-def _changes_view(method):
-    """After a change every dashboard shows (a run, a task), the shared view expires,
-    so whoever made it sees it on the next draw rather than up to a second later."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.view.cache.changed()
-    return wrapper
+class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
+    """The one facade: the dashboard, the API and the CLI call only this."""
 
-
-class Service(RunProducts):
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load()
         s = self.settings
@@ -149,152 +132,9 @@ class Service(RunProducts):
 
     # ---- tasks -----------------------------------------------------------
 
-    def list_tasks(self) -> list[dict]:
-        """Every task with its state, last run and recent success rate."""
-        tasks = self.store.list()
-        names = [t.name for t in tasks]
-        with self.db.connect() as c:
-            # Only the (few) active runs, through the status index; counted here, as
-            # a GROUP BY makes SQLite scan a whole (task, status) index instead.
-            active_rows = c.execute(_ACTIVE_TASKS).all()
-            last_ids, recent = history.task_list_reads(c, names)
-            last = {r.task: r for r in (RunPublic.from_row(row._mapping) for row in
-                                        c.execute(_BY_IDS, {"ids": last_ids}))}
-        states: dict[str, dict[str, int]] = {}
-        for task, status in active_rows:
-            counts = states.setdefault(task, {})
-            counts[status] = counts.get(status, 0) + 1
-        out = []
-        for t in tasks:
-            st = states.get(t.name, {})
-            state = "running" if st.get("running") else "queued" if st.get("queued") else "idle"
-            ok, counted = recent.get(t.name, (0, 0))
-            rate = ok / counted if counted else None
-            out.append({**self._task_dict(t), "state": state, "active": st,
-                        "last_run": last[t.name].model_dump(mode="json")
-                        if t.name in last else None,
-                        "success_rate": rate, "recent_runs": counted})
-        return out
-
-    @staticmethod
-    def _task_dict(t: TaskInfo) -> dict:
-        return {"id": t.name, "name": t.name, "description": t.description,
-                "metadata": t.meta.as_dict() if t.meta else None, "error": t.error,
-                "sha": t.sha, "size": t.size,
-                "modified": datetime.fromtimestamp(t.modified).astimezone().isoformat()
-                if t.modified else None}
-
-    def get_task(self, name: str) -> dict:
-        info = self.store.info(name)
-        code, sha = self.store.read(name)
-        return {**self._task_dict(info), "code": code, "sha": sha}
-
-    def check_code(self, code: str, name: str = "<task>") -> metadata.TaskMeta:
-        """Compile and parse metadata; InvalidCode/InvalidMetadata if wrong (nothing saved)."""
-        return self.store.validate(code, name)
-
-    def _check_chain(self, name: str, code: str) -> None:
-        """Refuse code whose ``after`` would close a cycle of chained tasks."""
-        try:
-            after = metadata.parse(code).after
-        except Exception:
-            return  # the store's own validation reports it
-        graph = {i.name: i.meta.after for i in self.store.list() if i.meta}
-        graph[name] = after
-        from taskrun.automation import followups
-
-        cycle = followups.find_cycle(graph)
-        if cycle and name in cycle:
-            raise InvalidMetadata("after: this would chain tasks in a cycle: "
-                                  + " -> ".join(reversed(cycle)))
-
-    @_changes_view
-    def create_task(self, name: str, code: str, author: str | None = None) -> dict:
-        self._check_chain(name, code)
-        storage.check_floor(self.settings, f"create task '{name}'")
-        sha = self.store.create(name, code)
-        with self._undone_unless_recorded(name, None):
-            versions.record(self.db, name, sha, code, author, note="created")
-            audit.record(self.db, author, "task.create", name, sha[:12])
-        log.info("task %s created by %s", name, author or "-")
-        return self.get_task(name)
-
-    @_changes_view
-    def update_task(self, name: str, code: str, base_sha: str | None = None,
-                    author: str | None = None, note: str | None = None) -> dict:
-        if not self.store.exists(name):
-            raise NotFound(f"Task '{name}' does not exist.")
-        self._check_chain(name, code)
-        old_code, old_sha = self.store.read(name)
-        # Keep the code as it was before this save, if it never went through us.
-        versions.record(self.db, name, old_sha, old_code, note="found on disk", only_if_new=True)
-        storage.check_floor(self.settings, f"save task '{name}'")
-        sha = self.store.update(name, code, base_sha)
-        with self._undone_unless_recorded(name, old_code):
-            versions.record(self.db, name, sha, code, author, note=note or "saved",
-                            only_if_new=(sha == old_sha))
-            audit.record(self.db, author, "task.update", name,
-                         f"{old_sha[:12]} -> {sha[:12]}" + (f" ({note})" if note else ""))
-        log.info("task %s saved by %s (%s)", name, author or "-", sha[:12])
-        return self.get_task(name)
-
-    @contextmanager
-    def _undone_unless_recorded(self, name: str, old_code: str | None) -> Iterator[None]:
-        """A save whose version cannot be recorded is undone: no code runs unrecorded."""
-        try:
-            yield
-        except StorageUnavailable:
-            log.error("task %s: its save could not be recorded; the file is put back as it "
-                      "was", name)
-            self.store.restore(name, old_code)
-            raise
-
-    def update_task_settings(self, name: str, settings: dict[str, Any],
-                             base_sha: str | None = None, author: str | None = None) -> dict:
-        """Rewrite the ``[tool.taskrun]`` block from a settings dict (the editor's form)."""
-        code, _ = self.store.read(name)
-        new_code = metadata.replace_block(code, settings)
-        metadata.parse(new_code)
-        return self.update_task(name, new_code, base_sha, author, note="settings changed")
-
-    @_changes_view
-    def delete_task(self, name: str, author: str | None = None) -> None:
-        check_name(name)
-        with self.db.read() as s:
-            active = s.exec(select(Run.id).where(Run.task == name,
-                                                 Run.status.in_(list(ACTIVE))).limit(1)).first()
-        if active is not None:
-            raise TaskBusy(f"Task '{name}' has an active run #{active}; cancel it or wait, "
-                           "then delete.")
-        code, sha = self.store.read(name)
-        versions.record(self.db, name, sha, code, author, note="before delete", only_if_new=True)
-        self.store.delete(name)
-        audit.record(self.db, author, "task.delete", name, sha[:12])
-        log.info("task %s deleted by %s (versions and runs kept)", name, author or "-")
-
-    def task_versions(self, name: str, limit: int = 100, offset: int = 0) -> list[VersionPublic]:
-        check_name(name)
-        return versions.list_versions(self.db, name, min(limit, MAX_PAGE), offset)
-
-    def get_version(self, name: str, ref: int | str) -> TaskVersion:
-        check_name(name)
-        return versions.get(self.db, name, ref)
-
-    @_changes_view
-    def restore_version(self, name: str, ref: int | str, author: str | None = None) -> dict:
-        version = self.get_version(name, ref)
-        note = f"restored version {version.id} ({version.sha[:12]})"
-        if self.store.exists(name):
-            return self.update_task(name, version.content, None, author, note=note)
-        self._check_chain(name, version.content)
-        sha = self.store.create(name, version.content)
-        versions.record(self.db, name, sha, version.content, author, note=note)
-        audit.record(self.db, author, "task.restore", name, note)
-        return self.get_task(name)
-
     # ---- runs ------------------------------------------------------------
 
-    @_changes_view
+    @changes_view
     def submit(self, task: str, params: dict[str, Any] | None = None, trigger: str = "manual",
                user: str | None = None,
                files: dict[str, tuple[str, IO[bytes]]] | None = None) -> RunPublic:
@@ -320,7 +160,7 @@ class Service(RunProducts):
                     raise InvalidParams(f"unknown file param {name[:80]!r} (declared: "
                                         f"{', '.join(declared) or 'none'})")
                 params[name] = self.uploads.store(declared[name], file_name, stream)
-        values = metadata.resolve_params(meta, params)
+        values = resolve_params(meta, params)
         self.uploads.check_kept(meta, values)
         sup = self.supervisor
         if sup is not None and sup.backend_of(task) == "ray":
@@ -346,7 +186,7 @@ class Service(RunProducts):
             sup.start_now()
         return public
 
-    @_changes_view
+    @changes_view
     def cancel(self, run_id: int, by: str = "user") -> RunPublic:
         run = find_run(self.db, run_id)
         if run.status == RunStatus.QUEUED:
@@ -459,7 +299,7 @@ class Service(RunProducts):
                 "next": [] if state["paused"] else scheduler.next_ticks(meta, self.settings),
                 **state}
 
-    @_changes_view
+    @changes_view
     def pause_schedule(self, task: str, paused: bool = True, actor: str | None = None) -> dict:
         meta = self.store.info(task).meta
         if meta is None or not meta.schedules:
@@ -517,93 +357,6 @@ class Service(RunProducts):
 
     # ---- logs ------------------------------------------------------------
 
-    def log_path(self, run_id: int) -> Path:
-        run = find_run(self.db, run_id)
-        return self.settings.run_logs_dir / logs.log_name(run.task, run.id)
-
-    def run_for_log(self, name: str) -> Run:
-        """The run a log file name belongs to; NotFound/InvalidName for anything else."""
-        task, run_id = logs.parse_log_name(name)
-        run = find_run(self.db, run_id)
-        if run.task != task:
-            raise NotFound(f"Log file '{name}' does not exist.")
-        return run
-
-    def read_log(self, run_id: int, offset: int = 0, max_bytes: int = logs.MAX_READ,
-                 tail_bytes: int | None = None, lines: int | None = None,
-                 forward: bool = True) -> logs.LogChunk:
-        """A piece of a run's log as people may see it: stored secrets show as ``***``.
-
-        A run of another server sharing the database (its own data dir) is read from
-        that server (``peers``), unless ``forward`` is off (a peer is asking).
-        """
-        run = find_run(self.db, run_id)
-        path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
-        complete = run.status not in ACTIVE
-        if not path.exists():
-            if forward and not self.db.is_sqlite and run.owner:
-                from taskrun.service import peers
-
-                remote = peers.read_log(self, run, offset, max_bytes, tail_bytes, lines)
-                if remote is not None:
-                    return remote
-            # Not started yet, or claimed a moment ago and the process is being spawned.
-            return logs.LogChunk("", 0, 0, 0, complete)
-        cap, masker = self.settings.log_max_bytes, self.vault.masker()
-        if tail_bytes is not None or lines is not None:
-            return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete, masker)
-        return logs.read(path, offset, max_bytes, cap, complete, masker)
-
-    def log_stream(self, run_id: int, forward: bool = True):
-        """The whole log in blocks, secrets masked, for downloads (None: no log yet);
-        from the server that ran it when that is another one (unless ``forward`` is
-        off: a peer is asking)."""
-        run = find_run(self.db, run_id)
-        path = self.settings.run_logs_dir / logs.log_name(run.task, run.id)
-        if not path.exists():
-            if forward and not self.db.is_sqlite and run.owner:
-                from taskrun.service import peers
-
-                return peers.stream_log(self, run)
-            return None
-        return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.vault.masker())
-
-    def list_logs(self, limit: int = 50, offset: int = 0, task: str | None = None) -> list[dict]:
-        """Run log files, newest first, paged through the run table (not a dir scan)."""
-        query = select(Run.id, Run.task, Run.status).where(Run.log_path.is_not(None))
-        if task:
-            query = query.where(Run.task == task)
-        with self.db.read() as s:
-            rows = s.exec(query.order_by(Run.id.desc()).limit(min(limit, MAX_PAGE))
-                          .offset(offset)).all()
-        out = []
-        for run_id, task_name, status in rows:
-            name = logs.log_name(task_name, run_id)
-            try:
-                stat = (self.settings.run_logs_dir / name).stat()
-            except FileNotFoundError:
-                continue
-            out.append({"name": name, "run_id": run_id, "task": task_name, "status": status,
-                        "size": stat.st_size,
-                        "modified": datetime.fromtimestamp(stat.st_mtime).astimezone()})
-        return out
-
-    def app_log(self, lines: int = 100, level: str | None = None) -> logs.LogChunk:
-        path = self.settings.app_log
-        if not path.exists():
-            return logs.LogChunk("", 0, 0, 0)
-        lines = max(1, min(int(lines), 5000))
-        if not level:
-            return logs.tail(path, lines=lines)
-        order = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-        if level.upper() not in order:
-            raise InvalidParams(f"level must be one of {', '.join(order)}")
-        wanted = order[order.index(level.upper()):]
-        chunk = logs.tail(path, lines=lines * 10)
-        kept = [ln for ln in chunk.content.splitlines(keepends=True)
-                if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
-        return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
-
     # ---- secrets (values go in, never come out) ---------------------------
 
     def list_secrets(self, task: str | None = None) -> list[SecretInfo]:
@@ -634,106 +387,17 @@ class Service(RunProducts):
 
     # ---- system ----------------------------------------------------------
 
-    def system_info(self) -> dict:
-        from taskrun.service import monitor
 
-        return monitor.system_info(self.settings.home)
 
-    def process_info(self) -> dict:
-        from taskrun.service import monitor
 
-        return monitor.process_info()
 
-    def python_processes(self) -> list[dict]:
-        from taskrun.service import monitor
 
-        return monitor.python_processes({r.pid: r.id for r in self.active_runs() if r.pid})
 
-    def held_locks(self) -> list[dict]:
-        return [lock.__dict__ for lock in self.locks.held()]
 
-    def system_samples(self) -> list[dict]:
-        return self.sampler.series() if self.sampler else []
 
-    def active_counts(self) -> dict[str, int]:
-        """Queued and running counts (an index range, cheap at any history size)."""
-        with self.db.read() as s:
-            counts = {status.value: s.exec(select(func.count()).select_from(Run).where(
-                Run.status == status)).one() for status in (RunStatus.QUEUED, RunStatus.RUNNING)}
-        return {status: n for status, n in counts.items() if n}
 
-    def supervisor_status(self) -> dict:
-        counts = self.active_counts()
-        base = self.supervisor.status() if self.supervisor else {
-            "alive": False, "slots_in_use": self.locks.slots_in_use(),
-            "max_concurrency": self.settings.max_concurrency}
-        return {**base, "running": counts.get(RunStatus.RUNNING, 0),
-                "queued": counts.get(RunStatus.QUEUED, 0)}
 
-    def replicas(self) -> list[dict]:
-        """Every server sharing this database: host, data dir, advertise URL, last
-        heartbeat, runs it holds."""
-        from taskrun.runs import replicas
 
-        return replicas.listing(self.db)
-
-    def health(self) -> dict:
-        """What /api/system/health reports.
-
-        ``ok`` is False (HTTP 503) when something vital is down; ``status`` is
-        "degraded" while the service still serves but new runs may fail (the
-        data dir cannot be written, or its disk is nearly full).
-        """
-        checks: dict[str, Any] = {}
-        try:
-            checks["database"] = self.db.ping()
-        except Exception as exc:
-            checks["database"] = False
-            checks["database_error"] = str(exc)
-        checks["supervisor"] = bool(self.supervisor and self.supervisor.alive)
-        checks["tasks_dir"] = self.settings.tasks_dir.is_dir()
-        problems = storage.problems(self.settings)
-        if self.supervisor and self.supervisor.storage_problem:
-            problems.append(self.supervisor.storage_problem[1])
-        if self.supervisor and (unrecorded := self.supervisor.pending.problem()):
-            problems.append(unrecorded)
-        checks["storage"] = not problems
-        if problems:
-            checks["storage_problems"] = problems
-        if checks["database"] and not self.db.is_sqlite:  # servers sharing the database
-            try:
-                from taskrun.runs import replicas
-
-                checks["replicas"] = replicas.live_count(self.db, self.settings.lease_seconds)
-            except Exception:  # the listing is information, never a reason to be down
-                pass
-        cluster = self._cluster_check()
-        if cluster is not None:
-            checks["ray"] = cluster
-        ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
-        degraded = problems or (cluster is not None and not cluster["ok"])
-        status = "unavailable" if not ok else "degraded" if degraded else "ok"
-        return {"status": status, "ok": ok, "checks": checks}
-
-    def _cluster_check(self) -> dict | None:
-        """Whether the Ray cluster answers, where runs may go to one (None otherwise)."""
-        sup = self.supervisor
-        if sup is None or not sup.cluster.configured:
-            return None
-        try:
-            problem = sup.cluster.backend().problem()
-        except TaskRunError as exc:
-            problem = str(exc)
-        return {"address": self.settings.ray_address, "ok": problem is None,
-                "problem": problem}
-
-    def run_stats(self) -> dict:
-        return history.run_stats(self.db)
-
-    def failure_groups(self, task: str | None = None, since: datetime | None = None
-                       ) -> list[dict]:
-        """Unsuccessful runs grouped by their cause, newest group first (``failures``)."""
-        return history.failure_groups(self.db, task, since)
 
 
 _default: Service | None = None

@@ -11,6 +11,7 @@ every value at once, so whoever made it sees it on the next draw.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -81,3 +82,15 @@ class DashboardView:
 
     def system_samples(self) -> list[dict]:
         return self.cache.get("system_samples", self._svc.system_samples, SYSTEM_S)
+
+
+def changes_view(method):
+    """After a change every dashboard shows (a run, a task), the shared view expires,
+    so whoever made it sees it on the next draw rather than up to a second later."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.view.cache.changed()
+    return wrapper

@@ -1,7 +1,7 @@
 """Task settings from the PEP 723 inline metadata block, ``[tool.taskrun]``.
 
 Parsed with ``tomllib`` from the file's text; the task is never executed to
-read them. Also coerces submitted params to the declared types.
+read them. Submitted params are checked against the declared ones in ``params``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
 from taskrun.errors import InvalidMetadata, InvalidParams
 from taskrun.status import Concurrency
+from taskrun.store.params import coerce
 
 # The reference regular expression from PEP 723.
 BLOCK_RE = re.compile(
@@ -396,68 +396,6 @@ def check_timezone(name: Any) -> str:
         raise InvalidMetadata(f"timezone {str(name)[:80]!r} is not an IANA time zone "
                               "(e.g. \"Europe/Berlin\")") from None
     return name
-
-
-def coerce(param: Param, value: Any) -> Any:
-    """The value as the string the task receives; InvalidParams if it does not fit the type.
-    A file param's value is the upload it names (``uploads.check_ref``)."""
-    text = value if isinstance(value, str) else json.dumps(value)
-    if param.type == "file":
-        from taskrun.store.uploads import check_ref
-
-        return check_ref(param, value)  # (a dict: the upload it names)
-    try:
-        if param.type == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return str(int(value))
-        if param.type == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return repr(float(value))
-        if param.type == "bool":
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            low = str(value).strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return "true"
-            if low in ("0", "false", "no", "off"):
-                return "false"
-            raise ValueError
-        if param.type == "date":
-            if isinstance(value, date):
-                return value.isoformat()
-            if str(value) in ("today", "yesterday"):
-                return str(value)
-            return date.fromisoformat(str(value)).isoformat()
-        if param.type == "choice":
-            if str(value) not in param.choices:
-                raise ValueError
-            return str(value)
-        return value if isinstance(value, str) else str(value)
-    except (ValueError, TypeError, OverflowError):
-        expected = f"one of {', '.join(param.choices)}" if param.type == "choice" else param.type
-        raise InvalidParams(
-            f"param '{param.name}': {text[:80]!r} is not a valid {expected}") from None
-
-
-def resolve_params(meta: TaskMeta, given: dict[str, Any] | None) -> dict[str, Any]:
-    """Declared params with defaults applied and values checked; unknown names refused."""
-    given = dict(given or {})
-    declared = {p.name: p for p in meta.params}
-    unknown = set(given) - set(declared)
-    if unknown:
-        known = ", ".join(declared) or "none"
-        raise InvalidParams(f"unknown param(s): {', '.join(sorted(unknown))} (declared: {known})")
-    out: dict[str, str] = {}
-    for name, param in declared.items():
-        if given.get(name) not in (None, ""):
-            out[name] = coerce(param, given[name])
-        elif param.default is not None:
-            out[name] = coerce(param, param.default)
-        elif param.required:
-            raise InvalidParams(f"param '{name}' is required")
-    return out
 
 
 # Written by the settings form when they differ from the defaults (in this order);

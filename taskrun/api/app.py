@@ -11,24 +11,42 @@ import json
 import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as ApiPath
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from taskrun import __version__, storage, web_login
-from taskrun.access import oidc as oidc_mod
+from taskrun import __version__, storage
 from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
+from taskrun.api.access_routes import access_routers
+from taskrun.api.roles import required_role
+from taskrun.api.shapes import (
+    ERROR_RESPONSES,
+    EXECUTE_BODY,
+    MAX_BODY_BYTES,
+    MAX_INT,
+    MAX_UPLOADS,
+    ExecuteRequest,
+    Health,
+    LogChunkOut,
+    LogFile,
+    RowId,
+    RunAccepted,
+    TaskCreate,
+    TaskDetail,
+    TaskSummary,
+    TaskUpdate,
+    VersionDetail,
+)
 from taskrun.errors import (
     AlreadyActive,
     Forbidden,
     InvalidCode,
     InvalidParams,
-    NotFound,
     NotReady,
     StaleWrite,
     TaskRunError,
@@ -41,155 +59,7 @@ from taskrun.service.facade import RunFilter, Service, default_service
 from taskrun.service.peers import PEER_HEADER
 from taskrun.store import outputs
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
-MAX_UPLOADS = 8  # file parts in one execute request
-_PARAMS_SCHEMA = {"type": "object", "additionalProperties": True, "nullable": True,
-                  "description": "param name: value"}
-EXECUTE_BODY = {"requestBody": {"required": False, "content": {
-    "application/json": {"schema": {"type": "object", "additionalProperties": False,
-                                    "properties": {"params": _PARAMS_SCHEMA}}},
-    "multipart/form-data": {"schema": {
-        "type": "object", "properties": {"params": {"type": "string", "description":
-                                                    "the params as a JSON object"}},
-        "additionalProperties": {"type": "string", "format": "binary"},
-        "description": "one file part per file param, named after it"}}}}}
-
-
-# ---- shapes --------------------------------------------------------------
-
-class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(validation_alias=AliasChoices("id", "task_id", "name"), max_length=200)
-    code: str = Field(validation_alias=AliasChoices("code", "content"), max_length=1024 * 1024)
-
-
-class TaskUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    code: str = Field(validation_alias=AliasChoices("code", "content"), max_length=1024 * 1024)
-    base_sha: str | None = Field(default=None, max_length=64)
-
-
-class ExecuteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    params: dict[str, Any] | None = None
-
-
-class TaskBase(BaseModel):
-    id: str
-    name: str
-    description: str
-    metadata: dict | None
-    error: str | None
-    sha: str
-    size: int
-    modified: str | None
-
-
-class TaskSummary(TaskBase):
-    state: str
-    active: dict[str, int]
-    last_run: dict | None
-    success_rate: float | None
-    recent_runs: int
-
-
-class TaskDetail(TaskBase):
-    code: str
-
-
-class RunAccepted(RunPublic):
-    run_id: int
-
-
-class VersionDetail(VersionPublic):
-    content: str
-
-
-MAX_INT = 2**63 - 1  # SQLite's integers: larger ids are refused as invalid, not a 500
-RowId = Annotated[int, ApiPath(ge=1, le=MAX_INT)]  # a run's or a token's id in a path
-
-
-class ErrorOut(BaseModel):
-    """Every error: a message, or (request validation) a list of what was wrong where."""
-
-    detail: str | list[dict[str, Any]]
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": why} for code, why in [
-        (400, "bad request (e.g. a body that is not JSON)"),
-        (401, "no or an invalid API token"), (403, "the token's role is too weak"),
-        (404, "no such task, run, log or version"),
-        (409, "conflict: already exists, active run, stale write"),
-        (413, "request body too large"), (422, "invalid input"), (429, "queue full"),
-        (503, "the service is not ready")]}
-
-
-class LogChunkOut(BaseModel):
-    content: str
-    offset: int
-    next_offset: int
-    size: int
-    complete: bool
-
-
-class LogFile(BaseModel):
-    name: str
-    run_id: int
-    task: str
-    status: str
-    size: int
-    modified: datetime
-
-
-class Health(BaseModel):
-    status: str
-    ok: bool
-    checks: dict
-    version: str = __version__
-
-
 # ---- app -----------------------------------------------------------------
-
-# Who may call what. Reading needs a viewer, running and cancelling an operator;
-# every other change needs an admin, so a route added later is closed by default.
-PUBLIC_ROUTES = frozenset({("GET", "/system/health"), ("POST", "/auth/login"),
-                           ("POST", "/auth/logout"), ("GET", "/auth/oidc/start"),
-                           ("GET", "/auth/oidc/callback")})
-OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
-                             ("POST", "/tasks/runs/{run_id}/cancel"),
-                             ("POST", "/tasks/{task_id}/schedule/pause"),
-                             ("POST", "/tasks/{task_id}/schedule/resume")})
-
-
-def required_role(method: str, path: str) -> str | None:
-    if (method, path) in PUBLIC_ROUTES:
-        return None
-    if method in ("GET", "HEAD") and not path.startswith(("/tokens", "/audit", "/secrets",
-                                                          "/auth")):
-        return "viewer"
-    if (method, path) in OPERATOR_ROUTES:
-        return "operator"
-    return "admin"
-
-
-class SecretValue(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: str = Field(min_length=1, max_length=64 * 1024)
-
-
-class SignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=64)
-    password: str = Field(max_length=1024)
-    remember: bool = True
-
-
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64)
-    role: str = "viewer"
-
 
 def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     def service() -> Service:
@@ -527,135 +397,7 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         report = svc.health()
         return JSONResponse(Health(**report).model_dump(), status_code=200 if report["ok"] else 503)
 
-    tokens = APIRouter(prefix="/tokens", tags=["tokens"])
-
-    @tokens.get("")
-    def list_tokens(svc: Service = Depends(service)) -> list[dict]:
-        return svc.auth.tokens()
-
-    @tokens.post("", status_code=201)
-    def create_token(body: TokenCreate, request: Request,
-                     svc: Service = Depends(service)) -> dict:
-        token_id, token = svc.auth.create_token(body.name, body.role, who(request))
-        return {"id": token_id, "name": body.name, "role": body.role, "token": token}
-
-    @tokens.delete("/{token_id}", status_code=204)
-    def revoke_token(token_id: RowId, request: Request, svc: Service = Depends(service)):
-        svc.auth.revoke_token(token_id, actor=who(request))
-        return Response(status_code=204)
-
-    auth = APIRouter(prefix="/auth", tags=["auth"])
-
-    @auth.post("/login", responses={303: {"description": "signed in (the form): back to "
-                                               "the page, with the session cookie"}})
-    async def login(request: Request, svc: Service = Depends(service)):
-        """Sign in to the dashboard: sets the session cookie.
-
-        The form at ``/login`` posts ``user``, ``password``, ``remember`` and ``next``
-        (form-encoded) and is redirected back; a JSON body gets ``{user, role}``.
-        """
-        web_login.check_origin(request, svc.settings.base_url)
-        secure = web_login.is_https(request)
-        if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                body = SignIn.model_validate_json(await request.body())
-            except ValueError as exc:
-                raise InvalidParams("a JSON body {user, password, remember} is "
-                                    "required") from exc
-            identity = await run_in_threadpool(
-                svc.auth.login, body.user.strip(), body.password,
-                web_login.client_address(request))
-            if identity is None:
-                raise Unauthorized("Wrong user or password.")
-            token = await run_in_threadpool(
-                svc.auth.sessions.create, identity.name, body.remember,
-                web_login.client_address(request), request.headers.get("user-agent"))
-            response = JSONResponse({"user": identity.name, "role": identity.role})
-            web_login.set_session_cookie(response, token, body.remember,
-                                         svc.settings.session_days, secure)
-            return response
-        form = dict(await request.form())
-        return await run_in_threadpool(web_login.form_login, request, form, svc, secure)
-
-    @auth.post("/logout", status_code=204,
-               responses={303: {"description": "signed out (the form): to the sign-in"}})
-    async def logout(request: Request, svc: Service = Depends(service)):
-        """Sign out: the session is revoked and its cookie cleared."""
-        web_login.check_origin(request, svc.settings.base_url)
-        await run_in_threadpool(svc.auth.sessions.end, request.cookies.get(web_login.COOKIE))
-        wants_page = "text/html" in request.headers.get("accept", "")
-        response = (RedirectResponse(f"{web_login.LOGIN_PATH}?out=1", status_code=303)
-                    if wants_page else Response(status_code=204))
-        web_login.clear_session_cookie(response, web_login.is_https(request))
-        return response
-
-    @auth.get("/oidc/start", include_in_schema=False)
-    def oidc_start(request: Request, svc: Service = Depends(service), next: str = "/"):
-        """Single sign-on: off to the provider (the sign-in form's "Sign in with …")."""
-        oidc = svc.auth.oidc
-        if oidc is None:
-            raise NotFound("Single sign-on is not configured (TASKRUN_OIDC_ISSUER).")
-        url, state = oidc.start(web_login.safe_next(next))
-        response = RedirectResponse(url, status_code=302)
-        response.set_cookie(oidc_mod.STATE_COOKIE, state, max_age=oidc_mod.STATE_TTL_S,
-                            path="/api/auth/oidc", httponly=True, samesite="lax",
-                            secure=web_login.is_https(request))
-        return response
-
-    @auth.get("/oidc/callback", include_in_schema=False)
-    def oidc_callback(request: Request, svc: Service = Depends(service), code: str = "",
-                      state: str = "", error: str = ""):
-        """Back from the provider: signed in with a session cookie, or the form says why."""
-        oidc = svc.auth.oidc
-        if oidc is None:
-            raise NotFound("Single sign-on is not configured (TASKRUN_OIDC_ISSUER).")
-        try:
-            if error:
-                raise Unauthorized(f"The provider did not sign you in ({error[:100]}).")
-            identity, target = oidc.finish(code, state,
-                                           request.cookies.get(oidc_mod.STATE_COOKIE))
-            user = svc.auth.sso_login(identity)
-        except (Unauthorized, Forbidden) as exc:
-            return web_login.render(error=str(exc), sso=oidc.config.label)
-        token = svc.auth.sessions.create(user.name, True, web_login.client_address(request),
-                                         request.headers.get("user-agent"))
-        response = RedirectResponse(target, status_code=303)
-        web_login.set_session_cookie(response, token, True, svc.settings.session_days,
-                                     web_login.is_https(request))
-        response.delete_cookie(oidc_mod.STATE_COOKIE, path="/api/auth/oidc")
-        return response
-
-    @auth.get("/sessions")
-    def list_sessions(svc: Service = Depends(service)) -> list[dict]:
-        """Live dashboard sessions (admins only); tokens are never shown."""
-        return svc.auth.sessions.active()
-
-    @auth.delete("/sessions/{session_id}", status_code=204)
-    def revoke_session(session_id: RowId, request: Request,
-                       svc: Service = Depends(service)):
-        """Sign a browser out: its next click asks for the password again."""
-        svc.auth.sessions.revoke(session_id, actor=who(request))
-        return Response(status_code=204)
-
-    secrets = APIRouter(prefix="/secrets", tags=["secrets"])
-
-    @secrets.get("")
-    def list_secrets(svc: Service = Depends(service), task: str | None = None) -> list[dict]:
-        """Names and scopes of stored secrets (values are never returned)."""
-        return [s.as_dict() for s in svc.list_secrets(task)]
-
-    @secrets.put("/{name}", status_code=204)
-    def set_secret(name: str, body: SecretValue, request: Request,
-                   svc: Service = Depends(service), task: str | None = None):
-        """Store (or replace) a secret; ``task`` scopes it to one task, else every task."""
-        svc.set_secret(name, body.value, task, actor=who(request))
-        return Response(status_code=204)
-
-    @secrets.delete("/{name}", status_code=204)
-    def delete_secret(name: str, request: Request, svc: Service = Depends(service),
-                      task: str | None = None):
-        svc.delete_secret(name, task, actor=who(request))
-        return Response(status_code=204)
+    tokens, auth, secrets = access_routers(service, who)
 
     @api.get("/dependencies", tags=["tasks"])
     def dependencies(svc: Service = Depends(service)) -> list[dict]:
