@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -94,9 +95,25 @@ def test_workflows_are_valid_and_reference_real_files(name):
         assert flow["concurrency"]["cancel-in-progress"] is True
 
 
-def test_readme_configuration_table_matches_the_settings():
+def test_docs_configuration_table_is_generated_from_the_settings():
+    sys.path.insert(0, str(PROJECT / "docs" / "hooks"))
+    try:
+        import settings_table
+    finally:
+        sys.path.pop(0)
+    page = (PROJECT / "docs" / "configuration.md").read_text()
+    built = settings_table.on_page_markdown(page)
+    assert settings_table.MARKER in page and settings_table.MARKER not in built
     for name, default, help_ in defaults_table():
-        assert f"| `{name}` | {default} | {help_} |" in README, name
+        assert f"| `{name}` | {default} | {help_} |" in built, name
+
+
+def test_docs_build_strict_with_no_broken_link(tmp_path):
+    mkdocs = shutil.which("mkdocs") or str(Path(sys.executable).with_name("mkdocs"))
+    result = subprocess.run([mkdocs, "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "architecture" / "index.html").exists()
 
 
 def _third_party_imports() -> set[str]:

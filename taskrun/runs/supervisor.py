@@ -5,6 +5,10 @@ compare-and-set on its status, so several supervisors (two servers, or a
 server and the CLI) can share one data dir. Concurrency limits are flock()ed
 slot files held by the task processes themselves (see ``locks``).
 
+The loop, one step at a time: ``claims`` (which queued run, atomically) -> ``launch``
+(a process or a cluster job, or a failure with its reason) -> ``watch`` /
+``watch_remote`` (until it ends) -> ``ending`` (its end written, what it held given back).
+
 State machine of a run (edges here and in ``watch``, which ends runs; submit is
 in ``service``):
 
