@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from taskrun import __version__, storage
 from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.api.access_routes import access_routers
+from taskrun.api.limits import BodyLimit
 from taskrun.api.roles import required_role
 from taskrun.api.shapes import (
     ERROR_RESPONSES,
@@ -118,22 +119,20 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
             raise exc
         return JSONResponse({"detail": str(typed)}, status_code=typed.http_status)
 
-    @api.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = MAX_BODY_BYTES
-        if request.url.path.endswith("/execute") and request.headers.get(
-                "content-type", "").startswith("multipart/form-data"):
-            # Uploads: each file is held to its param's own cap as it is kept.
+    def body_limit(scope: dict) -> int:
+        """2 MB, and for an execute with file parts, room for each file's own cap
+        (held to it again as it is kept)."""
+        headers = dict(scope.get("headers") or ())
+        if scope["path"].endswith("/execute") and headers.get(
+                b"content-type", b"").startswith(b"multipart/form-data"):
             try:
                 each = get_service().settings.upload_max_mb
             except Exception:  # (not ready: the route says so)
                 each = 0
-            limit += int(each * (1 << 20)) * MAX_UPLOADS
-        if length and (not length.isdigit() or int(length) > limit):
-            return JSONResponse({"detail": f"Request body larger than {limit} bytes."},
-                                status_code=413)
-        return await call_next(request)
+            return MAX_BODY_BYTES + int(each * (1 << 20)) * MAX_UPLOADS
+        return MAX_BODY_BYTES
+
+    api.add_middleware(BodyLimit, limit_for=body_limit)
 
     tasks = APIRouter(prefix="/tasks", tags=["tasks"])
     logs_router = APIRouter(prefix="/logs", tags=["logs"])
