@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages.common import plain
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.history.models import RunPublic
@@ -32,7 +33,7 @@ def _code_lines(svc: Service, run: RunPublic) -> list[str]:
 
 
 def _label(cell: dict) -> str:
-    title = cell["title"] or "(before the first cell)"
+    title = plain(cell["title"]) if cell["title"] else "(before the first cell)"
     parts = [f"{ICONS.get(cell['status'], '•')} [{cell['index']}] {title}",
              cell["status"].replace("_", " ")]
     if cell["duration"] is not None:
@@ -60,7 +61,7 @@ def show(svc: Service, run: RunPublic, key: str) -> bool:
     try:
         cells = svc.run_cells(run.id)
     except TaskRunError as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(plain(exc), icon="⚠️")
         return True
     if len(cells) < 2 and run.cells is None:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -150,6 +151,20 @@ def ended(key: str, active: bool) -> None:
         st.rerun(scope="app")
 
 
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def plain(text: object, limit: int = 2000) -> str:
+    """Untrusted text (a param, a task's message, a file name, a server's error) for a
+    Markdown label: every ASCII punctuation mark escaped, so it shows as written and
+    never becomes a link, an image, a code span that closes early, a colour or an
+    icon; line breaks flattened; long text cut."""
+    flat = " ".join(str(text).split())
+    if len(flat) > limit:
+        flat = flat[:limit] + "…"
+    return _PUNCTUATION.sub(r"\\\1", flat)
+
+
 def status_label(status: str) -> str:
     try:
         return f"{ICONS[RunStatus(status)]} {status}"
@@ -158,8 +173,8 @@ def status_label(status: str) -> str:
 
 
 def show_error(exc: Exception) -> None:
-    """A refused action shows its reason, never a stack trace."""
-    st.error(str(exc), icon="⚠️")
+    """A refused action shows its reason (as text: it may quote input), never a trace."""
+    st.error(plain(exc), icon="⚠️")
 
 
 def run_summary(run) -> str:

@@ -13,6 +13,7 @@ from pages.common import (
     ended,
     following,
     needs,
+    plain,
     run_summary,
     service,
     show_error,
@@ -53,7 +54,7 @@ except TaskRunError as exc:
     st.stop()
 base_sha = ss.editor_base.setdefault(name, task["sha"])
 if task["error"]:
-    st.warning(task["error"], icon="⚠️")
+    st.warning(plain(task["error"]), icon="⚠️")
 
 # (sha, text): shown while the task is at that version. Not just on the next rerun:
 # the editor remounts after a save (its key follows the sha), and the rerun its
@@ -191,7 +192,7 @@ def output() -> None:
         show_error(exc)
         return
     if run.error and run.status not in ACTIVE:
-        st.caption(run.error)
+        st.caption(plain(run.error))
 
 
 # Polled only while its run is active: an Editor left open costs nothing.
@@ -209,7 +210,8 @@ if _open:
     with st.expander(f"⚠️ Open failures ({len(_open)}): causes seen since the task last "
                      "succeeded"):
         for g in _open:
-            what = (f"`{g['exception']}` at `{g['location']}` in `{g['function']}`"
+            what = (f"{plain(g['exception'])} at {plain(g['location'])} in "
+                    f"{plain(g['function'])}"
                     if g["exception"] else f"**{g['kind'].capitalize()}**")
             runs_links = " ".join(f"[#{i}](/runs?run={i})" for i in g["runs"])
             st.markdown(f"{what} · **{g['count']}** run(s) · last "

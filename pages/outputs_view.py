@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.io as pio
 import streamlit as st
 
+from pages.common import plain
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.history.models import RunPublic
@@ -40,12 +41,12 @@ def warnings(run: RunPublic) -> None:
     """The checks' findings, where nobody can miss them (top of the run's page)."""
     if run.output_warnings:
         st.warning("**Its outputs look wrong:**\n\n" + "\n".join(
-            f"- {w}" for w in run.output_warnings), icon="⚠️")
+            f"- {plain(w)}" for w in run.output_warnings), icon="⚠️")
 
 
 def summary(entry: dict) -> str:
     """One line for an output: its name, size, and for a table its rows and columns."""
-    parts = [f"`{entry['name']}`", fmt.size(entry["size"])]
+    parts = [plain(entry["name"]), fmt.size(entry["size"])]
     if entry.get("kind") == "table":
         rows = entry.get("rows")
         parts.append("rows not counted" if rows is None else f"{rows:,} rows")
@@ -65,11 +66,11 @@ def show(svc: Service, run: RunPublic, key: str) -> None:
         kind = entry.get("kind", "other")
         with st.expander(f"{summary(entry)} · {kind}", expanded=n == 0):
             if entry.get("note"):
-                st.caption(entry["note"])
+                st.caption(plain(entry["note"]))
             try:
                 _draw(svc, run, entry, f"{key}_{n}")
             except TaskRunError as exc:
-                st.caption(f"Not shown: {exc}")
+                st.caption(f"Not shown: {plain(exc)}")
             st.link_button("⬇ Download", download_url(svc, run.id, entry["name"]))
 
 

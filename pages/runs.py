@@ -14,6 +14,7 @@ from pages.common import (
     ended,
     following,
     needs,
+    plain,
     run_summary,
     service,
     show_error,
@@ -96,11 +97,11 @@ with history_tab:
             st.divider()
             st.subheader(run_summary(run))
             d1, d2, d3 = st.columns(3)
-            d1.markdown(f"**Task** `{run.task}`  \n**Trigger** {run.trigger} by "
-                        f"{run.requested_by or '–'}  \n"
-                        f"**Params** `{outputs_view.params_text(run.params)}`")
+            d1.markdown(f"**Task** `{run.task}`  \n**Trigger** {plain(run.trigger)} by "
+                        f"{plain(run.requested_by or '–')}  \n"
+                        f"**Params** {plain(outputs_view.params_text(run.params))}")
             d2.markdown(f"**Queued** {run.queued_at:%Y-%m-%d %H:%M:%S} UTC  \n"
-                        f"**Cancelled by** {run.cancelled_by or '–'}")
+                        f"**Cancelled by** {plain(run.cancelled_by or '–')}")
             if run.code_sha:
                 d2.page_link(PAGES["editor"], label=f"Code {run.code_sha[:12]}", icon="🔗",
                              query_params={"task": run.task, "version": run.code_sha})
@@ -110,16 +111,18 @@ with history_tab:
             if run.backend == "ray" and run.placement:
                 where = run.placement
                 node = where.get("node") or "a node not known yet"
-                st.markdown(f"**Ran on** the Ray cluster at `{where.get('address')}`, node "
-                            f"`{node}` · job [`{where.get('job')}`]({where.get('dashboard')})"
-                            " (its page on the Ray dashboard)")
+                st.markdown(f"**Ran on** the Ray cluster at {plain(where.get('address'))}, "
+                            f"node {plain(node)} · job {plain(where.get('job'))}")
+                if str(where.get("dashboard") or "").startswith(("http://", "https://")):
+                    st.link_button("Its page on the Ray dashboard", where["dashboard"])
             if run.error:
-                st.warning(run.error)
+                st.warning(plain(run.error))
             outputs_view.warnings(run)
             if run.failure:
                 cause = run.failure
-                st.markdown(f"**Cause** `{cause['exception']}` at `{cause['location']}` in "
-                            f"`{cause['function']}` — see the Failures tab for runs like it")
+                st.markdown(f"**Cause** {plain(cause['exception'])} at "
+                            f"{plain(cause['location'])} in {plain(cause['function'])} — see "
+                            "the Failures tab for runs like it")
             if run.status not in ACTIVE and run.status != RunStatus.SUCCEEDED and st.toggle(
                     "What changed since it last worked?", key=f"runs_diff_{run.id}"):
                 try:
@@ -173,8 +176,9 @@ with history_tab:
             deliveries = svc.deliveries(run.id)
             if deliveries:
                 st.markdown("**Notifications** " + " · ".join(
-                    f"{d['url']}: {d['status']} after {d['attempts']} attempt(s)"
-                    + (f" ({d['last_error']})" if d["last_error"] else "") for d in deliveries))
+                    f"{plain(d['url'])}: {plain(d['status'])} after {d['attempts']} attempt(s)"
+                    + (f" ({plain(d['last_error'])})" if d["last_error"] else "")
+                    for d in deliveries))
             if run.status in ACTIVE and st.button("Cancel run", key=f"runs_cancel_{run.id}",
                                                   disabled=bool(needs("operator"))):
                 try:

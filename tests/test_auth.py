@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from taskrun import web_login
 from taskrun.access import sessions as sessions_mod
 from taskrun.api import create_api
+from taskrun.api.roles import ADMIN_READS, OPERATOR_READS, VIEWER_POSTS
 from taskrun.errors import Forbidden, Unauthorized
 from taskrun.service import facade as service_mod
 from taskrun.service.facade import Service
@@ -62,7 +63,7 @@ def _routes(app):
 def _call(client, method, path, token=None):
     url = path.replace("{task_id}", "hello").replace("{run_id}", "1").replace(
         "{name}", "hello_1.log").replace("{ref}", "1").replace("{token_id}", "1").replace(
-        "{session_id}", "1")
+        "{session_id}", "1").replace("{sha}", "0" * 64)
     headers = {"authorization": f"Bearer {token}"} if token else {}
     return client.request(method, url, headers=headers, json={} if method != "GET" else None)
 
@@ -85,11 +86,18 @@ def test_every_route_needs_a_token_and_mutations_need_the_role(secured):
             assert anonymous.status_code == 401, (method, path)
             assert anonymous.headers["www-authenticate"] == "Bearer"
             as_viewer = _call(client, method, path, viewer)
-            if method == "GET" and not path.startswith(("/tokens", "/audit", "/secrets",
-                                                         "/auth")):
+            if (method == "GET" and not path.startswith(("/tokens", "/audit", "/secrets",
+                                                          "/auth"))
+                    and (method, path) not in ADMIN_READS | OPERATOR_READS) or \
+                    (method, path) in VIEWER_POSTS:
                 assert as_viewer.status_code not in (401, 403), (method, path)
             else:
                 assert as_viewer.status_code == 403, (method, path)
+        # Reads that are not for every viewer: the app log, the host's processes, uploads.
+        for method, path in ADMIN_READS | OPERATOR_READS:
+            assert _call(client, method, path, viewer).status_code == 403, path
+        assert _call(client, "GET", "/system/processes", operator).status_code == 403
+        assert _call(client, "GET", "/logs/app.log", "env-token").status_code == 200
         assert _call(client, "POST", "/tasks/{task_id}/execute", operator).status_code == 202
         assert _call(client, "DELETE", "/tasks/{task_id}", operator).status_code == 403
         assert _call(client, "GET", "/tokens", "env-token").status_code == 200

@@ -207,3 +207,43 @@ def test_api_stores_lists_and_deletes_but_never_returns_values(service):
     assert client.delete("/secrets/DB_PASSWORD").status_code == 404  # the shared one: none
     assert client.delete("/secrets/DB_PASSWORD", params={"task": "etl"}).status_code == 204
     assert client.get("/secrets").json() == []
+
+
+def test_base64url_forms_are_masked_at_every_alignment():
+    masker = Masker([VALUE + "?>~"])  # bytes whose base64 and base64url differ
+    for lead in (b"", b"a", b"ab"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            shown = masker.mask(encode(lead + (VALUE + "?>~").encode()))
+            assert b"***" in shown, (lead, encode)
+
+
+def test_a_secret_in_a_progress_message_and_a_result_is_stored_masked(service, tasks_dir):
+    service.set_secret("DB_PASSWORD", VALUE)
+    (tasks_dir / "reports.py").write_text(secrets_block("DB_PASSWORD") + """
+import json, os, time
+secret = os.environ["DB_PASSWORD"]
+with open(os.environ["TASKRUN_PROGRESS_FILE"], "w") as f:
+    f.write("0.5 connecting with " + secret + "\\n")
+time.sleep(1.0)  # (a sample reads the progress file)
+with open(os.environ["TASKRUN_RESULT_FILE"], "w") as f:
+    json.dump({"dsn": "user:" + secret + "@db", secret: [secret]}, f)
+""")
+    run = finished(service, service.submit("reports").id)
+    assert run.status == "succeeded", run.error
+    assert run.progress_message == "connecting with ***"
+    assert run.result == {"dsn": "user:***@db", "***": ["***"]}
+    client = TestClient(create_api(lambda: service))
+    assert VALUE not in client.get(f"/tasks/runs/{run.id}").text
+    assert VALUE not in client.post("/query", json={"sql": "SELECT * FROM run"}).text
+
+
+def test_a_log_is_masked_with_its_own_runs_secrets_only(service, tasks_dir):
+    # Another task's secret printed by a task that was not given it shows as written:
+    # otherwise echoing guesses through any task would test whether they are secrets.
+    service.set_secret("MINE", "mine-value-111", task="own")
+    service.set_secret("THEIRS", "their-value-222", task="other")
+    (tasks_dir / "own.py").write_text(
+        secrets_block("MINE") + "import os\nprint(os.environ['MINE'], 'their-value-222')\n")
+    run = finished(service, service.submit("own").id)
+    text = service.read_log(run.id).content
+    assert "*** their-value-222" in text and "mine-value-111" not in text

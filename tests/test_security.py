@@ -11,8 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from taskrun.api import create_api
-from taskrun.errors import InvalidParams
+from taskrun.errors import InvalidParams, TooManyAttempts
+from taskrun.service.facade import Service
 
+from .conftest import make_settings
 from .server import Server
 
 MB = 1 << 20
@@ -84,3 +86,76 @@ def test_a_chunked_body_is_cut_at_its_limit_with_the_server_rss_flat(tmp_path):
         assert server.get("/api/system/health")[0] == 200
     finally:
         server.stop()
+
+
+@pytest.fixture
+def secured(tmp_path, examples):
+    svc = Service(make_settings(tmp_path, TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="s3cret-admin",
+                                TASKRUN_API_TOKEN="env-token")).start(sample_system=False)
+    yield svc
+    svc.stop()
+
+
+def test_the_sql_console_reads_the_run_history_only_for_a_viewer(secured):
+    if not secured.db.is_sqlite:
+        pytest.skip("the SQL console reads SQLite (PostgreSQL: refused with a message)")
+    _, viewer = secured.auth.create_token("dash", "viewer")
+    secured.wait(secured.submit("hello", {"delay": 0}).id, 30)
+    headers = {"authorization": f"Bearer {viewer}"}
+    with TestClient(create_api(lambda: secured)) as client:
+        ok = client.post("/query", headers=headers,
+                         json={"sql": "SELECT task, status FROM run ORDER BY id"})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["columns"] == ["task", "status"] and ok.json()["rows"][0][0] == "hello"
+        for sql, why in [("SELECT name, password_hash FROM user_account", "user_account"),
+                         ("SELECT * FROM api_token", "api_token"),
+                         ("SELECT * FROM secret", "secret"),
+                         ("SELECT name FROM sqlite_master", "sqlite_master"),
+                         ("SELECT load_extension('x')", "load_extension"),
+                         ("DELETE FROM run", "only reading")]:
+            refused = client.post("/query", headers=headers, json={"sql": sql})
+            assert refused.status_code == 422 and why in refused.json()["detail"], sql
+        process = psutil.Process()
+        before = process.memory_info().rss
+        for sql, why in [("SELECT length(hex(zeroblob(200000000)))",
+                          "'zeroblob' is not allowed"),
+                         ("SELECT length(replace(printf('%.*c', 4000, 'x'), 'x', "
+                          "printf('%.*c', 4000, 'y')))",
+                          "1024 KiB limit"),
+                         ("SELECT length(replace(hex(randomblob(1)), '', ''))", "randomblob")]:
+            big = client.post("/query", headers=headers, json={"sql": sql})
+            assert big.status_code == 422 and why in big.json()["detail"], big.text
+        assert process.memory_info().rss - before < 40 * MB
+        # Anonymous callers get nothing; the page's own reads go through the same guard.
+        assert client.post("/query", json={"sql": "SELECT 1"}).status_code == 401
+
+
+def test_guesses_from_one_address_never_lock_the_user_out_of_another(secured):
+    for _ in range(8):
+        try:
+            assert secured.auth.login("admin", "wrong", client="203.0.113.7") is None
+        except TooManyAttempts:
+            pass  # that address backs off, as it should
+    with pytest.raises(TooManyAttempts):
+        secured.auth.login("admin", "s3cret-admin", client="203.0.113.7")
+    assert secured.auth.login("admin", "s3cret-admin", client="198.51.100.2").name == "admin"
+
+
+def test_a_signed_link_opens_one_get_of_a_download_route_for_minutes(secured):
+    run = secured.wait(secured.submit("hello", {"delay": 0}).id, 30)
+    download = f"/api/logs/hello_{run.id}.log/download"
+    with TestClient(create_api(lambda: secured), root_path="/api") as client:
+        assert client.get(f"{download}?{secured.auth.sign(download)}").status_code == 200
+        # A link signed for reading does not let its holder write, even to the same path,
+        # and a route that is not a download takes no link at all, whatever it signs.
+        forged = secured.auth.sign("/api/tokens", method="POST")
+        made = client.post(f"/api/tokens?{forged}", json={"name": "x", "role": "admin"})
+        assert made.status_code == 401
+        assert client.get(f"/api/tokens?{secured.auth.sign('/api/tokens')}").status_code == 401
+        assert client.post(f"{download}?{secured.auth.sign(download)}").status_code in (401,
+                                                                                       405)
+        # An expiry further ahead than any link is given for is a forgery.
+        exp = int(time.time()) + 86400
+        mac = secured.auth._link_mac("GET", download, exp)
+        assert client.get(f"{download}?exp={exp}&sig={mac}").status_code == 401
+    assert not secured.auth.tokens() or all(t["name"] != "x" for t in secured.auth.tokens())

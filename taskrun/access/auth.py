@@ -37,6 +37,7 @@ from taskrun.history.models import ApiToken, User, utcnow
 from taskrun.settings import Settings
 from taskrun.status import ROLES
 
+MAX_LINK_TTL_S = 900  # a signed link lasts minutes: a download, a peer's read
 log = logging.getLogger("taskrun.auth")
 
 TOKEN_PREFIX = "trk_"
@@ -129,17 +130,25 @@ class Auth:
             self._key = keys.derive(master, "signed-links")
         return self._key
 
-    def sign(self, resource: str, ttl: float = 300) -> str:
-        """``exp=…&sig=…`` that lets the bearer GET ``resource`` until it expires."""
-        exp = int(time.time() + ttl)
-        mac = hmac.new(self._secret(), f"{resource}\0{exp}".encode(), "sha256").hexdigest()
-        return f"exp={exp}&sig={mac}"
+    def sign(self, resource: str, ttl: float = 300, method: str = "GET") -> str:
+        """``exp=…&sig=…`` that lets the bearer ``method`` ``resource`` until it expires
+        (at most ``MAX_LINK_TTL_S`` from now)."""
+        exp = int(time.time() + min(ttl, MAX_LINK_TTL_S))
+        return f"exp={exp}&sig={self._link_mac(method, resource, exp)}"
 
-    def verify_signed(self, resource: str, exp: str, sig: str) -> bool:
-        if not exp.isdigit() or int(exp) < time.time():
+    def verify_signed(self, resource: str, exp: str, sig: str, method: str = "GET") -> bool:
+        """Whether ``sig`` signs this method on this path until ``exp``, not yet passed
+        and no further ahead than a link is ever given for (a longer one is forged)."""
+        now = time.time()
+        if not exp.isdigit() or not now <= int(exp) <= now + MAX_LINK_TTL_S + 5:
             return False
-        mac = hmac.new(self._secret(), f"{resource}\0{exp}".encode(), "sha256").hexdigest()
-        return hmac.compare_digest(mac, sig)
+        return hmac.compare_digest(self._link_mac(method, resource, int(exp)), sig)
+
+    def _link_mac(self, method: str, resource: str, exp: int) -> str:
+        # The method is signed too: a link for reading a path never lets its holder
+        # change anything there, whatever the router would accept.
+        message = f"link\0{method.upper()}\0{resource}\0{exp}".encode()
+        return hmac.new(self._secret(), message, "sha256").hexdigest()
 
     def bootstrap(self) -> str | None:
         """First start without users: create ``admin``; return a generated password."""
@@ -216,7 +225,7 @@ class Auth:
             return None
         if row is None:
             return None
-        self.gate.succeeded(name)
+        self.gate.succeeded(name, client)
         log.info("user %s signed in", name)
         audit.record(self.db, name, "login.success", client)
         return Identity(name, row.role)

@@ -11,29 +11,30 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 MASK = b"***"
 MIN_SECRET_LEN = 4  # shorter values would mask ordinary text everywhere
 
 
 def _base64_forms(value: bytes) -> set[bytes]:
-    """The text ``value`` becomes inside base64 at each of the 3 alignments.
+    """The text ``value`` becomes inside base64 and base64url at each of the 3
+    alignments.
 
     Like GitHub Actions: the characters that also depend on the bytes around
     the secret are left out, and so is padding.
     """
     forms = set()
-    for lead in range(3):
-        encoded = base64.b64encode(b"\0" * lead + value).rstrip(b"=")
-        skip = (lead * 4 + 2) // 3  # characters carrying some of the lead bytes
-        total = lead + len(value)
-        end = len(encoded) if total % 3 == 0 else len(encoded) - 1  # last one mixes in what follows
-        form = encoded[skip:end]
-        if len(form) >= MIN_SECRET_LEN:
-            forms.add(form)
-    for variant in (base64.urlsafe_b64encode(value).rstrip(b"="),):
-        if len(variant) >= MIN_SECRET_LEN:
-            forms.add(variant)
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        for lead in range(3):
+            encoded = encode(b"\0" * lead + value).rstrip(b"=")
+            skip = (lead * 4 + 2) // 3  # characters carrying some of the lead bytes
+            total = lead + len(value)
+            # the last character mixes in what follows, unless the value ends a group
+            end = len(encoded) if total % 3 == 0 else len(encoded) - 1
+            form = encoded[skip:end]
+            if len(form) >= MIN_SECRET_LEN:
+                forms.add(form)
     return forms
 
 
@@ -61,6 +62,18 @@ class Masker:
 
     def mask_text(self, text: str) -> str:
         return self.mask(text.encode("utf-8")).decode("utf-8", "replace") if self else text
+
+    def mask_value(self, value: Any) -> Any:
+        """A JSON value (a result, a table preview's cells) with every string masked."""
+        if not self:
+            return value
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if isinstance(value, dict):
+            return {self.mask_value(k): self.mask_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.mask_value(v) for v in value]
+        return value
 
     def window(self, data: bytes, lo: int, hi: int, more_coming: bool) -> tuple[bytes, int]:
         """Masked bytes of ``data[lo:hi]``, looking at all of ``data`` for context.

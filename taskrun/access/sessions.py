@@ -177,12 +177,18 @@ class Throttle:
                 return 0.0
             return max(0.0, times[-1] + min(2.0 ** over, self.MAX_WAIT_S) - now)
 
+    MAX_KEYS = 10_000
+
     def failed(self, key: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self._failures) > 10_000:  # a flood of made-up names: start over
-                self._failures.clear()
-            self._failures.setdefault(key, deque(maxlen=64)).append(now)
+            times = self._failures.pop(key, None) or deque(maxlen=64)
+            times.append(now)
+            self._failures[key] = times  # last in the order: the most recent failure
+            while len(self._failures) > self.MAX_KEYS:
+                # A flood of made-up names: the keys that failed longest ago go first,
+                # so the ones being throttled now stay throttled.
+                del self._failures[next(iter(self._failures))]
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -190,23 +196,27 @@ class Throttle:
 
 
 class SignInGate:
-    """Both throttles in front of a password check."""
+    """Both throttles in front of a password check: per (user, client) and per client.
+
+    Never per user alone: guesses at a user's password from one address must not
+    lock that user out of every other address, theirs included.
+    """
 
     def __init__(self):
-        self.by_user = Throttle(free=5)
+        self.by_user = Throttle(free=5)  # keyed by (user, client)
         self.by_client = Throttle(free=20)  # a team behind one NAT address
 
     def check(self, name: str, client: str | None) -> None:
-        wait = max(self.by_user.wait(f"u:{name}"),
+        wait = max(self.by_user.wait(f"u:{name}\0{client}"),
                    self.by_client.wait(f"c:{client}") if client else 0.0)
         if wait > 0:
             raise TooManyAttempts(
                 f"Too many failed sign-ins: try again in {max(1, round(wait))} s.", wait)
 
     def failed(self, name: str, client: str | None) -> None:
-        self.by_user.failed(f"u:{name}")
+        self.by_user.failed(f"u:{name}\0{client}")
         if client:
             self.by_client.failed(f"c:{client}")
 
-    def succeeded(self, name: str) -> None:
-        self.by_user.forget(f"u:{name}")
+    def succeeded(self, name: str, client: str | None = None) -> None:
+        self.by_user.forget(f"u:{name}\0{client}")

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -140,6 +141,19 @@ class Vault:
         except InvalidToken:
             raise InvalidSecret(f"Secret '{name}' cannot be decrypted: the secret key changed "
                                 "(TASKRUN_SECRET_KEY or secret.key); set it again.") from None
+
+    def masker_for(self, task: str, names: Iterable[str]) -> Masker:
+        """A masker for the values a run of ``task`` received (``names``, as its record
+        keeps them): a log is masked with its own run's secrets only, so what a task
+        prints can never be used to test whether some value is another task's secret."""
+        wanted = tuple(sorted(set(names)))
+        if not wanted:
+            return Masker()
+        try:
+            values, _missing = self.resolve(task, wanted)
+        except InvalidSecret:
+            return self.masker()  # undecryptable: every readable value, to be safe
+        return Masker(values.values())
 
     def masker(self) -> Masker:
         """A masker for every stored value, rebuilt only when the secrets change."""

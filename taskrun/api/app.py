@@ -24,7 +24,7 @@ from taskrun import __version__, storage
 from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.api.access_routes import access_routers
 from taskrun.api.limits import BodyLimit
-from taskrun.api.roles import required_role
+from taskrun.api.roles import SIGNED_ROUTES, required_role
 from taskrun.api.shapes import (
     ERROR_RESPONSES,
     EXECUTE_BODY,
@@ -35,6 +35,8 @@ from taskrun.api.shapes import (
     Health,
     LogChunkOut,
     LogFile,
+    QueryAnswer,
+    QueryRequest,
     RowId,
     RunAccepted,
     TaskCreate,
@@ -76,9 +78,15 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         if need is None or not svc.auth.enabled:
             return ANONYMOUS_ADMIN
         query = request.query_params
-        if "sig" in query and svc.auth.verify_signed(request.url.path, query.get("exp", ""),
-                                                     query["sig"]):
-            return Identity("signed-link", "viewer")  # a link the dashboard handed out
+        if "sig" in query:
+            # A link the dashboard or a peer handed out: a GET of one of the routes
+            # that need one, its method and path signed, minutes from expiry.
+            path = getattr(route, "path", "")
+            if request.method == "GET" and path in SIGNED_ROUTES and svc.auth.verify_signed(
+                    request.url.path, query.get("exp", ""), query["sig"], "GET"):
+                request.state.identity = identity = Identity("signed-link", "viewer")
+                return identity
+            raise Unauthorized("This link is not valid (expired, altered, or not for this).")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         identity = svc.auth.check_token(token.strip()) if scheme.lower() == "bearer" else None
         if identity is None:
@@ -411,6 +419,16 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         timeouts, cancels, signals and lost runs by their kind. Newest group first; a
         group is ``resolved`` when its tasks have succeeded since it last occurred."""
         return svc.failure_groups(task, since)
+
+    @api.post("/query", tags=["history"], response_model=QueryAnswer)
+    def query(body: QueryRequest, svc: Service = Depends(service)):
+        """Read-only SQL over the run history (tables `run`, `task_version`, `run_sample`,
+        `environment`; SQLite only), for viewers and up: columns and rows (blobs as
+        hex), at most `max_rows` of them and 16 MiB, a value at most 1 MiB, 5 s."""
+        result = svc.query(body.sql, body.max_rows)
+        rows = [[v.hex() if isinstance(v, bytes) else v for v in row] for row in result.rows]
+        return QueryAnswer(columns=result.columns, rows=rows, truncated=result.truncated,
+                           elapsed=round(result.elapsed, 4))
 
     @api.get("/audit", tags=["audit"])
     def audit_trail(svc: Service = Depends(service), actor: str | None = None,

@@ -138,3 +138,15 @@ class TokenCreate(BaseModel):
     role: str = "viewer"
 
 
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, max_length=100_000,
+                     examples=["SELECT task, status, count(*) FROM run GROUP BY 1, 2"])
+    max_rows: int = Field(1000, ge=1, le=10_000)
+
+
+class QueryAnswer(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    elapsed: float

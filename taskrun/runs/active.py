@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskrun.access.masking import Masker
 from taskrun.backends.zygote import WarmChild
 from taskrun.history.models import RunPublic
 from taskrun.status import RunStatus
@@ -62,3 +63,5 @@ class Active:
     final: RunPublic | None = None  # the run as its end was recorded
     reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
     outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
+    # The secrets it received, masked in what it reports (progress, result, its cause)
+    masker: Masker = field(default_factory=Masker)

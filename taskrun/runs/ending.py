@@ -185,7 +185,8 @@ def products(sup: Supervisor, a: Active, status: RunStatus, error: str | None,
         error = "Its outputs failed their checks: " + "; ".join(made.violations) + "."
         failure = {"exception": "OutputCheck", "location": made.violations[0].split(":")[0],
                    "function": "[tool.taskrun.outputs]", "message": "; ".join(made.violations)}
-    return status, error, failure, {"b_outputs": made.outputs, "b_result": made.result,
+    result = a.masker.mask_value(made.result)  # stored masked, as its progress is
+    return status, error, failure, {"b_outputs": made.outputs, "b_result": result,
                                     "b_warnings": made.warnings or None}
 
 
@@ -208,8 +209,7 @@ def failure_cause(sup: Supervisor, a: Active) -> dict | None:
     """The traceback's cause at the end of a failed run's log (secrets masked), or None.
     A failed run only: the read of its log's last 64 KB is off every successful path."""
     try:
-        tail = logs.tail(a.log_path, failures.TAIL_BYTES, masker=sup.vault.masker()
-                         if sup.vault else None).content
+        tail = logs.tail(a.log_path, failures.TAIL_BYTES, masker=a.masker).content
         return failures.cause(tail, a.task)
     except Exception:  # a cause is a help, never a reason for the end not to be recorded
         log.exception("could not read the cause of run %d's failure", a.run_id)

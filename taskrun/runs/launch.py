@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from taskrun.access.masking import Masker
 from taskrun.backends import Launch, procs
 from taskrun.errors import InvalidName, TaskRunError
 from taskrun.history import versions
@@ -199,7 +200,8 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
                              "b_spawned": spawned_at, "b_launch": launch,
                              "b_env": {"id": sup.environments.current(),
                                        "secrets": sup.vault.marks(secret_env)
-                                       if sup.vault else {}}})
+                                       if sup.vault else {}}},
+                    masker=Masker(secret_env.values()))
     sup.start_watching(active)
     log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
 
@@ -240,7 +242,8 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
                     spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
                              "b_env": {"id": sup.environments.current(),
                                        "secrets": sup.vault.marks(secret_env)
-                                       if sup.vault else {}}})
+                                       if sup.vault else {}}},
+                    masker=Masker(secret_env.values()))
     held.started, held.fds = True, []  # the watcher holds them while the job runs
     sup.start_watching(active)
 

@@ -227,7 +227,8 @@ def read_progress(sup: Supervisor, a: Active) -> dict:
         fraction = min(1.0, max(0.0, float(head)))
     except ValueError:
         return {}
-    return {"progress": fraction, "progress_message": message[:200] or None}
+    # Masked before it is stored: every reader (API, pages, notifications) sees it so.
+    return {"progress": fraction, "progress_message": a.masker.mask_text(message[:200]) or None}
 
 # ---- ending runs -----------------------------------------------------
 

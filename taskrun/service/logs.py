@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from taskrun.access.masking import Masker
 from taskrun.errors import (
     InvalidParams,
     NotFound,
@@ -56,7 +57,7 @@ class RunLogs:
                     return remote
             # Not started yet, or claimed a moment ago and the process is being spawned.
             return logs.LogChunk("", 0, 0, 0, complete)
-        cap, masker = self.settings.log_max_bytes, self.vault.masker()
+        cap, masker = self.settings.log_max_bytes, self.run_masker(run)
         if tail_bytes is not None or lines is not None:
             return logs.tail(path, tail_bytes or logs.MAX_READ, lines, cap, complete, masker)
         return logs.read(path, offset, max_bytes, cap, complete, masker)
@@ -73,7 +74,7 @@ class RunLogs:
 
                 return peers.stream_log(self, run)
             return None
-        return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.vault.masker())
+        return logs.iter_bytes(path, self.settings.log_max_bytes, masker=self.run_masker(run))
 
     def list_logs(self, limit: int = 50, offset: int = 0, task: str | None = None) -> list[dict]:
         """Run log files, newest first, paged through the run table (not a dir scan)."""
@@ -110,3 +111,9 @@ class RunLogs:
         kept = [ln for ln in chunk.content.splitlines(keepends=True)
                 if any(f" {lv} " in ln[:80] for lv in wanted)][-lines:]
         return logs.LogChunk("".join(kept), chunk.offset, chunk.next_offset, chunk.size)
+
+    def run_masker(self, run) -> Masker:
+        """What a run's log, previews and files are masked with: the secrets it received
+        (their names are in its record), none of any other task's."""
+        names = ((run.environment or {}).get("secrets") or {}).keys()
+        return self.vault.masker_for(run.task, names)

@@ -92,7 +92,11 @@ class RunProducts:
         entry, stream = self.output_stream(run_id, name)
         if entry["size"] > limit:
             raise NotFound(f"{name} is larger than {limit >> 20} MB: download it instead.")
-        return b"".join(stream)
+        data = b"".join(stream)
+        # Drawn on the dashboard (text, charts): masked like the log. (Downloads are
+        # the file as written.)
+        masker = self.run_masker(self.get_run(run_id))
+        return masker.mask(data) if masker and entry.get("kind") in ("text", "chart") else data
 
     def output_preview(self, run_id: int, name: str, rows: int = outputs.PREVIEW_ROWS,
                        forward: bool = True) -> dict:
@@ -113,4 +117,7 @@ class RunProducts:
             raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
         except (ValueError, OSError) as exc:
             raise InvalidParams(str(exc)) from None
+        masker = self.run_masker(run)
+        if masker:  # a table a task wrote may hold what it was given
+            shown = shown | {"rows": masker.mask_value(shown["rows"])}
         return shown | {"total": entry.get("rows")}
