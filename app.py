@@ -20,7 +20,7 @@ else:
 
     from taskrun.api import create_api
     from taskrun.service.facade import default_service, shutdown_default
-    from taskrun.web_login import LOGIN_PATH, SignInRequired, login_page
+    from taskrun.web_login import LOGIN_PATH, NoFraming, SignInRequired, login_page
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -36,4 +36,5 @@ else:
 
     app = st.App(__file__, routes=[Mount("/api", app=create_api()),
                                    Route(LOGIN_PATH, login_page, methods=["GET"])],
-                 middleware=[Middleware(SignInRequired)], lifespan=lifespan)
+                 middleware=[Middleware(NoFraming), Middleware(SignInRequired)],
+                 lifespan=lifespan)

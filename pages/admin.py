@@ -12,6 +12,10 @@ from taskrun.errors import TaskRunError
 svc = service()
 me = signed_in()
 st.title("Admin")
+if not me.can("admin"):
+    # The navigation hides this page from others; a page must not rely on being hidden.
+    st.error("This page needs the admin role.")
+    st.stop()
 
 users_tab, sessions_tab, tokens_tab, secrets_tab, audit_tab = st.tabs(
     ["Users", "Sessions", "API tokens", "Secrets", "Audit trail"])

@@ -11,6 +11,7 @@ import streamlit as st
 from pages import cells_view, outputs_view
 from pages.common import (
     PAGES,
+    can,
     ended,
     following,
     needs,
@@ -173,7 +174,7 @@ with history_tab:
             if len(attempts) > 1:
                 st.markdown("**Attempts** " + " → ".join(
                     f"[#{a.id}](?run={a.id}) {status_label(a.status)}" for a in attempts))
-            deliveries = svc.deliveries(run.id)
+            deliveries = svc.deliveries(run.id, full_targets=can("admin"))
             if deliveries:
                 st.markdown("**Notifications** " + " · ".join(
                     f"{plain(d['url'])}: {plain(d['status'])} after {d['attempts']} attempt(s)"

@@ -215,3 +215,28 @@ class SignInRequired:
             return self._get_service()
         except Exception:  # not ready: let the page say so rather than loop on the form
             return None
+
+
+class NoFraming:
+    """ASGI middleware: no page of this server may be shown inside another site's frame
+    (``frame-ancestors 'none'``, and ``X-Frame-Options`` for older browsers), so a
+    signed-in admin cannot be made to click through an invisible dashboard."""
+
+    HEADERS = ((b"content-security-policy", b"frame-ancestors 'none'"),
+               (b"x-frame-options", b"DENY"))
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def framed(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [h for h in self.HEADERS if h[0] not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return await self.app(scope, receive, framed)

@@ -14,7 +14,7 @@ from taskrun.api import create_api
 from taskrun.errors import InvalidParams, TooManyAttempts
 from taskrun.service.facade import Service
 
-from .conftest import make_settings
+from .conftest import make_settings, wait_for
 from .server import Server
 
 MB = 1 << 20
@@ -159,3 +159,28 @@ def test_a_signed_link_opens_one_get_of_a_download_route_for_minutes(secured):
         mac = secured.auth._link_mac("GET", download, exp)
         assert client.get(f"{download}?exp={exp}&sig={mac}").status_code == 401
     assert not secured.auth.tokens() or all(t["name"] != "x" for t in secured.auth.tokens())
+
+
+def test_a_viewer_sees_where_a_notification_went_but_not_its_token(secured, tasks_dir):
+    (tasks_dir / "hooked.py").write_text(
+        "# /// script\n# [tool.taskrun]\n# webhook = \"https://hooks.example.org/T0/s3cr3t-token\"\n"
+        "# notify = \"always\"\n# ///\nprint(1)\n")
+    run = secured.wait(secured.submit("hooked").id, 30)
+    wait_for(lambda: secured.deliveries(run.id))
+    _, viewer = secured.auth.create_token("dash", "viewer")
+    with TestClient(create_api(lambda: secured)) as client:
+        seen = client.get(f"/tasks/runs/{run.id}/deliveries",
+                          headers={"authorization": f"Bearer {viewer}"}).json()
+        assert seen[0]["url"] == "https://hooks.example.org/…"
+        full = client.get(f"/tasks/runs/{run.id}/deliveries",
+                          headers={"authorization": "Bearer env-token"}).json()
+        assert full[0]["url"].endswith("/T0/s3cr3t-token")
+
+
+def test_no_page_or_api_answer_may_be_framed(secured):
+    from taskrun.web_login import NoFraming
+
+    with TestClient(NoFraming(create_api(lambda: secured))) as client:
+        answer = client.get("/system/health")
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
+        assert answer.headers["x-frame-options"] == "DENY"

@@ -42,6 +42,9 @@ class OidcConfig:
     redirect_uri: str
 
 
+MAX_IDENTITY = 64  # a user name's length
+
+
 class Oidc:
     def __init__(self, config: OidcConfig, key: bytes):
         self.config = config
@@ -58,6 +61,10 @@ class Oidc:
                 return self._metadata[1]
         url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
         doc = _get_json(url)
+        if str(doc.get("issuer", "")).rstrip("/") != self.config.issuer.rstrip("/"):
+            # (OpenID Connect Discovery 4.3: a document for another issuer is not used)
+            raise Unauthorized(f"The provider at {self.config.issuer} names another issuer "
+                               f"({str(doc.get('issuer'))[:200]!r}); check TASKRUN_OIDC_ISSUER.")
         with self._lock:
             self._metadata = (time.monotonic(), doc)
         return doc
@@ -96,11 +103,17 @@ class Oidc:
         tokens = self._exchange(code, kept["verifier"])
         claims = self._verify(tokens.get("id_token", ""), kept["nonce"])
         email = claims.get("email")
-        identity = email if email and claims.get("email_verified", True) is not False \
+        # An e-mail names a local user only when the provider vouches for it: an
+        # unverified one is whatever the account's owner typed.
+        identity = email if email and claims.get("email_verified") is True \
             else claims.get("sub")
         if not identity:
             raise Unauthorized("The provider named no user.")
-        return str(identity)[:64], kept["next"]
+        identity = str(identity)
+        if len(identity) > MAX_IDENTITY:  # cut short, it could name someone else
+            raise Unauthorized(f"The provider's name for this user is longer than "
+                               f"{MAX_IDENTITY} characters; ask an admin.")
+        return identity, kept["next"]
 
     def _exchange(self, code: str, verifier: str) -> dict:
         body = urllib.parse.urlencode({

@@ -188,3 +188,13 @@ def deliveries(db: Database, run_id: int) -> list[dict]:
     with db.connect() as c:
         rows = c.execute(sa.select(_D).where(_D.c.run_id == run_id).order_by(_D.c.id))
         return [dict(r._mapping) for r in rows]
+
+
+def redact_target(target: str) -> str:
+    """Where a notification went, without what makes it usable: a URL's host only, an
+    address's domain only."""
+    if "://" in target:
+        parts = urllib.parse.urlsplit(target)
+        return f"{parts.scheme}://{parts.hostname or '?'}/…"
+    _, at, domain = target.rpartition("@")
+    return f"…@{domain}" if at else "…"

@@ -349,11 +349,17 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
     def attempts(self, run_id: int) -> list[RunPublic]:
         return history.attempts(self.db, run_id)
 
-    def deliveries(self, run_id: int) -> list[dict]:
+    def deliveries(self, run_id: int, full_targets: bool = True) -> list[dict]:
+        """How the run's notifications went; a webhook's URL (it may carry a token in its
+        path or query) or an address in full only with ``full_targets`` (for admins)."""
         find_run(self.db, run_id)
         from taskrun.automation import notify
 
-        return notify.deliveries(self.db, run_id)
+        shown = notify.deliveries(self.db, run_id)
+        if not full_targets:
+            for d in shown:
+                d["url"] = notify.redact_target(d["url"])
+        return shown
 
     # ---- logs ------------------------------------------------------------
 
