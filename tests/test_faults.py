@@ -91,9 +91,9 @@ def test_a_setsid_double_forked_daemon_is_still_killed_on_cancel(service, write_
 SUBMITTER = """
 import json, sys, time
 from taskrun.errors import AlreadyActive, QueueFull
-from taskrun import procs
+from taskrun.backends import procs
 from taskrun.service import Service
-from taskrun.zygote import marker_name
+from taskrun.backends.zygote import marker_name
 svc = Service().start(sample_system=False)
 print("ready", flush=True)
 end, ids, refused, n = time.monotonic() + float(sys.argv[1]), [], 0, 0
