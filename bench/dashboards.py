@@ -119,7 +119,7 @@ def _open_tabs(server: _Server, seconds: float, counts: list[int]) -> list[Figur
 def _cli(home: Path, repeat: int) -> list[Figure]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
     env.update(TASKRUN_HOME=str(home / "data"), TASKRUN_TASKS_DIR=str(home / "tasks"),
-               TASKRUN_AUTH="on", PYTHONPATH=str(ROOT))
+               TASKRUN_AUTH="on", TASKRUN_ISOLATION="off", PYTHONPATH=str(ROOT))
     # As installed (and in the image): the project's bytecode is cached, not compiled
     # on every command.
     env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -131,6 +131,7 @@ def _one_of(*choices: str):
 
 _notify_on = _one_of("failure", "success", "always")
 _launch_mode = _one_of("auto", "warm", "cold")
+_isolation_mode = _one_of("auto", "uid", "sandbox", "off")
 
 
 def _name_list(raw: str) -> tuple[str, ...]:
@@ -289,6 +290,15 @@ SETTINGS: tuple[Setting, ...] = (
             "What a Ray run's outputs may add up to when brought back from its node (MB); "
             "files past it are listed as not brought back.", _positive_float,
             "a number > 0"),
+    Setting("TASKRUN_ISOLATION", "auto",
+            "How a task is walled off from the server's data dir, key, database and "
+            "process: `uid` (a separate unprivileged uid; the server runs as root), "
+            "`sandbox` (bubblewrap: a mount and PID namespace showing the task only its "
+            "own files), `auto` (both where possible, else what is) or `off`.",
+            _isolation_mode, "auto, uid, sandbox or off"),
+    Setting("TASKRUN_TASK_UID", "65534",
+            "The uid (and gid) tasks run as when the server runs as root.",
+            _non_negative_int, "a uid number"),
     Setting("TASKRUN_TASK_ENV_PASSTHROUGH", "",
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
@@ -344,6 +354,8 @@ class Settings:
     output_rows_drop: float = 0.5
     result_max_kb: int = 64
     ray_outputs_max_mb: float = 100.0
+    isolation: str = "auto"
+    task_uid: int = 65534
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
 
     @cached_property  # (a launch asks for several of these paths)

@@ -27,6 +27,20 @@ def database_env(tmp_path: Path) -> dict[str, str]:
     return {}
 
 
+# Tasks in the tests write where the tests look (their tmp dirs): the suite runs without
+# the wall unless asked (TASKRUN_TEST_ISOLATION); tests/test_isolation.py puts it up.
+TEST_ISOLATION = os.environ.get("TASKRUN_TEST_ISOLATION", "off")
+os.environ.setdefault("TASKRUN_ISOLATION", TEST_ISOLATION)  # (in-process servers: AppTest)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment for a server or CLI under test: no TASKRUN_* of ours
+    but the isolation the suite runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env["TASKRUN_ISOLATION"] = TEST_ISOLATION
+    return env
+
+
 def make_settings(tmp_path: Path, **overrides):
     env = {
         "TASKRUN_HOME": str(tmp_path / "data"),
@@ -37,6 +51,7 @@ def make_settings(tmp_path: Path, **overrides):
         "TASKRUN_POLL_INTERVAL": "0.1",
         "TASKRUN_MONITOR_INTERVAL": "0.5",
         "TASKRUN_AUTH": "off",  # tests/test_auth.py turns it on
+        "TASKRUN_ISOLATION": TEST_ISOLATION,
         # TASKRUN_TEST_LAUNCH=warm runs the suite with every task launched warm.
         "TASKRUN_LAUNCH": os.environ.get("TASKRUN_TEST_LAUNCH", "auto"),
     }

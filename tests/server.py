@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .conftest import EXAMPLES, PROJECT
+from .conftest import EXAMPLES, PROJECT, clean_env
 
 ADMIN_PASSWORD = "correct horse battery"  # test credentials of the server under test
 API_TOKEN = "test-automation-token"
@@ -38,7 +38,7 @@ class Server:
         tasks.mkdir(parents=True, exist_ok=True)
         for path in EXAMPLES.glob("*.py"):
             shutil.copy(path, tasks / path.name)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+        self.env = clean_env()
         self.env.update(TASKRUN_HOME=str(root / "data"), TASKRUN_TASKS_DIR=str(tasks),
                         TASKRUN_KILL_GRACE="1", TASKRUN_POLL_INTERVAL="0.2",
                         TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD=ADMIN_PASSWORD,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -19,7 +18,7 @@ from taskrun.errors import Forbidden, Unauthorized
 from taskrun.service import facade as service_mod
 from taskrun.service.facade import Service
 
-from .conftest import PROJECT, database_env, make_settings, wait_for
+from .conftest import PROJECT, clean_env, database_env, make_settings, wait_for
 
 
 @pytest.fixture
@@ -154,7 +153,7 @@ def test_dashboard_asks_to_sign_in_and_gates_actions_by_role(secured, monkeypatc
 
 
 def test_cli_manages_tokens_and_users(tmp_path, examples):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(examples),
                **database_env(tmp_path),
                TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="first-admin-pw", PYTHONPATH=str(PROJECT))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
-import os
 import socketserver
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from taskrun.automation.scheduler import Scheduler
 from taskrun.errors import InvalidMetadata
 from taskrun.service.facade import RunFilter, Service
 
-from .conftest import PROJECT, make_settings, wait_for
+from .conftest import PROJECT, clean_env, make_settings, wait_for
 
 
 def meta_block(**conf) -> str:
@@ -295,7 +294,7 @@ def test_schedules_over_the_api_and_the_cli(tmp_path, tasks_dir):
         assert client.post("/tasks/nightly/schedule/pause").json()["paused"] is True
         assert client.post("/tasks/plain/schedule/pause").status_code == 409
         assert client.post("/tasks/nope/schedule/pause").status_code == 404
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+        env = clean_env()
         env.update(TASKRUN_HOME=str(settings.home), TASKRUN_TASKS_DIR=str(tasks_dir),
                    TASKRUN_DATABASE_URL=settings.database_url,
                    TASKRUN_AUTH="off", PYTHONPATH=str(PROJECT))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -12,14 +11,14 @@ import pytest
 from taskrun.errors import NotFound
 from taskrun.service.facade import Service
 
-from .conftest import PROJECT, wait_for
+from .conftest import PROJECT, clean_env, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def cli(tmp_path, examples, write_task):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(examples),
                TASKRUN_POLL_INTERVAL="0.1", TASKRUN_KILL_GRACE="1", PYTHONPATH=str(PROJECT),
                TASKRUN_AUTH="off")

@@ -17,7 +17,7 @@ from taskrun.api import create_api
 from taskrun.errors import InvalidParams
 from taskrun.runs import retention
 
-from .conftest import PROJECT, database_env, make_settings, wait_for
+from .conftest import PROJECT, clean_env, database_env, make_settings, wait_for
 
 BLOCK = '# /// script\n# [tool.taskrun]\n{meta}# ///\n'
 
@@ -279,7 +279,7 @@ def test_the_cli_uploads_a_file_param(tmp_path, tasks_dir):
     (tasks_dir / "reader.py").write_text(task(READER, READER_META))
     data = tmp_path / "input.txt"
     data.write_text("from the cli\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(tasks_dir),
                TASKRUN_POLL_INTERVAL="0.1", PYTHONPATH=str(PROJECT), TASKRUN_AUTH="off",
                **database_env(tmp_path))

@@ -19,6 +19,7 @@ TIMEOUT = 30
 @pytest.fixture
 def env(tmp_path, monkeypatch, examples):
     monkeypatch.setenv("TASKRUN_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("TASKRUN_ISOLATION", "off")
     monkeypatch.setenv("TASKRUN_TASKS_DIR", str(examples))
     monkeypatch.setenv("TASKRUN_POLL_INTERVAL", "0.1")
     monkeypatch.setenv("TASKRUN_KILL_GRACE", "1")

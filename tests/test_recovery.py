@@ -16,7 +16,7 @@ from taskrun.errors import AlreadyActive
 from taskrun.service.facade import Service
 from taskrun.status import RunStatus
 
-from .conftest import PROJECT, database_env, make_settings, wait_for
+from .conftest import PROJECT, clean_env, database_env, make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ time.sleep(3600)
 
 
 def settings_env(tmp_path: Path, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update({
         "TASKRUN_HOME": str(tmp_path / "data"), "TASKRUN_TASKS_DIR": str(tmp_path / "tasks"),
         "TASKRUN_POLL_INTERVAL": "0.1", "TASKRUN_SAMPLE_INTERVAL": "0.2",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import random
 import stat
 import subprocess
@@ -18,7 +17,7 @@ from taskrun.api import create_api
 from taskrun.errors import InvalidName
 from taskrun.service.facade import Service
 
-from .conftest import PROJECT, database_env, make_settings, wait_for
+from .conftest import PROJECT, clean_env, database_env, make_settings, wait_for
 
 VALUE = "s3cr3t-Pa55word"
 
@@ -146,7 +145,7 @@ def test_a_task_printing_its_secret_shows_stars_in_api_cli_and_downloads(
             _assert_masked(svc.read_log(run_id, start).content)
     finally:
         svc.stop()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update(TASKRUN_HOME=str(settings.home), TASKRUN_TASKS_DIR=str(tasks_dir),
                TASKRUN_DATABASE_URL=settings.database_url,
                TASKRUN_AUTH="off", PYTHONPATH=str(PROJECT))
@@ -157,7 +156,7 @@ def test_a_task_printing_its_secret_shows_stars_in_api_cli_and_downloads(
 
 
 def test_cli_sets_lists_and_deletes_without_echoing(tmp_path, tasks_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
+    env = clean_env()
     env.update(TASKRUN_HOME=str(tmp_path / "data"), TASKRUN_TASKS_DIR=str(tasks_dir),
                **database_env(tmp_path),
                TASKRUN_AUTH="off", PYTHONPATH=str(PROJECT))

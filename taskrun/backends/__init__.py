@@ -32,6 +32,7 @@ class Launch:
     preload: tuple[str, ...] = ()  # the modules a zygote imports ahead
     limits: tuple[int | None, float | None] = (None, None)  # memory MB, CPU seconds
     cells: Path | None = None  # a file in ``# %%`` cells: where its cell record goes
+    writable: list[Path] = field(default_factory=list)  # its own paths, behind a wall
 
 
 @dataclass(slots=True)

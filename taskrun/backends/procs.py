@@ -14,10 +14,14 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from taskrun.backends.zygote import CELL_RUNNER, marker_name
+
+if TYPE_CHECKING:
+    from taskrun.backends.wall import Wall
 
 # Server variables a task may see. Everything else (tokens, passwords, the
 # server's own TASKRUN_* settings) stays out unless explicitly passed through.
@@ -49,12 +53,20 @@ def task_environment(server_env: Mapping[str, str], passthrough: Iterable[str],
 
 
 def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
-          keep_fds: Iterable[int], cells: Path | None = None) -> subprocess.Popen:
+          keep_fds: Iterable[int], cells: Path | None = None, wall: Wall | None = None,
+          writable: list[Path] | None = None,
+          limits: tuple[int | None, int | None] = (None, None)) -> subprocess.Popen:
     """Start ``sys.executable script`` in a new session with output into the log fd
-    (through the cell runner, recording into ``cells``, for a file in cells)."""
+    (through the cell runner, recording into ``cells``, for a file in cells), behind
+    ``wall`` (as the task uid, in the sandbox) when one is up."""
     runner = [] if cells is None else [str(CELL_RUNNER), str(cells)]
+    argv = [sys.executable, "-u", *runner, str(script)]
+    walled = {}
+    if wall is not None and wall.on:
+        argv = wall.command(argv, cwd, writable or [], limits)
+        walled = wall.popen_kwargs()
     return subprocess.Popen(
-        [sys.executable, "-u", *runner, str(script)],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=log_fd,
         stderr=subprocess.STDOUT,
@@ -63,6 +75,7 @@ def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
         start_new_session=True,  # own session and process group: we signal the group
         pass_fds=tuple(keep_fds),
         close_fds=True,
+        **walled,
     )
 
 

@@ -293,7 +293,7 @@ class Zygotes:
 
     def spawn(self, modules: tuple[str, ...], script: Path, cwd: Path, env: Mapping[str, str],
               log_fd: int, keep_fds: Iterable[int], key: str,
-              cells: Path | None = None) -> WarmChild | None:
+              cells: Path | None = None, uid: int | None = None) -> WarmChild | None:
         if not self.compatible(env):
             return None
         if not self.subreaper:
@@ -308,6 +308,8 @@ class Zygotes:
                    "comm": marker_name(key), "end": address}
         if cells is not None:  # a file in cells: run through the cell runner
             request.update(cells=str(cells), runner=str(CELL_RUNNER))
+        if uid is not None:  # behind the uid wall: the fork drops to it before the task
+            request["uid"] = uid
         pid = zygote.fork(request, [log_fd, *keep_fds])
         if pid is None:
             ends.close()

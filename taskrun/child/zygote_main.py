@@ -135,6 +135,13 @@ def run_task(request: dict, fds: list[int]) -> None:
     if log_fd > 2:
         os.close(log_fd)  # the lock descriptors stay open, as pass_fds keeps them
     set_comm(request["comm"])
+    if request.get("uid") is not None:
+        # The zygote runs as root (the server does); the run is the task uid's, with no
+        # groups, before a line of the task's code, as a cold run is (``backends.wall``).
+        uid = request["uid"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
     os.chdir(request["cwd"])
     set_environ(request["env"])
     script = request["script"]

@@ -65,3 +65,5 @@ class Active:
     outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
     # The secrets it received, masked in what it reports (progress, result, its cause)
     masker: Masker = field(default_factory=Masker)
+    sandboxed: bool = False  # started in the sandbox (its exit passes through bubblewrap)
+    walled: bool = False  # run as the task uid: its run dir is taken back at its end

@@ -82,6 +82,9 @@ BY_ID = sa.update(T).where(T.c.id == sa.bindparam("b_id"))
 
 def done(sup: Supervisor, a: Active) -> None:
     """A watcher's last steps once the run's end is recorded."""
+    folder = run_files.run_dir(sup.settings, a.run_id)
+    if a.walled:  # the server's again before anyone is told it ended (two syscalls)
+        sup.wall.take_back(folder)
     notified = a.reported is not None and a.final is not None
     if notified:
         # Recorded from the run's own report: waiters take its end now, while the
@@ -107,7 +110,7 @@ def done(sup: Supervisor, a: Active) -> None:
     # (a spare forked again, logs made ahead), off every run's way.
     if isinstance(a.popen, WarmChild):
         a.popen.close()
-    sup.run_dirs.recycle(run_files.run_dir(sup.settings, a.run_id))
+    sup.run_dirs.recycle(folder)
     sup.log_files.prepare()
     sup.run_dirs.prepare()
 

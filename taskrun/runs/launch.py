@@ -163,12 +163,16 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
             "a file its params name is no longer kept (upload it again)." if gone else
             f"its run dir could not be made ({exc}).")) from exc
     env = {**sup._base_env, **meta_env, **secret_env, **extra}
+    writable: list[Path] = []
     try:
         if work not in sup._work_dirs:
             work.mkdir(parents=True, exist_ok=True)
             sup._work_dirs.add(work)
         log_fd = sup.log_files.open(log_path)
         held.fds.append(log_fd)
+        if sup.wall.on:
+            writable = walled_paths(sup, run.id, work, progress_path, cell_record)
+            env["HOME"] = str(work)  # (the server's home is not the task's)
     except OSError as exc:
         # Disk full, a read-only or broken data dir: this run fails, the service goes on.
         sup.storage_problem = (time.time(), f"cannot write in the data dir: {exc}")
@@ -180,7 +184,7 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         started = sup.backend.start(Launch(
             run_id=run.id, task=run.task, path=path, work=work, env=env, log_fd=log_fd,
             keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits,
-            cells=cell_record))
+            cells=cell_record, writable=writable))
     except OSError as exc:
         raise CouldNotStart(f"Could not start the process: {exc}.") from exc
     popen, launch, spawned_at = started.process, started.launch, started.spawned_at
@@ -195,7 +199,8 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
                     progress_path=progress_path, cells_path=cell_record, key=key, popen=popen,
                     expects=expects,
                     memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
-                    started_at=spawned_at,
+                    started_at=spawned_at, sandboxed=launch == "cold" and sup.wall.sandboxed,
+                    walled=sup.wall.uid is not None,
                     spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                              "b_spawned": spawned_at, "b_launch": launch,
                              "b_env": {"id": sup.environments.current(),
@@ -247,6 +252,18 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
     held.started, held.fds = True, []  # the watcher holds them while the job runs
     sup.start_watching(active)
 
+
+
+def walled_paths(sup: Supervisor, run_id: int, work: Path, progress: Path,
+                 cells: Path | None) -> list[Path]:
+    """The paths a walled run writes, made and handed to it: its run dir (outputs,
+    result), its work dir, its progress file and cell record (``backends.wall``)."""
+    folder = run_files.run_dir(sup.settings, run_id)
+    files = [progress] + ([cells] if cells is not None else [])
+    for path in files:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    sup.wall.give(folder, folder / "outputs", work, *files)
+    return [folder, work, *files]
 
 
 def upstream_result(sup: Supervisor, run_id: int) -> str | None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # handed in by the service: the run path never imports automa
     from taskrun.automation.engine import Automation
 
 from taskrun.access.vault import Vault
-from taskrun.backends import procs
+from taskrun.backends import procs, wall
 from taskrun.backends.clusters import Cluster
 from taskrun.backends.local import LocalBackend
 from taskrun.backends.zygote import Zygotes
@@ -65,7 +65,7 @@ from taskrun.runs.active import Active
 from taskrun.runs.locks import LockFile, Locks
 from taskrun.runs.pending import PendingWrites
 from taskrun.runs.watchers import Watchers
-from taskrun.settings import Settings
+from taskrun.settings import PROJECT_ROOT, Settings
 from taskrun.status import Concurrency
 from taskrun.store.tasks import TaskStore
 from taskrun.store.uploads import Uploads
@@ -116,7 +116,9 @@ class Supervisor:
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
         self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
-        self.backend = LocalBackend(self.zygotes)  # where runs execute (``backends``)
+        # What a task may see and touch (chosen at start: it probes the machine).
+        self.wall = wall.Wall("off", "not started")
+        self.backend = LocalBackend(self.zygotes, self.wall)  # where runs execute
         self.environments = Fingerprints(db, self._base_env,
                                          vault.marks if vault is not None else None)
         self._last_reap = 0.0
@@ -142,6 +144,12 @@ class Supervisor:
         for folder in (self.settings.run_logs_dir, self.settings.work_dir,
                        self.progress_dir, self.owners_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self.wall = self.backend.wall = wall.choose(
+            self.settings.isolation, self.settings.task_uid, self.settings.home,
+            [PROJECT_ROOT, Path.cwd(), Path.home() / ".streamlit"],
+            [PROJECT_ROOT, self.settings.tasks_dir])
+        self.wall.harden(self.settings.home)
+        (log.info if self.wall.on else log.warning)("isolation: %s", self.wall.note)
         # Held for our whole life: peers treat our runs as alive while it is locked.
         self._owner_fd = LockFile(self.owners_dir / f"{self.owner}.lock").try_acquire(
             {"pid": os.getpid(), "since": time.time()})

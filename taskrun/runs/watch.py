@@ -280,6 +280,8 @@ def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
         return a.reported  # waited for once its end is recorded (``run``)
     _, status, usage = os.wait4(a.pid, 0)
     code = os.waitstatus_to_exitcode(status)
+    if a.sandboxed and 128 < code < 128 + signal.NSIG:
+        code = 128 - code  # bubblewrap exits 128 + n when the task died of signal n
     a.popen.returncode = code  # tell Popen it is reaped
     return code, usage.ru_utime + usage.ru_stime
 

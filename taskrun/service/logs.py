@@ -115,5 +115,16 @@ class RunLogs:
     def run_masker(self, run) -> Masker:
         """What a run's log, previews and files are masked with: the secrets it received
         (their names are in its record), none of any other task's."""
-        names = ((run.environment or {}).get("secrets") or {}).keys()
+        if run.environment is not None:
+            names = (run.environment.get("secrets") or {}).keys()
+        else:
+            # Its start is not recorded yet (it is recorded with the first sample): the
+            # secrets its task lists now are the ones it was given.
+            try:
+                meta = self.store.info(run.task).meta
+            except Exception:
+                meta = None
+            if meta is None:
+                return self.vault.masker()  # (unreadable: every secret, to be safe)
+            names = meta.secrets
         return self.vault.masker_for(run.task, names)

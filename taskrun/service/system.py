@@ -93,6 +93,9 @@ class SystemViews:
                 checks["replicas"] = replicas.live_count(self.db, self.settings.lease_seconds)
             except Exception:  # the listing is information, never a reason to be down
                 pass
+        if self.supervisor is not None:  # (what walls tasks off from this server)
+            checks["isolation"] = {"mode": self.supervisor.wall.mode,
+                                   "note": self.supervisor.wall.note}
         cluster = self._cluster_check()
         if cluster is not None:
             checks["ray"] = cluster
