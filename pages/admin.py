@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import service, show_error, signed_in
+from pages.common import plain, service, show_error, signed_in
 from taskrun.access.auth import ROLES
 from taskrun.errors import TaskRunError
 
@@ -16,6 +16,11 @@ if not me.can("admin"):
     # The navigation hides this page from others; a page must not rely on being hidden.
     st.error("This page needs the admin role.")
     st.stop()
+
+_wall = svc.health()["checks"].get("isolation")
+if _wall is not None:  # what walls tasks off from this server's data, key and process
+    (st.caption if _wall["mode"] != "off" else st.warning)(
+        f"Isolation: **{_wall['mode']}** — {plain(_wall['note'])}")
 
 users_tab, sessions_tab, tokens_tab, secrets_tab, audit_tab = st.tabs(
     ["Users", "Sessions", "API tokens", "Secrets", "Audit trail"])

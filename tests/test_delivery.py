@@ -43,7 +43,9 @@ def test_dockerfile_installs_and_runs_like_the_readme():
     assert '"streamlit", "run", "app.py"' in dockerfile
     assert "EXPOSE 8501" in dockerfile and "/api/system/health" in dockerfile
     assert "FROM python:3.11-slim AS build" in dockerfile and "tini" in dockerfile
-    assert re.search(r"^USER \d+", dockerfile, re.M)
+    # The server runs as root so that tasks run as another uid, behind the wall.
+    assert re.search(r"^USER 0$", dockerfile, re.M) and "TASKRUN_TASK_UID=10002" in dockerfile
+    assert "bubblewrap" in dockerfile and "useradd --no-create-home --uid 10002" in dockerfile
 
 
 def test_dockerfile_lints_clean():
@@ -60,6 +62,7 @@ def test_compose_file():
     assert "/api/system/health" in " ".join(svc["healthcheck"]["test"])
     assert {v.split(":")[0] for v in svc["volumes"]} == set(compose["volumes"])
     assert svc["deploy"]["resources"]["limits"]["memory"]
+    assert svc["cap_drop"] == ["ALL"] and "SETUID" in svc["cap_add"]
     assert (PROJECT / ".env.example").exists()
 
 

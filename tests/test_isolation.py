@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.geteuid() == 0
 BWRAP = shutil.which("bwrap")
+if os.environ.get("TASKRUN_REQUIRE_SANDBOX") == "1" and not (ROOT and BWRAP):
+    raise RuntimeError("TASKRUN_REQUIRE_SANDBOX=1, but the wall's tests need root and "
+                       "bubblewrap (apt-get install bubblewrap)")
 
 PROBE = """
 import json, os, sys
