@@ -184,3 +184,27 @@ def test_no_page_or_api_answer_may_be_framed(secured):
         answer = client.get("/system/health")
         assert answer.headers["content-security-policy"] == "frame-ancestors 'none'"
         assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_a_reader_that_dies_costs_its_table_a_note_not_the_server(service, write_task,
+                                                                monkeypatch):
+    from taskrun.runs import inspection
+
+    write_task("tables", "import os\nd = os.environ['TASKRUN_OUTPUT_DIR']\n"
+                         "open(os.path.join(d, 'a.csv'), 'w').write('x,y\\n1,2\\n')\n"
+                         "open(os.path.join(d, 'notes.txt'), 'w').write('fine')\n")
+    good = service.wait(service.submit("tables").id, 30)
+    assert [o["rows"] for o in good.outputs if o["name"] == "a.csv"] == [1]
+    # A reader that cannot even start (its memory limit below what pyarrow needs) is a
+    # reader that crashed: the run still ends, its table says why it has no row count.
+    monkeypatch.setattr(inspection, "MEMORY_MB", 8)
+    run = service.wait(service.submit("tables").id, 60)
+    assert run.status == "succeeded", run.error
+    table = next(o for o in run.outputs if o["name"] == "a.csv")
+    assert table["rows"] is None and "could not be inspected" in table["note"], table
+    assert next(o for o in run.outputs if o["name"] == "notes.txt")["kind"] == "text"
+    with pytest.raises(Exception, match="could not be read"):
+        service.output_preview(run.id, "a.csv")
+    monkeypatch.setattr(inspection, "MEMORY_MB", 2048)
+    assert service.output_preview(run.id, "a.csv")["rows"] == [[1, 2]]
+    assert service.health()["checks"]["supervisor"]

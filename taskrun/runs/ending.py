@@ -21,7 +21,7 @@ from taskrun.backends.zygote import WarmChild
 from taskrun.history import failures
 from taskrun.history.fastsql import Fast
 from taskrun.history.models import Run, RunPublic
-from taskrun.runs import logs, run_files
+from taskrun.runs import inspection, logs, run_files
 from taskrun.status import RunStatus
 from taskrun.store import cells
 
@@ -178,7 +178,11 @@ def products(sup: Supervisor, a: Active, status: RunStatus, error: str | None,
     the end's values for them). A declared expectation it violates fails it (its exit
     code stays), so a chain stops there and its retries apply."""
     try:
-        made = run_files.collect(sup.settings, sup.db, a.run_id, a.task, status, a.expects)
+        # Its tables are read in a child (behind its wall, if it had one): a crafted
+        # file may crash a reader, never the server.
+        reader = inspection.tables_reader(sup.wall if a.walled or a.sandboxed else None)
+        made = run_files.collect(sup.settings, sup.db, a.run_id, a.task, status, a.expects,
+                                 tables=reader)
     except Exception:  # what it produced is worth much, its end being recorded more
         log.exception("could not read the outputs of run %d", a.run_id)
         made = run_files.Products(warnings=["its outputs could not be read; see the "

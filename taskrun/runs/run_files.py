@@ -193,7 +193,7 @@ class Products:
 
 
 def collect(settings: Settings, db: Database, run_id: int, task: str, status: RunStatus,
-            specs: tuple[OutputSpec, ...] = ()) -> Products:
+            specs: tuple[OutputSpec, ...] = (), tables=None) -> Products:
     """Read what the run left in its dir (at its end, before the end is recorded)."""
     folder = run_dir(settings, run_id)
     found = Products()
@@ -201,7 +201,8 @@ def collect(settings: Settings, db: Database, run_id: int, task: str, status: Ru
         return found
     shutil.rmtree(folder / "inputs", ignore_errors=True)
     described, notes = outputs.describe_all(folder / "outputs",
-                                            int(settings.output_inspect_mb * (1 << 20)))
+                                            int(settings.output_inspect_mb * (1 << 20)),
+                                            tables=tables)
     found.outputs = described or None
     found.warnings += notes
     found.warnings += _not_brought_back(folder)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from taskrun.errors import InvalidName, InvalidParams, NotFound
 from taskrun.history.models import Run
 from taskrun.history.queries import find_run
-from taskrun.runs import run_files
+from taskrun.runs import inspection, run_files
 from taskrun.status import RunStatus
 from taskrun.store import outputs
 
@@ -112,7 +112,7 @@ class RunProducts:
             if remote is not None:
                 return remote
         try:
-            shown = outputs.preview(path, name, rows)
+            shown = inspection.preview(path, name, rows)  # (a reader's crash is its own)
         except FileNotFoundError:
             raise NotFound(f"The output {name!r} of run {run_id} is no longer kept.") from None
         except (ValueError, OSError) as exc:

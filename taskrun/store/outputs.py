@@ -18,7 +18,9 @@ import json
 import math
 import os
 import stat
+import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -179,12 +181,16 @@ def _is_figure(path: Path) -> bool:
         isinstance(value.get("layout", {}), dict)
 
 
-def describe_all(root: Path, inspect_bytes: int, budget: float = INSPECT_SECONDS
+def describe_all(root: Path, inspect_bytes: int, budget: float = INSPECT_SECONDS,
+                 tables: Callable[[Path, list[tuple[str, int]], int, float], dict] | None = None
                  ) -> tuple[list[dict], list[str]]:
-    """Every output under ``root`` described, and the notes on what was left out."""
+    """Every output under ``root`` described, and the notes on what was left out.
+
+    Tables are read by ``tables`` (``inspect_tables`` here by default; the run path
+    passes one that reads them in a child process: a file crafted to crash a reader
+    must not take the server down)."""
     files, notes = scan(root)
-    deadline = time.monotonic() + budget
-    described = []
+    described, found = [], []
     for name, size in files:
         path = root / name
         entry: dict[str, Any] = {"name": name, "size": size, "sha256": None, "kind": "other",
@@ -193,11 +199,27 @@ def describe_all(root: Path, inspect_bytes: int, budget: float = INSPECT_SECONDS
             entry["sha256"] = sha256_of(path)
             entry["kind"] = kind_of(path, name, size)
             if entry["kind"] == "table":
-                entry.update(inspect_table(path, name, size, inspect_bytes, deadline))
+                found.append((name, size))
         except OSError as exc:
             entry["note"] = f"could not be read: {exc.strerror or exc}"
         described.append(entry)
+    if found:
+        try:
+            read = (tables or inspect_tables)(root, found, inspect_bytes, budget)
+        except Exception as exc:  # the reader's end, said on each table, not the run's
+            read = {name: {"note": f"could not be inspected: {exc}"} for name, _ in found}
+        for entry in described:
+            if entry["kind"] == "table":
+                entry.update(read.get(entry["name"]) or {"note": "could not be inspected"})
     return described, notes
+
+
+def inspect_tables(root: Path, found: list[tuple[str, int]], inspect_bytes: int,
+                   budget: float = INSPECT_SECONDS) -> dict[str, dict]:
+    """{name: {rows, columns, note}} of tables under ``root``, within one time budget."""
+    deadline = time.monotonic() + budget
+    return {name: inspect_table(root / name, name, size, inspect_bytes, deadline)
+            for name, size in found}
 
 
 def inspect_table(path: Path, name: str, size: int, inspect_bytes: int,
@@ -441,3 +463,25 @@ def main_output(outputs: list[dict] | None) -> dict | None:
             if kind is None or entry.get("kind") == kind:
                 return entry
     return None
+
+
+def main(argv: list[str]) -> int:
+    """The reader in a child process (``runs.inspection``): ``tables ROOT BYTES BUDGET``
+    with ``[[name, size], ...]`` on stdin, or ``preview PATH NAME ROWS``; JSON out."""
+    if argv[:1] == ["tables"] and len(argv) == 4:
+        found = [(str(n), int(s)) for n, s in json.load(sys.stdin)]
+        answer: Any = inspect_tables(Path(argv[1]), found, int(argv[2]), float(argv[3]))
+    elif argv[:1] == ["preview"] and len(argv) == 4:
+        try:
+            answer = {"ok": preview(Path(argv[1]), argv[2], int(argv[3]))}
+        except ValueError as exc:
+            answer = {"error": str(exc)}
+    else:
+        print("usage: python -m taskrun.store.outputs tables|preview ...", file=sys.stderr)
+        return 2
+    json.dump(answer, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
