@@ -5,6 +5,7 @@ browser session, runs it as the page script (``__main__``). Both share one
 process-wide service: one supervisor, one database.
 """
 
+import os
 from contextlib import asynccontextmanager
 
 import streamlit as st
@@ -24,6 +25,11 @@ else:
 
     @asynccontextmanager
     async def lifespan(_app):
+        if not os.environ.get("TASKRUN_BASE_URL"):
+            # Its default follows the port actually served (and so does the URL other
+            # servers reach this one at, unless TASKRUN_ADVERTISE_URL says otherwise).
+            os.environ["TASKRUN_BASE_URL"] = \
+                f"http://localhost:{st.config.get_option('server.port')}"
         default_service()  # start the supervisor with the server, not on the first visit
         yield
         shutdown_default()  # stop claiming; end running tasks as cancelled ("shutdown")

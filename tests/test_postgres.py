@@ -320,3 +320,29 @@ def test_a_run_of_another_server_has_its_log_read_through_this_one(tmp_path, wri
     with pytest.raises(NotReady, match=r"kept by the server .* which cannot be reached"):
         b.log_stream(run["run_id"])
     b.stop()
+
+
+def test_servers_sharing_a_database_but_not_their_key_say_so(tmp_path, write_task):
+    url = cluster().database(str(tmp_path))
+    servers = []
+    try:
+        for n, key in enumerate(("first-key-" + "a" * 32, "other-key-" + "b" * 32)):
+            servers.append(Service(make_settings(
+                tmp_path, TASKRUN_DATABASE_URL=url, TASKRUN_HOME=tmp_path / f"s{n}",
+                TASKRUN_SECRET_KEY=key, TASKRUN_BASE_URL=f"http://10.0.0.{n + 1}:8501",
+            )).start(sample_system=False))
+        first, second = servers
+        assert "replica_problems" not in first.health()["checks"]  # alone when it started
+        health = second.health()
+        assert health["status"] == "degraded", health
+        assert any("another secret key" in p for p in health["checks"]["replica_problems"])
+        third = Service(make_settings(
+            tmp_path, TASKRUN_DATABASE_URL=url, TASKRUN_HOME=tmp_path / "s2",
+            TASKRUN_SECRET_KEY="first-key-" + "a" * 32,
+            TASKRUN_BASE_URL="http://10.0.0.1:8501")).start(sample_system=False)
+        servers.append(third)
+        problems = third.health()["checks"]["replica_problems"]
+        assert any("advertises the same URL" in p for p in problems), problems
+    finally:
+        for svc in servers:
+            svc.stop()

@@ -102,3 +102,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
                for p in (server.root / "tasks").iterdir() if not p.name.startswith("."))
     status, health = server.json("GET", "/api/system/health")
     assert status == 200 and health["ok"]
+
+
+def test_the_default_urls_follow_the_port_served(tmp_path):
+    srv = Server(tmp_path, TASKRUN_BASE_URL="")
+    try:
+        status, replicas = srv.json("GET", "/api/system/replicas")
+        assert status == 200 and replicas[0]["advertise_url"] == \
+            f"http://localhost:{srv.port}", replicas
+    finally:
+        srv.stop()

@@ -253,6 +253,9 @@ class Replica(SQLModel, table=True):
     host: str = Field(max_length=255)
     home: str = Field(max_length=500)
     advertise_url: str = Field(max_length=500)
+    # A keyed hash of its secret key: servers that read each other's files on signed
+    # links must share the key; two marks that differ say they do not.
+    key_mark: str | None = Field(default=None, max_length=32)
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     heartbeat_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     stopped_at: datetime | None = _time()

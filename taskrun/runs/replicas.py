@@ -14,12 +14,15 @@ whether a supervisor lives (``recovery``); the rows only show who is there.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from taskrun import keys
 from taskrun.access import audit
 from taskrun.history.models import Replica, Run, utcnow
 from taskrun.runs import watch
@@ -44,7 +47,38 @@ def register(sup: Supervisor) -> None:
                                              _R.c.heartbeat_at < now - KEEP_STOPPED)))
         c.execute(sa.insert(_R).values(
             owner=sup.owner, host=sup.host, home=str(sup.settings.home)[:500],
-            advertise_url=sup.settings.advertise_url[:500], started_at=now, heartbeat_at=now))
+            advertise_url=sup.settings.advertise_url[:500], key_mark=key_mark(sup.settings),
+            started_at=now, heartbeat_at=now))
+
+
+def key_mark(settings) -> str:
+    """A keyed hash of this server's master key: equal on servers sharing the key,
+    telling nothing of it."""
+    master = keys.master_key(settings.home, settings.secret_key)
+    return hmac.new(keys.derive(master, "replica-key-mark"), b"mark",
+                    hashlib.sha256).hexdigest()[:32]
+
+
+def disagreements(sup: Supervisor) -> list[str]:
+    """What is wrong between this server and the live others sharing its database:
+    another secret key (their signed reads of each other's logs and outputs fail),
+    or the same advertised URL (one of them cannot be reached there)."""
+    if sup.db.is_sqlite:
+        return []
+    since = utcnow() - timedelta(seconds=sup.settings.lease_seconds)
+    with sup.db.connect() as c:
+        others = c.execute(sa.select(_R.c.owner, _R.c.host, _R.c.advertise_url, _R.c.key_mark)
+                           .where(_R.c.owner != sup.owner, _R.c.stopped_at.is_(None),
+                                  _R.c.heartbeat_at >= since)).all()
+    mine, problems = key_mark(sup.settings), []
+    for owner, host, url, mark in others:
+        if mark is not None and mark != mine:
+            problems.append(f"the server {owner} on {host} uses another secret key: set the "
+                            "same TASKRUN_SECRET_KEY on every server sharing the database")
+        if url == sup.settings.advertise_url:
+            problems.append(f"the server {owner} on {host} advertises the same URL ({url}): "
+                            "set TASKRUN_ADVERTISE_URL to where each one is reached")
+    return problems
 
 
 def heartbeat(sup: Supervisor) -> None:

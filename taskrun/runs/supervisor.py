@@ -135,6 +135,8 @@ class Supervisor:
         # (when, what) of the last failure to write in the data dir; cleared by a success.
         self.storage_problem: tuple[float, str] | None = None
         self.last_step_at: float | None = None
+        # What is wrong between this server and the others sharing its database.
+        self.replica_problems: list[str] = []
         # Ends of runs the storage refused to record, retried from every step.
         self.pending = PendingWrites()
 
@@ -157,6 +159,12 @@ class Supervisor:
             replicas.register(self)
         except Exception:  # the next renewal registers it
             log.exception("could not register this server in the replica table")
+        try:
+            self.replica_problems = replicas.disagreements(self)
+        except Exception:
+            log.exception("could not compare this server with the others")
+        for problem in self.replica_problems:
+            log.error("servers sharing the database disagree: %s", problem)
         self._lease_held_at = self._last_lease = time.monotonic()
         self.recover()
         logs.LogCreator.remove_left_over(

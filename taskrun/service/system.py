@@ -83,6 +83,8 @@ class SystemViews:
             problems.append(self.supervisor.storage_problem[1])
         if self.supervisor and (unrecorded := self.supervisor.pending.problem()):
             problems.append(unrecorded)
+        if self.supervisor and self.supervisor.replica_problems:
+            checks["replica_problems"] = list(self.supervisor.replica_problems)
         checks["storage"] = not problems
         if problems:
             checks["storage_problems"] = problems
@@ -100,7 +102,9 @@ class SystemViews:
         if cluster is not None:
             checks["ray"] = cluster
         ok = bool(checks["database"] and checks["supervisor"] and checks["tasks_dir"])
-        degraded = problems or (cluster is not None and not cluster["ok"])
+        # Another key breaks every read between servers; a shared URL, only some.
+        degraded = problems or (cluster is not None and not cluster["ok"]) or any(
+            "secret key" in p for p in checks.get("replica_problems", ()))
         status = "unavailable" if not ok else "degraded" if degraded else "ok"
         return {"status": status, "ok": ok, "checks": checks}
 
