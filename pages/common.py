@@ -152,6 +152,7 @@ def ended(key: str, active: bool) -> None:
 
 
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www|@)")
 
 
 def plain(text: object, limit: int = 2000) -> str:
@@ -162,6 +163,9 @@ def plain(text: object, limit: int = 2000) -> str:
     flat = " ".join(str(text).split())
     if len(flat) > limit:
         flat = flat[:limit] + "…"
+    # Escapes do not stop the renderer's autolinks (a bare URL, www., an address): a
+    # zero-width space after the scheme, "www" and "@" does, and reads the same.
+    flat = _AUTOLINK.sub("\\1\u200b", flat)
     return _PUNCTUATION.sub(r"\\\1", flat)
 
 

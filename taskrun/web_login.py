@@ -219,11 +219,13 @@ class SignInRequired:
 
 class NoFraming:
     """ASGI middleware: no page of this server may be shown inside another site's frame
-    (``frame-ancestors 'none'``, and ``X-Frame-Options`` for older browsers), so a
-    signed-in admin cannot be made to click through an invisible dashboard."""
+    (``frame-ancestors 'self'``, and ``X-Frame-Options`` for older browsers), so a
+    signed-in admin cannot be made to click through an invisible dashboard. ``'self'``,
+    not ``'none'``: the dashboard's own components (the code editor) are frames of
+    this origin."""
 
-    HEADERS = ((b"content-security-policy", b"frame-ancestors 'none'"),
-               (b"x-frame-options", b"DENY"))
+    HEADERS = ((b"content-security-policy", b"frame-ancestors 'self'"),
+               (b"x-frame-options", b"SAMEORIGIN"))
 
     def __init__(self, app):
         self.app = app

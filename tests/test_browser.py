@@ -372,6 +372,21 @@ def test_runs_page_filters_opens_a_log_and_downloads_it(page, server, tmp_path):
     assert target.read_bytes() == on_disk.read_bytes()
 
 
+def test_a_params_markdown_and_a_tasks_message_show_as_text_not_links(page, server):
+    """An operator's param and a task's message are untrusted: a Markdown link and a
+    remote image in them must not become a link or an image an admin's browser
+    follows or fetches."""
+    evil = "x` [click here](http://evil.example/phish) ![i](http://evil.example/i.png) `y"
+    _, run = server.json("POST", "/api/tasks/hello/execute",
+                         {"params": {"delay": 0, "name": evil}})
+    wait_run(server, run["run_id"])
+    open_page(page, server, f"runs?run={run['run_id']}")
+    expect(page.get_by_role("heading", name=re.compile(f"Run #{run['run_id']}"))).to_be_visible()
+    expect(page.get_by_text("click here", exact=False).first).to_be_visible()
+    expect(page.locator('a[href*="evil.example"]')).to_have_count(0)
+    expect(page.locator('img[src*="evil.example"]')).to_have_count(0)
+
+
 NOTEBOOK = '''# /// script
 # [tool.taskrun]
 # description = "A task in cells"

@@ -14,8 +14,9 @@ OPERATOR_READS = frozenset({("GET", "/uploads/{sha}")})
 # Reads sent as POST because they carry a body.
 VIEWER_POSTS = frozenset({("POST", "/query")})
 # The only routes a signed link opens (GET only): downloads the dashboard hands out
-# and the reads one server makes of another's files.
-SIGNED_ROUTES = frozenset({"/logs/{name}/download", "/tasks/runs/{run_id}/outputs/{name:path}",
+# and the reads one server makes of another's files (a live log by offset among them).
+SIGNED_ROUTES = frozenset({"/logs/{name}", "/logs/{name}/download",
+                           "/tasks/runs/{run_id}/outputs/{name:path}",
                            "/tasks/runs/{run_id}/preview/{name:path}", "/uploads/{sha}"})
 OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
                              ("POST", "/tasks/runs/{run_id}/cancel"),
