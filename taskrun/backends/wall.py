@@ -149,6 +149,16 @@ class Wall:
             (home / name).mkdir(mode=0o711, exist_ok=True)
 
 
+def put_up(settings, project: Path) -> Wall:
+    """The wall ``settings`` ask for, chosen, the data dir closed behind it, and said."""
+    chosen = choose(settings.isolation, settings.task_uid, settings.home,
+                    [project, Path.cwd(), Path.home() / ".streamlit"],
+                    [project, settings.tasks_dir])
+    chosen.harden(settings.home)
+    (log.info if chosen.on else log.warning)("isolation: %s", chosen.note)
+    return chosen
+
+
 def _parents(paths, mounts: tuple[Path, ...]) -> list[str]:
     """``--dir`` for each folder leading to ``paths`` inside an empty mount of the
     sandbox, open to traverse (bubblewrap would copy the folder's own mode, and a

@@ -51,6 +51,23 @@ def register(sup: Supervisor) -> None:
             started_at=now, heartbeat_at=now))
 
 
+def join(sup: Supervisor) -> list[str]:
+    """Register at start, and what is wrong between this server and the others (each
+    logged as an error: see ``disagreements``)."""
+    try:
+        register(sup)
+    except Exception:  # the next renewal registers it
+        log.exception("could not register this server in the replica table")
+    try:
+        problems = disagreements(sup)
+    except Exception:
+        log.exception("could not compare this server with the others")
+        return []
+    for problem in problems:
+        log.error("servers sharing the database disagree: %s", problem)
+    return problems
+
+
 def key_mark(settings) -> str:
     """A keyed hash of this server's master key: equal on servers sharing the key,
     telling nothing of it."""

@@ -146,25 +146,11 @@ class Supervisor:
         for folder in (self.settings.run_logs_dir, self.settings.work_dir,
                        self.progress_dir, self.owners_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self.wall = self.backend.wall = wall.choose(
-            self.settings.isolation, self.settings.task_uid, self.settings.home,
-            [PROJECT_ROOT, Path.cwd(), Path.home() / ".streamlit"],
-            [PROJECT_ROOT, self.settings.tasks_dir])
-        self.wall.harden(self.settings.home)
-        (log.info if self.wall.on else log.warning)("isolation: %s", self.wall.note)
+        self.wall = self.backend.wall = wall.put_up(self.settings, PROJECT_ROOT)
         # Held for our whole life: peers treat our runs as alive while it is locked.
         self._owner_fd = LockFile(self.owners_dir / f"{self.owner}.lock").try_acquire(
             {"pid": os.getpid(), "since": time.time()})
-        try:
-            replicas.register(self)
-        except Exception:  # the next renewal registers it
-            log.exception("could not register this server in the replica table")
-        try:
-            self.replica_problems = replicas.disagreements(self)
-        except Exception:
-            log.exception("could not compare this server with the others")
-        for problem in self.replica_problems:
-            log.error("servers sharing the database disagree: %s", problem)
+        self.replica_problems = replicas.join(self)
         self._lease_held_at = self._last_lease = time.monotonic()
         self.recover()
         logs.LogCreator.remove_left_over(
