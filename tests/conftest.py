@@ -119,3 +119,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+@pytest.fixture
+def secured(tmp_path, examples):
+    """A started service with sign-in on, an admin password and an env token."""
+    svc = Service(make_settings(tmp_path, TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="s3cret-admin",
+                                TASKRUN_API_TOKEN="env-token")).start(sample_system=False)
+    yield svc
+    svc.stop()

@@ -21,14 +21,6 @@ from taskrun.service.facade import Service
 from .conftest import PROJECT, clean_env, database_env, make_settings, wait_for
 
 
-@pytest.fixture
-def secured(tmp_path, examples):
-    svc = Service(make_settings(tmp_path, TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="s3cret-admin",
-                                TASKRUN_API_TOKEN="env-token")).start(sample_system=False)
-    yield svc
-    svc.stop()
-
-
 def test_first_start_creates_admin_once(secured, tmp_path):
     assert secured.auth.login("admin", "s3cret-admin").role == "admin"
     assert secured.auth.login("admin", "wrong") is None

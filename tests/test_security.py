@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 
 from taskrun.api import create_api
 from taskrun.errors import InvalidParams, TooManyAttempts
-from taskrun.service.facade import Service
 
-from .conftest import make_settings, wait_for
+from .conftest import wait_for
 from .server import Server
 
 MB = 1 << 20
@@ -86,14 +85,6 @@ def test_a_chunked_body_is_cut_at_its_limit_with_the_server_rss_flat(tmp_path):
         assert server.get("/api/system/health")[0] == 200
     finally:
         server.stop()
-
-
-@pytest.fixture
-def secured(tmp_path, examples):
-    svc = Service(make_settings(tmp_path, TASKRUN_AUTH="on", TASKRUN_ADMIN_PASSWORD="s3cret-admin",
-                                TASKRUN_API_TOKEN="env-token")).start(sample_system=False)
-    yield svc
-    svc.stop()
 
 
 def test_the_sql_console_reads_the_run_history_only_for_a_viewer(secured):

@@ -52,6 +52,15 @@ def task_environment(server_env: Mapping[str, str], passthrough: Iterable[str],
     return env
 
 
+def close_all(fds: Iterable[int]) -> None:
+    """Close descriptors we hold, each at most once; one already gone is no error."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
           keep_fds: Iterable[int], cells: Path | None = None, wall: Wall | None = None,
           writable: list[Path] | None = None,

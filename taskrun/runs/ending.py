@@ -132,11 +132,7 @@ def release(sup: Supervisor, a: Active) -> None:
 
 
 def _close_held(a: Active) -> None:
-    for fd in a.held_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    procs.close_all(a.held_fds)
     a.held_fds = []
 
 

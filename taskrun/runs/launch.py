@@ -49,11 +49,7 @@ class Held:
     started: bool = False  # a process (or job) exists: it is watched, not failed here
 
     def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        procs.close_all(self.fds)
         self.fds = []
 
 
