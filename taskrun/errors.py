@@ -112,3 +112,9 @@ class StorageUnavailable(TaskRunError):
     dir, a database locked past its busy timeout. Nothing was changed; try again."""
 
     http_status = 503
+
+
+class DependencyError(TaskRunError):
+    """A task's declared dependencies cannot be resolved or installed (uv's words)."""
+
+    http_status = 422

@@ -303,6 +303,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
             "comma-separated variable names"),
+    Setting("TASKRUN_ENV_KEEP_DAYS", "14",
+            "Task environments (built from a task's declared `dependencies`) that no current "
+            "task version and no run in this many days used are removed by retention.",
+            _positive_int, "a whole number of days > 0"),
+    Setting("TASKRUN_ENV_RESOLVE_TIMEOUT", "120",
+            "Seconds a resolution of a task's dependencies may take (an index that does not "
+            "answer ends in a clear error, not a hung save).", _positive_float,
+            "a number of seconds > 0"),
+    Setting("TASKRUN_ENV_BUILD_TIMEOUT", "900",
+            "Seconds the install of a new task environment may take.", _positive_float,
+            "a number of seconds > 0"),
+    Setting("TASKRUN_ENV_BUILDS", "off",
+            "`on` lets dependencies without a wheel be built from source on the server "
+            "(that runs the package's own build code at save time); `off`: wheels only.",
+            _on_off, "on or off"),
+    Setting("TASKRUN_ENV_ZYGOTES", "2",
+            "Warm launches in task environments: at most this many environments keep a "
+            "zygote (the least recently used is stopped; beyond the cap, runs start cold).",
+            _non_negative_int, "a whole number >= 0"),
 )
 
 _ATTR = {s.name: s.name.removeprefix("TASKRUN_").lower() for s in SETTINGS}
@@ -357,6 +376,11 @@ class Settings:
     isolation: str = "auto"
     task_uid: int = 65534
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
+    env_keep_days: int = 14
+    env_resolve_timeout: float = 120.0
+    env_build_timeout: float = 900.0
+    env_builds: bool = False
+    env_zygotes: int = 2
 
     @cached_property  # (a launch asks for several of these paths)
     def logs_dir(self) -> Path:
@@ -383,6 +407,11 @@ class Settings:
     def uploads_dir(self) -> Path:
         """Uploaded files, one per distinct content (named by its sha256)."""
         return self.home / "uploads"
+
+    @cached_property
+    def envs_dir(self) -> Path:
+        """Task environments, one per distinct lock (named by its hash)."""
+        return self.home / "envs"
 
     @cached_property
     def app_log(self) -> Path:

@@ -33,6 +33,8 @@ class Launch:
     limits: tuple[int | None, float | None] = (None, None)  # memory MB, CPU seconds
     cells: Path | None = None  # a file in ``# %%`` cells: where its cell record goes
     writable: list[Path] = field(default_factory=list)  # its own paths, behind a wall
+    python: Path | None = None  # its environment's interpreter (None: the server's own)
+    readable: list[Path] = field(default_factory=list)  # shown read-only behind a wall
 
 
 @dataclass(slots=True)

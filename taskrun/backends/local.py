@@ -29,12 +29,13 @@ class LocalBackend:
         if plan.warm and not self.wall.sandboxed:
             process = self.zygotes.spawn(plan.preload, plan.path, plan.work, plan.env,
                                          plan.log_fd, plan.keep_fds, plan.key, plan.cells,
-                                         uid=self.wall.uid)
+                                         uid=self.wall.uid, python=plan.python)
         launch = "warm" if process is not None else "cold"
         if process is None:
             process = procs.spawn(plan.path, log_fd=plan.log_fd, cwd=plan.work, env=plan.env,
                                   keep_fds=plan.keep_fds, cells=plan.cells, wall=self.wall,
-                                  writable=plan.writable, limits=plan.limits)
+                                  writable=plan.writable, limits=plan.limits,
+                                  python=plan.python, readable=plan.readable)
         spawned_at = utcnow()
         if launch == "warm" or not self.wall.sandboxed:  # (in a sandbox: set inside)
             procs.apply_limits(process.pid, *plan.limits)

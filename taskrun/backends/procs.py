@@ -64,15 +64,16 @@ def close_all(fds: Iterable[int]) -> None:
 def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
           keep_fds: Iterable[int], cells: Path | None = None, wall: Wall | None = None,
           writable: list[Path] | None = None,
-          limits: tuple[int | None, int | None] = (None, None)) -> subprocess.Popen:
-    """Start ``sys.executable script`` in a new session with output into the log fd
-    (through the cell runner, recording into ``cells``, for a file in cells), behind
-    ``wall`` (as the task uid, in the sandbox) when one is up."""
+          limits: tuple[int | None, int | None] = (None, None), python: Path | None = None,
+          readable: list[Path] | None = None) -> subprocess.Popen:
+    """Start ``python script`` (default ``sys.executable``) in a new session with output
+    into the log fd (through the cell runner, recording into ``cells``, for a file in
+    cells), behind ``wall`` (as the task uid, in the sandbox) when one is up."""
     runner = [] if cells is None else [str(CELL_RUNNER), str(cells)]
-    argv = [sys.executable, "-u", *runner, str(script)]
+    argv = [str(python or sys.executable), "-u", *runner, str(script)]
     walled = {}
     if wall is not None and wall.on:
-        argv = wall.command(argv, cwd, writable or [], limits)
+        argv = wall.command(argv, cwd, writable or [], limits, readable or [])
         walled = wall.popen_kwargs()
     return subprocess.Popen(
         argv,

@@ -74,6 +74,8 @@ class Submission:
     metadata: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, tuple[str, Path]] = field(default_factory=dict)  # param: (name, file)
     outputs_max: int = 100 << 20  # what its outputs may add up to, brought back
+    pins: list[str] = field(default_factory=list)  # its locked packages (name==version)
+    builds: bool = False  # may the node build packages from source
 
 
 def _ray_client_module():
@@ -181,15 +183,21 @@ class RayBackend:
             if resources:
                 kwargs["entrypoint_resources"] = resources
 
+            runtime_env: dict[str, Any] = {"working_dir": str(folder), "env_vars": {
+                "RAY_JOB_STOP_WAIT_TIME_S": wait, "RAY_JOB_STOP_SIGNAL": "SIGTERM"}}
+            if s.pins:
+                # The task's locked packages, installed by uv on the node (Ray's ``uv``
+                # runtime environment, cached per package set); the node's own uv
+                # settings (UV_INDEX_URL, UV_FIND_LINKS, ...) say where from.
+                runtime_env["uv"] = {"packages": s.pins, "uv_pip_install_options":
+                                     [] if s.builds else ["--only-binary", ":all:"]}
+
             def go(client):
                 try:
                     return client.submit_job(
                         entrypoint=f"exec {self.python} -u .taskrun/ray_entry.py",
                         submission_id=s.job, metadata=s.metadata,
-                        runtime_env={"working_dir": str(folder), "env_vars": {
-                            "RAY_JOB_STOP_WAIT_TIME_S": wait,
-                            "RAY_JOB_STOP_SIGNAL": "SIGTERM"}},
-                        **kwargs)
+                        runtime_env=runtime_env, **kwargs)
                 except RuntimeError as exc:
                     if "already exists" in str(exc):
                         return s.job  # submitted before (a launch retried): kept

@@ -38,7 +38,7 @@ SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 PRLIMIT = shutil.which("prlimit") or "/usr/bin/prlimit"
 # In the data dir: what a task may reach by path (never list) when it runs as another
 # uid; everything else is the server's alone.
-TRAVERSABLE = ("runs", "work", "progress")
+TRAVERSABLE = ("runs", "work", "progress", "envs")
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,11 @@ class Wall:
         return {"user": self.uid, "group": self.uid, "extra_groups": []}
 
     def command(self, argv: list[str], cwd: Path, writable: list[Path],
-                limits: tuple[int | None, int | None] = (None, None)) -> list[str]:
+                limits: tuple[int | None, int | None] = (None, None),
+                readable: list[Path] = ()) -> list[str]:
         """``argv`` inside the sandbox, with ``writable`` (the run's own paths) bound
-        writable at their own paths; unchanged without one."""
+        writable and ``readable`` (its task environment) read-only, at their own paths;
+        unchanged without one."""
         if self.bwrap is None:
             return argv
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -87,8 +89,10 @@ class Wall:
             args += ["--tmpfs", str(self.home)]
         for path in self.private:
             args += ["--ro-bind", "/dev/null", str(path)]
-        args += _parents(writable, (Path("/tmp"), *self.hidden,
-                                    *((self.home,) if self.home else ())))
+        mounts = (Path("/tmp"), *self.hidden, *((self.home,) if self.home else ()))
+        args += _parents([*readable, *writable], mounts)
+        for path in readable:
+            args += ["--ro-bind", str(path), str(path)]
         for path in writable:
             args += ["--bind", str(path), str(path)]
         args += ["--chdir", str(cwd), "--"]

@@ -48,9 +48,10 @@ SOURCE = Path(zygote_main.__file__).read_text()
 CELL_RUNNER = Path(cell_main.__file__)
 
 
-def command(tasks_dir: Path, modules: tuple[str, ...], fd: int) -> list[str]:
-    return [sys.executable, "-u", "-c", SOURCE, str(tasks_dir), json.dumps(list(modules)),
-            str(fd)]
+def command(tasks_dir: Path, modules: tuple[str, ...], fd: int,
+            python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-u", "-c", SOURCE, str(tasks_dir),
+            json.dumps(list(modules)), str(fd)]
 
 
 def preload_of(cmdline: list[str]) -> list[str] | None:
@@ -137,12 +138,14 @@ def end_socket() -> tuple[socket.socket, str]:
 
 class Zygote:
     def __init__(self, modules: tuple[str, ...], tasks_dir: Path, cwd: Path,
-                 env: Mapping[str, str]):
+                 env: Mapping[str, str], python: str | None = None):
         self.modules = modules
+        self.python = python  # a task environment's interpreter (None: the server's)
+        self.used = time.monotonic()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         self.proc = subprocess.Popen(
-            command(tasks_dir, modules, theirs.fileno()), stdin=subprocess.DEVNULL,
+            command(tasks_dir, modules, theirs.fileno(), python), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=None, cwd=cwd, env=dict(env),
             pass_fds=(theirs.fileno(),), close_fds=True, start_new_session=True)
         theirs.close()
@@ -278,11 +281,16 @@ class Zygote:
 
 
 class Zygotes:
-    def __init__(self, tasks_dir: Path, cwd: Path, base_env: Mapping[str, str]):
+    """One zygote per (interpreter, module set) in use. Zygotes of task environments are
+    capped at ``env_cap`` (the least recently used one stops for a new one)."""
+
+    def __init__(self, tasks_dir: Path, cwd: Path, base_env: Mapping[str, str],
+                 env_cap: int = 2):
         self.tasks_dir = tasks_dir
         self.cwd = cwd
         self.base_env = dict(base_env)
-        self.pool: dict[tuple[str, ...], Zygote] = {}
+        self.env_cap = env_cap
+        self.pool: dict[tuple[str | None, tuple[str, ...]], Zygote] = {}
         self.subreaper = False
         self.lock = threading.Lock()
 
@@ -293,14 +301,17 @@ class Zygotes:
 
     def spawn(self, modules: tuple[str, ...], script: Path, cwd: Path, env: Mapping[str, str],
               log_fd: int, keep_fds: Iterable[int], key: str,
-              cells: Path | None = None, uid: int | None = None) -> WarmChild | None:
+              cells: Path | None = None, uid: int | None = None,
+              python: Path | None = None) -> WarmChild | None:
         if not self.compatible(env):
             return None
         if not self.subreaper:
             self.subreaper = become_subreaper()
             if not self.subreaper:
                 return None
-        zygote = self._get(tuple(sorted(set(modules))))
+        if python is not None and self.env_cap <= 0:
+            return None
+        zygote = self._get(tuple(sorted(set(modules))), str(python) if python else None)
         if zygote is None:
             return None
         ends, address = end_socket()
@@ -319,31 +330,46 @@ class Zygotes:
             return None
         return WarmChild(pid, ends, zygote)
 
-    def _get(self, modules: tuple[str, ...]) -> Zygote | None:
+    def _get(self, modules: tuple[str, ...], python: str | None = None) -> Zygote | None:
+        key = (python, modules)
         with self.lock:
-            zygote = self.pool.get(modules)
+            zygote = self.pool.get(key)
             if zygote is not None and (not zygote.alive() or zygote.stale()):
                 log.info("zygote %s restarted (%s)", ",".join(modules) or "-",
                          "it died" if not zygote.alive() else "a preloaded module changed")
-                self.pool.pop(modules)
+                self.pool.pop(key)
                 zygote.stop()
                 zygote = None
+            if zygote is None and python is not None:
+                self._make_room()
             if zygote is None:
                 started = time.monotonic()
-                zygote = Zygote(modules, self.tasks_dir, self.cwd, self.base_env)
+                zygote = Zygote(modules, self.tasks_dir, self.cwd, self.base_env, python)
                 if not zygote.wait_ready():
                     log.warning("zygote %s did not start", ",".join(modules) or "-")
                     zygote.stop()
                     return None
                 log.info("zygote %s ready in %.2f s (pid %d)", ",".join(modules) or "-",
                          time.monotonic() - started, zygote.proc.pid)
-                self.pool[modules] = zygote
+                self.pool[key] = zygote
+            zygote.used = time.monotonic()
             return zygote
 
+    def _make_room(self) -> None:
+        """Under the lock: stop the least recently used environment zygote at the cap."""
+        ours = [(z.used, k) for k, z in self.pool.items() if k[0] is not None]
+        while len(ours) >= self.env_cap > 0:
+            ours.sort()
+            _, key = ours.pop(0)
+            log.info("zygote of %s stopped (at most %d environments keep one)", key[0],
+                     self.env_cap)
+            self.pool.pop(key).stop()
+
     def _drop(self, zygote: Zygote) -> None:
+        key = (zygote.python, zygote.modules)
         with self.lock:
-            if self.pool.get(zygote.modules) is zygote:
-                self.pool.pop(zygote.modules)
+            if self.pool.get(key) is zygote:
+                self.pool.pop(key)
         zygote.stop(failed=True)
 
     def pids(self) -> set[int]:

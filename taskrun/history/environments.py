@@ -102,6 +102,20 @@ class Fingerprints:
             self._current = (now, ident)
             return ident
 
+    def for_packages(self, packages: Mapping[str, str]) -> str | None:
+        """The fingerprint of a task environment: this interpreter, its locked packages
+        and the base variables (recorded once, like the server's own)."""
+        python = python_version()
+        ident = fingerprint(python, packages, self.variables)
+        if ident not in self._recorded:
+            try:
+                self._record(ident, python, dict(packages))
+            except Exception as exc:
+                log.warning("could not record the environment %s: %s", ident, exc)
+                return None
+            self._recorded.add(ident)
+        return ident
+
     def _record(self, ident: str, python: str, packages: dict[str, str]) -> None:
         insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
         with self.db.begin() as c:  # (another server may have recorded it meanwhile)

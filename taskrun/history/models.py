@@ -162,7 +162,8 @@ class RunPublic(RunBase):
 
 class TaskVersion(SQLModel, table=True):
     __tablename__ = "task_version"
-    __table_args__ = (sa.Index("ix_task_version_task_id", "task", "id"),)
+    __table_args__ = (sa.Index("ix_task_version_task_id", "task", "id"),
+                      sa.Index("ix_task_version_deps_key", "deps_key"))
     id: int | None = Field(default=None, primary_key=True)
     task: str = Field(max_length=64)
     sha: str = Field(max_length=64)
@@ -170,6 +171,9 @@ class TaskVersion(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     author: str | None = None
     note: str | None = None
+    # Its declared dependencies, resolved (``envs.locks``); None without any
+    deps_key: str | None = Field(default=None, max_length=32)
+    lock: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
 
 
 class VersionPublic(SQLModel):

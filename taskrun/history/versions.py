@@ -11,8 +11,10 @@ from taskrun.history.models import TaskVersion, VersionPublic, utcnow
 
 
 def record(db: Database, task: str, sha: str, content: str, author: str | None = None,
-           note: str | None = None, only_if_new: bool = False) -> int | None:
-    """Store a version; with ``only_if_new`` skip it when the newest version has this sha."""
+           note: str | None = None, only_if_new: bool = False,
+           lock: tuple[str, str] | None = None) -> int | None:
+    """Store a version; with ``only_if_new`` skip it when the newest version has this sha.
+    ``lock``: (key, text) of its resolved dependencies (``envs.locks``)."""
     with db.write() as s:
         if only_if_new:
             latest = s.exec(select(TaskVersion.sha).where(TaskVersion.task == task)
@@ -20,7 +22,8 @@ def record(db: Database, task: str, sha: str, content: str, author: str | None =
             if latest == sha:
                 return None
         version = TaskVersion(task=task, sha=sha, content=content, created_at=utcnow(),
-                              author=author, note=note)
+                              author=author, note=note, deps_key=lock[0] if lock else None,
+                              lock=lock[1] if lock else None)
         s.add(version)
         s.flush()
         return version.id
@@ -56,3 +59,29 @@ def get(db: Database, task: str, ref: int | str) -> TaskVersion:
     if version is None:
         raise NotFound(f"Version {ref!r} of task '{task}' does not exist.")
     return version
+
+
+_V = TaskVersion.__table__
+
+
+def lock_by_key(db: Database, key: str) -> str | None:
+    """The lock of a declared set already resolved (by any task's version)."""
+    with db.connect() as c:
+        return c.execute(sa.select(_V.c.lock).where(_V.c.deps_key == key, _V.c.lock.is_not(None))
+                         .order_by(_V.c.id.desc()).limit(1)).scalar()
+
+
+def lock_of(db: Database, task: str, sha: str) -> tuple[str, str] | None:
+    """(key, lock) recorded with this task's code ``sha``, if any."""
+    with db.connect() as c:
+        row = c.execute(sa.select(_V.c.deps_key, _V.c.lock).where(
+            _V.c.task == task, _V.c.sha == sha, _V.c.lock.is_not(None))
+            .order_by(_V.c.id.desc()).limit(1)).first()
+    return (row[0], row[1]) if row else None
+
+
+def set_lock(db: Database, task: str, sha: str, key: str, text: str) -> None:
+    """Attach a lock to the versions of ``sha`` that have none (a file found on disk)."""
+    with db.begin() as c:
+        c.execute(sa.update(_V).where(_V.c.task == task, _V.c.sha == sha, _V.c.lock.is_(None))
+                  .values(deps_key=key, lock=text))

@@ -22,10 +22,13 @@ import sqlalchemy as sa
 
 from taskrun.access.masking import Masker
 from taskrun.backends import Launch, procs
+from taskrun.envs import locks
+from taskrun.envs.builds import Built
+from taskrun.envs.locks import Lock
 from taskrun.errors import InvalidName, TaskRunError
 from taskrun.history import versions
 from taskrun.history.models import Run, utcnow
-from taskrun.runs import ending, logs, run_files
+from taskrun.runs import ending, logs, preparing, run_files
 from taskrun.runs.active import Active
 from taskrun.status import RunStatus
 from taskrun.store import cells, metadata
@@ -57,19 +60,24 @@ def launch(sup: Supervisor, run, claimed, slot_fd: int | None, task_fd: int | No
            backend: str = "local") -> None:
     """Start a claimed run, or end it failed with the reason; never leak what it holds."""
     held = Held([fd for fd in (slot_fd, task_fd) if fd is not None])
+    guarded(sup, held, run.id, lambda: _launch(sup, held, run, claimed, task_fd, backend))
+
+
+def guarded(sup: Supervisor, held: Held, run_id: int, start) -> None:
+    """``start()``, or the run ended failed with the reason and what it holds given back."""
     try:
-        _launch(sup, held, run, claimed, task_fd, backend)
+        start()
     except CouldNotStart as exc:
         held.close()
-        finish_unstarted(sup, run.id, str(exc))
+        finish_unstarted(sup, run_id, str(exc))
     except Exception as exc:
         if held.started:
             raise
         # Anything unforeseen (a ValueError from the OS's argument checks, a bug): the
         # run fails with what happened, and its lock and slot are free for the next.
-        log.exception("run %d could not be started", run.id)
+        log.exception("run %d could not be started", run_id)
         held.close()
-        finish_unstarted(sup, run.id, f"Could not start: {type(exc).__name__}: {exc}.")
+        finish_unstarted(sup, run_id, f"Could not start: {type(exc).__name__}: {exc}.")
 
 
 def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
@@ -124,9 +132,10 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         resources = dict(meta.resources) if meta else {}
         expects = meta.outputs if meta else ()
         files = run_files.file_params(meta, params)
+        deps = meta.dependencies if meta else ()
     except Exception:
         meta_env, limits, wanted, warm, preload = {}, (None, None), (), False, ()
-        resources, expects, files = {}, (), {}
+        resources, expects, files, deps, meta = {}, (), {}, (), None
     problem = None
     for param, value in files.items():
         extra[f"TASKRUN_PARAM_{param.upper()}_NAME"] = value["file"]
@@ -144,11 +153,77 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         problem = str(exc)
     if problem:
         raise CouldNotStart(f"Could not start: {problem}.")
-    if backend == "ray":
+
+    def go(lock: Lock | None, built: Built | None, log_fd: int | None = None) -> None:
+        _start(sup, held, run, Plan(
+            data=data, sha=sha, path=path, log_path=log_path, progress_path=progress_path,
+            cell_record=cell_record, key=key, work=work, extra=extra, meta_env=meta_env,
+            secret_env=secret_env, limits=limits, warm=warm, preload=preload,
+            resources=resources, expects=expects, files=files, fds=fds, task_fd=task_fd,
+            backend=backend, lock=lock, built=built, log_fd=log_fd))
+
+    lock = built = None
+    if deps:  # its own environment: at hand (the common case), or prepared off this thread
+        lock = sup.task_envs.known(run.task, sha)
+        built = sup.task_envs.ready(lock) if lock is not None and backend == "local" else None
+        if lock is None or (backend == "local" and built is None):
+            held.started = True  # (the preparation holds what the run holds, until then)
+
+            def then(lock: Lock, built: Built | None, log_fd: int | None) -> None:
+                held.started = False
+                if log_fd is not None:
+                    held.fds.append(log_fd)
+                guarded(sup, held, run.id, lambda: go(lock, built, log_fd))
+
+            def fail(reason: str, status: RunStatus, by: str | None = None) -> None:
+                held.started = False
+                held.close()
+                finish_unstarted(sup, run.id, reason, status, by)
+
+            preparing.begin(sup, run, meta, sha, log_path, backend, then, fail)
+            return
+    go(lock, built)
+
+
+@dataclass
+class Plan:
+    """What a launch gathered, for the start (now, or once its environment is ready)."""
+
+    data: bytes
+    sha: str
+    path: Path
+    log_path: Path
+    progress_path: Path
+    cell_record: Path | None
+    key: str
+    work: Path
+    extra: dict[str, str]
+    meta_env: dict[str, str]
+    secret_env: dict[str, str]
+    limits: tuple
+    warm: bool
+    preload: tuple
+    resources: dict
+    expects: tuple
+    files: dict
+    fds: list[int]
+    task_fd: int | None
+    backend: str
+    lock: Lock | None
+    built: Built | None
+    log_fd: int | None = None
+
+
+def _start(sup: Supervisor, held: Held, run, p: Plan) -> None:
+    extra, files, work, log_path = p.extra, p.files, p.work, p.log_path
+    progress_path, cell_record, key = p.progress_path, p.cell_record, p.key
+    secret_env, limits, sha, fds, task_fd = p.secret_env, p.limits, p.sha, p.fds, p.task_fd
+    env_record = environment_record(sup, p)
+    if p.backend == "ray":
         # Not this server's environment: the node's own, plus what the run gets.
-        launch_remote(sup, held, run, data, sha, fds, log_path, progress_path, cell_record,
-                      {**meta_env, **secret_env, **extra}, secret_env, resources,
-                      files, expects)
+        launch_remote(sup, held, run, p.data, sha, fds, log_path, progress_path, cell_record,
+                      {**p.meta_env, **secret_env, **extra}, secret_env, p.resources,
+                      files, p.expects, env_record, locks.pins(p.lock.text) if p.lock else [])
         return
     try:
         extra.update(run_files.prepare(sup.settings, sup.uploads, run.id, files,
@@ -158,14 +233,18 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         raise CouldNotStart("Could not start: " + (
             "a file its params name is no longer kept (upload it again)." if gone else
             f"its run dir could not be made ({exc}).")) from exc
-    env = {**sup._base_env, **meta_env, **secret_env, **extra}
+    env = {**sup._base_env, **p.meta_env, **secret_env, **extra}
     writable: list[Path] = []
+    readable: list[Path] = []
     try:
         if work not in sup._work_dirs:
             work.mkdir(parents=True, exist_ok=True)
             sup._work_dirs.add(work)
-        log_fd = sup.log_files.open(log_path)
-        held.fds.append(log_fd)
+        if p.log_fd is not None:
+            log_fd = p.log_fd
+        else:
+            log_fd = sup.log_files.open(log_path)
+            held.fds.append(log_fd)
         if sup.wall.on:
             writable = walled_paths(sup, run.id, work, progress_path, cell_record)
             env["HOME"] = str(work)  # (the server's home is not the task's)
@@ -176,11 +255,17 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
                                f"{exc.filename}); check the data dir's disk space and "
                             "permissions.") from exc
     sup.storage_problem = None
+    python = None
+    if p.built is not None:
+        python = p.built.python
+        readable.append(python.parent.parent)
+        env["VIRTUAL_ENV"] = str(python.parent.parent)
+        env["PATH"] = f"{python.parent}:{env.get('PATH', '')}"
     try:
         started = sup.backend.start(Launch(
-            run_id=run.id, task=run.task, path=path, work=work, env=env, log_fd=log_fd,
-            keep_fds=fds, key=key, warm=warm, preload=preload, limits=limits,
-            cells=cell_record, writable=writable))
+            run_id=run.id, task=run.task, path=p.path, work=work, env=env, log_fd=log_fd,
+            keep_fds=fds, key=key, warm=p.warm, preload=p.preload, limits=limits,
+            cells=cell_record, writable=writable, python=python, readable=readable))
     except OSError as exc:
         raise CouldNotStart(f"Could not start the process: {exc}.") from exc
     popen, launch, spawned_at = started.process, started.launch, started.spawned_at
@@ -193,15 +278,13 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
                     deadline=time.monotonic() + run.timeout, timeout=run.timeout,
                     log_path=log_path,
                     progress_path=progress_path, cells_path=cell_record, key=key, popen=popen,
-                    expects=expects,
+                    expects=p.expects,
                     memory_mb=limits[0], cpu_limit=limits[1], holds_lock=task_fd is not None,
                     started_at=spawned_at, sandboxed=launch == "cold" and sup.wall.sandboxed,
                     walled=sup.wall.uid is not None,
                     spawned={"b_pid": popen.pid, "b_sha": sha, "b_log": str(log_path),
                              "b_spawned": spawned_at, "b_launch": launch,
-                             "b_env": {"id": sup.environments.current(),
-                                       "secrets": sup.vault.marks(secret_env)
-                                       if sup.vault else {}}},
+                             "b_env": env_record},
                     masker=Masker(secret_env.values()))
     sup.start_watching(active)
     log.debug("run %d of %s started (pid %d)", run.id, run.task, popen.pid)
@@ -212,7 +295,7 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
                   log_path: Path, progress_path: Path, cell_record: Path | None,
                   env: dict[str, str], secret_env: dict[str, str],
                   resources: dict[str, float], files: dict[str, dict],
-                  expects: tuple) -> None:
+                  expects: tuple, env_record: dict, pins: list[str]) -> None:
     """Hand a run to its watcher, which submits it to the cluster (off this thread:
     a slow cluster must not hold up other launches). The task's lock, if any, is
     held here while the job runs."""
@@ -231,7 +314,7 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
     inputs = {param: (value["file"], sup.uploads.path(value["sha256"]))
               for param, value in files.items()}
     submission = sup.cluster.submission(run.id, run.task, data, env,
-                                         cell_record is not None, resources, inputs)
+                                         cell_record is not None, resources, inputs, pins)
     now = utcnow()
     active = Active(run_id=run.id, task=run.task, pid=0,
                     deadline=time.monotonic() + run.timeout, timeout=run.timeout,
@@ -241,13 +324,28 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
                     submission=submission,
                     held_fds=fds, holds_lock=False, started_at=now,
                     spawned={"b_sha": sha, "b_log": str(log_path), "b_spawned": now,
-                             "b_env": {"id": sup.environments.current(),
-                                       "secrets": sup.vault.marks(secret_env)
-                                       if sup.vault else {}}},
+                             "b_env": env_record},
                     masker=Masker(secret_env.values()))
     held.started, held.fds = True, []  # the watcher holds them while the job runs
     sup.start_watching(active)
 
+
+
+def environment_record(sup: Supervisor, p: Plan) -> dict:
+    """What a run records of its environment: the fingerprint (interpreter, packages,
+    base variables: the failed-vs-last-good diff compares them), its secrets' marks,
+    and the task environment it ran in (built for it or reused, the build's time)."""
+    record: dict = {"secrets": sup.vault.marks(p.secret_env) if sup.vault else {}}
+    if p.lock is None:
+        record["id"] = sup.environments.current()
+        return record
+    record["id"] = sup.environments.for_packages(p.lock.packages)
+    if p.built is not None:
+        record["task_env"] = {"id": p.built.ident, "built": p.built.built,
+                              "build_s": round(p.built.seconds, 3)}
+    else:
+        record["task_env"] = {"lock": p.lock.key}
+    return record
 
 
 def walled_paths(sup: Supervisor, run_id: int, work: Path, progress: Path,
@@ -275,7 +373,8 @@ def upstream_result(sup: Supervisor, run_id: int) -> str | None:
 
 
 
-def finish_unstarted(sup: Supervisor, run_id: int, error: str) -> None:
+def finish_unstarted(sup: Supervisor, run_id: int, error: str,
+                     status: RunStatus = RunStatus.FAILED, by: str | None = None) -> None:
     # running -> failed: it was claimed but no process could be started. Its lock
     # and slot are free already; if the storage refuses even this write, the run
     # is kept (as ours, with no process) until the write lands.
@@ -285,7 +384,7 @@ def finish_unstarted(sup: Supervisor, run_id: int, error: str) -> None:
         with sup.db.begin() as c:
             c.execute(sa.update(Run).where(
                 Run.id == run_id, Run.status == RunStatus.RUNNING).values(
-                status=RunStatus.FAILED, finished_at=ended, error=error))
+                status=status, finished_at=ended, error=error, cancelled_by=by))
 
     log.warning("run %d failed to start: %s", run_id, error)
     try:

@@ -46,6 +46,7 @@ from taskrun.backends import procs, wall
 from taskrun.backends.clusters import Cluster
 from taskrun.backends.local import LocalBackend
 from taskrun.backends.zygote import Zygotes
+from taskrun.envs.task_envs import TaskEnvironments
 from taskrun.errors import StorageUnavailable
 from taskrun.history.db import Database
 from taskrun.history.environments import Fingerprints
@@ -84,8 +85,10 @@ _CANCEL_REQUESTS = sa.select(_T.c.id, _T.c.cancel_requested_by).where(
 class Supervisor:
     def __init__(self, settings: Settings, db: Database, store: TaskStore, locks: Locks,
                  claim_only: set[int] | None = None, vault: Vault | None = None,
-                 automation: Automation | None = None):
+                 automation: Automation | None = None,
+                 task_envs: TaskEnvironments | None = None):
         self.settings = settings
+        self.task_envs = task_envs or TaskEnvironments(db, settings)
         self.vault = vault
         # Schedules, retries, chaining, webhooks; not in the CLI's foreground supervisor.
         self.automation = automation
@@ -115,7 +118,8 @@ class Supervisor:
         self.cluster = Cluster(settings)  # where runs on the ray backend go
         # What tasks see of the server's environment, filtered once.
         self._base_env = procs.task_environment(os.environ, settings.task_env_passthrough, {})
-        self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env)
+        self.zygotes = Zygotes(settings.tasks_dir, settings.work_dir, self._base_env,
+                               settings.env_zygotes)
         # What a task may see and touch (chosen at start: it probes the machine).
         self.wall = wall.Wall("off", "not started")
         self.backend = LocalBackend(self.zygotes, self.wall)  # where runs execute
@@ -278,6 +282,10 @@ class Supervisor:
                 retention.prune(self.db, self.settings)
             except Exception:  # pruning must never stop the runs
                 log.exception("pruning old runs failed")
+            try:
+                self.task_envs.prune(self.store)
+            except Exception:
+                log.exception("pruning unused task environments failed")
         if now - self._last_cancels >= self.settings.poll_interval:
             # Asked through another process: seen within a poll, not on every wake-up
             # (which, at a run's end, is on the next run's launch path).

@@ -22,8 +22,10 @@ from taskrun.access import audit
 from taskrun.access.auth import Auth
 from taskrun.access.vault import SecretInfo, Vault
 from taskrun.automation import scheduler
+from taskrun.envs.task_envs import TaskEnvironments
 from taskrun.errors import (
     Conflict,
+    DependencyError,
     InvalidCode,
     InvalidMetadata,
     InvalidParams,
@@ -71,6 +73,7 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
         self.auth = Auth(self.db, s)
         self.vault = Vault(self.db, s)
         self.uploads = Uploads(s)
+        self.task_envs = TaskEnvironments(self.db, s)  # locks of versions, their environments
         self.schedules = scheduler.Scheduler(s, self.db, self.store)  # state, pause/resume
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
@@ -109,7 +112,8 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
         automation = None if claim_only is not None else Automation(
             self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
-                                     vault=self.vault, automation=automation)
+                                     vault=self.vault, automation=automation,
+                                     task_envs=self.task_envs)
         if not self.db.is_sqlite:  # (other servers, other data dirs)
             from taskrun.service import peers
 
@@ -150,6 +154,9 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
             exc = InvalidCode if "Syntax" in (info.error or "") else InvalidMetadata
             raise exc(f"Task '{task}' cannot run: {info.error}")
         meta = info.meta
+        unresolved = self.task_envs.errors.get((task, info.sha))
+        if unresolved:  # (a file changed on disk, whose dependencies cannot be had)
+            raise DependencyError(f"Task '{task}' cannot run: {unresolved}")
         if not isinstance(params, dict | None):
             raise InvalidParams("params must be an object of name: value")
         params = dict(params or {})

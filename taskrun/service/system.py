@@ -48,6 +48,17 @@ class SystemViews:
                 Run.status == status)).one() for status in (RunStatus.QUEUED, RunStatus.RUNNING)}
         return {status: n for status, n in counts.items() if n}
 
+    def list_environments(self) -> list[dict]:
+        """Task environments on this server's disk (``envs``), with the tasks using them."""
+        return self.task_envs.listing(self.store)
+
+    def environments_size(self) -> int:
+        """Bytes the task environments take, files they share counted once."""
+        return self.task_envs.total_size()
+
+    def prune_environments(self, now: float | None = None) -> list[str]:
+        return self.task_envs.prune(self.store, now)
+
     def supervisor_status(self) -> dict:
         counts = self.active_counts()
         base = self.supervisor.status() if self.supervisor else {

@@ -13,6 +13,7 @@ from sqlmodel import select
 
 from taskrun import storage
 from taskrun.access import audit
+from taskrun.envs import locks
 from taskrun.errors import (
     InvalidMetadata,
     NotFound,
@@ -65,10 +66,10 @@ class TaskFiles:
                         "success_rate": rate, "recent_runs": counted})
         return out
 
-    @staticmethod
-    def _task_dict(t: TaskInfo) -> dict:
+    def _task_dict(self, t: TaskInfo) -> dict:
+        error = t.error or self.task_envs.errors.get((t.name, t.sha))
         return {"id": t.name, "name": t.name, "description": t.description,
-                "metadata": t.meta.as_dict() if t.meta else None, "error": t.error,
+                "metadata": t.meta.as_dict() if t.meta else None, "error": error,
                 "sha": t.sha, "size": t.size,
                 "modified": datetime.fromtimestamp(t.modified).astimezone().isoformat()
                 if t.modified else None}
@@ -76,7 +77,20 @@ class TaskFiles:
     def get_task(self, name: str) -> dict:
         info = self.store.info(name)
         code, sha = self.store.read(name)
-        return {**self._task_dict(info), "code": code, "sha": sha}
+        return {**self._task_dict(info), "code": code, "sha": sha,
+                "environment": self.environment_of(name, sha, info.meta)}
+
+    def environment_of(self, name: str, sha: str, meta) -> dict | None:
+        """What a version declares and what it resolved to (None: no dependencies)."""
+        if meta is None or not meta.dependencies:
+            return None
+        stored = versions.lock_of(self.db, name, sha)
+        resolved = locks.packages(stored[1]) if stored else None
+        return {"dependencies": list(meta.dependencies),
+                "requires_python": meta.requires_python,
+                "resolved": resolved,
+                "summary": locks.summary(stored[1]) if stored else None,
+                "error": self.task_envs.errors.get((name, sha))}
 
     def check_code(self, code: str, name: str = "<task>") -> metadata.TaskMeta:
         """Compile and parse metadata; InvalidCode/InvalidMetadata if wrong (nothing saved)."""
@@ -97,13 +111,20 @@ class TaskFiles:
             raise InvalidMetadata("after: this would chain tasks in a cycle: "
                                   + " -> ".join(reversed(cycle)))
 
+    def _lock(self, meta: metadata.TaskMeta) -> tuple[str, str] | None:
+        """The (key, lock) of the code's declared dependencies, resolved before the save
+        (DependencyError, naming what cannot be had: nothing is saved)."""
+        lock = self.task_envs.lock(meta)
+        return (lock.key, lock.text) if lock else None
+
     @changes_view
     def create_task(self, name: str, code: str, author: str | None = None) -> dict:
         self._check_chain(name, code)
+        lock = self._lock(self.store.validate(code, name))
         storage.check_floor(self.settings, f"create task '{name}'")
         sha = self.store.create(name, code)
         with self._undone_unless_recorded(name, None):
-            versions.record(self.db, name, sha, code, author, note="created")
+            versions.record(self.db, name, sha, code, author, note="created", lock=lock)
             audit.record(self.db, author, "task.create", name, sha[:12])
         log.info("task %s created by %s", name, author or "-")
         return self.get_task(name)
@@ -114,6 +135,7 @@ class TaskFiles:
         if not self.store.exists(name):
             raise NotFound(f"Task '{name}' does not exist.")
         self._check_chain(name, code)
+        lock = self._lock(self.store.validate(code, name))
         old_code, old_sha = self.store.read(name)
         # Keep the code as it was before this save, if it never went through us.
         versions.record(self.db, name, old_sha, old_code, note="found on disk", only_if_new=True)
@@ -121,7 +143,7 @@ class TaskFiles:
         sha = self.store.update(name, code, base_sha)
         with self._undone_unless_recorded(name, old_code):
             versions.record(self.db, name, sha, code, author, note=note or "saved",
-                            only_if_new=(sha == old_sha))
+                            only_if_new=(sha == old_sha), lock=lock)
             audit.record(self.db, author, "task.update", name,
                          f"{old_sha[:12]} -> {sha[:12]}" + (f" ({note})" if note else ""))
         log.info("task %s saved by %s (%s)", name, author or "-", sha[:12])
@@ -176,7 +198,9 @@ class TaskFiles:
         if self.store.exists(name):
             return self.update_task(name, version.content, None, author, note=note)
         self._check_chain(name, version.content)
+        lock = (version.deps_key, version.lock) if version.lock \
+            else self._lock(self.store.validate(version.content, name))
         sha = self.store.create(name, version.content)
-        versions.record(self.db, name, sha, version.content, author, note=note)
+        versions.record(self.db, name, sha, version.content, author, note=note, lock=lock)
         audit.record(self.db, author, "task.restore", name, note)
         return self.get_task(name)

@@ -13,6 +13,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
 from taskrun.errors import InvalidMetadata, InvalidParams
 from taskrun.status import Concurrency
 from taskrun.store.params import coerce
@@ -93,6 +96,9 @@ class TaskMeta:
     # What a run needs of a cluster node: num_cpus, memory_mb, num_gpus, custom names
     resources: tuple[tuple[str, float], ...] = ()
     outputs: tuple[OutputSpec, ...] = ()  # expectations checked when a run succeeds
+    # The block's own (PEP 723) keys: what the task's environment holds (``envs``)
+    dependencies: tuple[str, ...] = ()
+    requires_python: str | None = None
     has_block: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,6 +134,8 @@ class TaskMeta:
             "outputs": {o.name: {"required": o.required, "min_rows": o.min_rows,
                                  "max_rows": o.max_rows, "columns": list(o.columns)}
                         for o in self.outputs},
+            "dependencies": list(self.dependencies),
+            "requires_python": self.requires_python,
         }
 
 
@@ -288,6 +296,7 @@ def parse(code: str) -> TaskMeta:
     return TaskMeta(
         **limits,
         **_automation(conf),
+        **_dependencies(data),
         secrets=tuple(dict.fromkeys(secrets)),
         description=description.strip(),
         timeout=float(timeout) if timeout is not None else None,
@@ -401,7 +410,8 @@ def check_timezone(name: Any) -> str:
 # Written by the settings form when they differ from the defaults (in this order);
 # ``concurrency`` is written whenever it is given.
 RENDERED_DEFAULTS: dict[str, Any] = {
-    k: v for k, v in TaskMeta().as_dict().items() if k not in ("params", "env", "outputs")
+    k: v for k, v in TaskMeta().as_dict().items()
+    if k not in ("params", "env", "outputs", "dependencies", "requires_python")
 } | {"concurrency": None}
 BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -466,3 +476,35 @@ def replace_block(code: str, meta: dict[str, Any]) -> str:
     if match:
         return code[: match.start()] + block.rstrip("\n") + code[match.end():]
     return block + ("\n" if code and not code.startswith("\n") else "") + code
+
+
+def _dependencies(data: dict) -> dict[str, Any]:
+    """The block's ``dependencies`` and ``requires-python``, checked as PEP 508 requires.
+
+    Direct references (``name @ url``) are refused: a URL or a path would let a task
+    file pick what the server downloads and reads, past the site's own index."""
+    deps = data.get("dependencies", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise InvalidMetadata("dependencies must be a list of requirement strings, "
+                              'e.g. ["pandas>=2", "tabulate==0.9.0"]')
+    checked = []
+    for dep in deps:
+        if any(ch in dep for ch in "\r\n\x00") or len(dep) > 500:
+            raise InvalidMetadata(f"dependencies: {dep[:60]!r} is not a requirement")
+        try:
+            req = Requirement(dep)
+        except InvalidRequirement as exc:
+            raise InvalidMetadata(f"dependencies: {dep!r} is not a requirement ({exc})") from None
+        if req.url:
+            raise InvalidMetadata(f"dependencies: {dep!r} names a URL; only packages from "
+                                  "the server's index are allowed")
+        checked.append(str(req))
+    python = data.get("requires-python")
+    if python is not None:
+        try:
+            SpecifierSet(python) if isinstance(python, str) else None
+        except InvalidSpecifier:
+            python = None
+        if not isinstance(python, str) or not python.strip():
+            raise InvalidMetadata("requires-python must be a version specifier, e.g. \">=3.11\"")
+    return {"dependencies": tuple(checked), "requires_python": python}
