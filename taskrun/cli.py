@@ -12,6 +12,7 @@ import getpass
 import json
 import sys
 import time
+from datetime import datetime
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -240,6 +241,25 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    svc = _open(args)
+    if args.action == "prune":
+        removed = svc.prune_environments()
+        print(f"removed {len(removed)} environment(s)" +
+              "".join(f"\n  {ident}" for ident in removed))
+        return 0
+    envs = svc.list_environments()
+    rows = [[e["id"][:12], fmt.size(e["size"]),
+             ", ".join(f"{n} {v}" for n, v in e["packages"].items())[:60],
+             ", ".join(e["tasks"]) or "-",
+             datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M")]
+            for e in envs]
+    print(_table(rows, ["ENVIRONMENT", "SIZE", "PACKAGES", "TASKS", "LAST USED"]))
+    print(f"{len(envs)} environment(s), {fmt.size(svc.environments_size())} on disk "
+          "(shared files counted once)", file=sys.stderr)
+    return 0
+
+
 def cmd_token(args) -> int:
     auth = _open(args).auth
     if args.action == "create":
@@ -384,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings (the server also does this hourly)")
     p.add_argument("--dry-run", action="store_true", help="only count what would go")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("env", help="task environments (from tasks' dependencies): list, prune")
+    p.add_argument("action", choices=["list", "prune"])
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("token", help="API tokens: create, list, revoke")
     tsub = p.add_subparsers(dest="action", required=True)

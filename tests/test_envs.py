@@ -292,3 +292,27 @@ def test_a_real_package_from_the_real_index(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0.9.0"
     assert (built.python.parent.parent / RECORD).is_file()
+
+
+def test_environments_through_the_api_and_the_cli(svc, tmp_path):
+    from starlette.testclient import TestClient
+
+    from taskrun.api import create_api
+
+    svc.create_task("listed", code(["tinydep==1.0.0"]))
+    assert done(svc, svc.submit("listed").id).status == "succeeded"
+    client = TestClient(create_api(lambda: svc))
+    task = client.get("/tasks/listed").json()
+    assert task["environment"]["resolved"] == {"tinydep": "1.0.0"}
+    (env,) = client.get("/environments").json()
+    assert env["tasks"] == ["listed"] and env["packages"] == {"tinydep": "1.0.0"}
+    refused = client.post("/tasks", json={"name": "bad", "code": code(["tinydep==9"])})
+    assert refused.status_code == 422 and "tinydep==9" in refused.text
+    cli = subprocess.run([sys.executable, "-m", "taskrun", "env", "list"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TASKRUN_HOME": str(svc.settings.home),
+                              "TASKRUN_TASKS_DIR": str(svc.settings.tasks_dir),
+                              "TASKRUN_DATABASE_URL": svc.settings.database_url})
+    assert cli.returncode == 0, cli.stderr
+    assert env["id"][:12] in cli.stdout and "listed" in cli.stdout
+    assert "1 environment(s)" in cli.stderr

@@ -22,6 +22,7 @@ from taskrun.backends import wall
 from taskrun.service.facade import Service
 
 from .conftest import PROJECT, make_settings, task_code
+from .test_envs import wheelhouse  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +211,39 @@ def test_off_is_said_and_refusals_name_what_is_missing(tmp_path):
     if not ROOT:
         uid = wall.choose("uid", 65534, tmp_path, [tmp_path], [tmp_path])
         assert not uid.on and "root" in uid.note
+
+
+ENV_PROBE = """
+import os, sys, tinydep
+env = os.path.dirname(os.path.dirname(sys.executable))
+tried = {}
+for name, action in [
+        ("write env", lambda: open(os.path.join(env, "planted"), "w").write("x")),
+        ("read uv cache", lambda: os.listdir(os.path.join(os.path.dirname(env), ".cache")))]:
+    try:
+        action()
+        tried[name] = "done"
+    except Exception as exc:
+        tried[name] = type(exc).__name__
+print("ENV", tinydep.VERSION, env, sorted(tried.items()), flush=True)
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="the default wall as root")
+def test_a_task_environment_behind_the_wall_is_read_only_and_alone(
+        tmp_path, tasks_dir, wheelhouse):
+    svc = Service(make_settings(tmp_path, TASKRUN_ISOLATION="auto")).start(sample_system=False)
+    try:
+        assert svc.supervisor.wall.on
+        svc.create_task("envprobe", "# /// script\n# dependencies = [\"tinydep==2.0.0\"]\n"
+                        "# ///\n" + ENV_PROBE)
+        run = svc.wait(svc.submit("envprobe").id, 60)
+        log = svc.read_log(run.id).content
+        assert run.status == "succeeded", (run.error, log)
+        line = next(x for x in log.splitlines() if x.startswith("ENV "))
+        assert line.startswith(f"ENV 2.0.0 {svc.settings.envs_dir}/")
+        assert "('write env', 'done')" not in line and "('read uv cache', 'done')" not in line
+        ident = run.environment["task_env"]["id"]
+        assert not (svc.settings.envs_dir / ident / "planted").exists()
+    finally:
+        svc.stop()

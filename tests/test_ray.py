@@ -26,6 +26,7 @@ from taskrun.service.facade import Service
 
 from .conftest import make_settings, task_code, wait_for
 from .ray_cluster import Cluster, require_ray
+from .test_envs import wheelhouse  # noqa: F401  (a fixture)
 
 require_ray()
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -357,3 +358,21 @@ with open(os.path.join(out, "mid.bin"), "wb") as f:
         assert svc.read_log(made.id).content == "made 3\n"  # the records are not in the log
     finally:
         svc.stop()
+
+
+def test_a_task_with_a_dependency_gets_it_on_the_cluster(tmp_path, tasks_dir, cluster,
+                                                          wheelhouse):
+    # The packages come from where the server's uv settings say (a local wheelhouse
+    # here), installed on the node by Ray's uv runtime environment.
+    service = Service(ray_settings(tmp_path, cluster)).start(sample_system=False)
+    try:
+        service.create_task("raydeps", "# /// script\n# dependencies = [\"tinydep==2.0.0\"]\n"
+                            "# ///\nimport sys, tinydep\nprint('on ray', tinydep.VERSION, "
+                            "sys.executable)\n")
+        done = service.wait(service.submit("raydeps").id, 180)
+        log = service.read_log(done.id).content
+        assert done.status == "succeeded", (done.error, log)
+        assert "on ray 2.0.0" in log
+        assert done.environment["task_env"]["lock"]  # (the node built it, not this server)
+    finally:
+        service.stop()

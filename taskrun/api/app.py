@@ -414,6 +414,19 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Chained tasks: each ``after`` link as upstream -> downstream."""
         return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
 
+    @api.get("/environments", tags=["tasks"])
+    def environments(svc: Service = Depends(service)) -> list[dict]:
+        """Task environments on this server (built from tasks' declared dependencies):
+        each with its size on disk (files shared with others counted in each), its
+        packages, the tasks whose current version uses it, and its last use."""
+        return svc.list_environments()
+
+    @api.post("/environments/prune", tags=["tasks"])
+    def prune_environments(svc: Service = Depends(service)) -> dict:
+        """Remove environments no current version uses and no run used within
+        ``TASKRUN_ENV_KEEP_DAYS`` (admins)."""
+        return {"removed": svc.prune_environments()}
+
     @api.get("/failures", tags=["tasks"])
     def failure_groups(svc: Service = Depends(service), task: str | None = None,
                        since: datetime | None = None) -> list[dict]:

@@ -63,8 +63,19 @@ class TaskSummary(TaskBase):
     recent_runs: int
 
 
+class TaskEnvironment(BaseModel):
+    """What a version declares (PEP 723 ``dependencies``) and what it resolved to."""
+
+    dependencies: list[str]
+    requires_python: str | None = None
+    resolved: dict[str, str] | None = None  # {package: version}, None until resolved
+    summary: str | None = None
+    error: str | None = None
+
+
 class TaskDetail(TaskBase):
     code: str
+    environment: TaskEnvironment | None = None
 
 
 class RunAccepted(RunPublic):

@@ -58,13 +58,14 @@ class Cluster:
 
     def submission(self, run_id: int, task: str, code: bytes, env: dict[str, str],
                    cells: bool, resources: dict[str, float],
-                   inputs: dict | None = None, pins: list[str] | None = None) -> Submission:
+                   inputs: dict | None = None, pins: list[str] | None = None,
+                   where_from: dict[str, str] | None = None) -> Submission:
         """What the cluster is given to run ``run_id`` (under a new job id)."""
         from taskrun.backends.ray import Submission
         return Submission(job=self.job(run_id), task=task, code=code, env=env,
                           nonce=self.nonce(run_id), cells=cells,
                           grace=self.settings.kill_grace, resources=resources,
                           inputs=inputs or {}, pins=list(pins or ()),
-                          builds=self.settings.env_builds,
+                          builds=self.settings.env_builds, where_from=where_from or {},
                           outputs_max=int(self.settings.ray_outputs_max_mb * (1 << 20)),
                           metadata={"taskrun_run": str(run_id), "taskrun_task": task})

@@ -76,6 +76,7 @@ class Submission:
     outputs_max: int = 100 << 20  # what its outputs may add up to, brought back
     pins: list[str] = field(default_factory=list)  # its locked packages (name==version)
     builds: bool = False  # may the node build packages from source
+    where_from: dict[str, str] = field(default_factory=dict)  # the index settings (UV_*)
 
 
 def _ray_client_module():
@@ -191,11 +192,14 @@ class RayBackend:
                 # settings (UV_INDEX_URL, UV_FIND_LINKS, ...) say where from.
                 runtime_env["uv"] = {"packages": s.pins, "uv_pip_install_options":
                                      [] if s.builds else ["--only-binary", ":all:"]}
+                runtime_env["env_vars"].update(s.where_from)
+            # In a uv runtime environment, `python` is its own (activated) interpreter.
+            python = "python" if s.pins else self.python
 
             def go(client):
                 try:
                     return client.submit_job(
-                        entrypoint=f"exec {self.python} -u .taskrun/ray_entry.py",
+                        entrypoint=f"exec {python} -u .taskrun/ray_entry.py",
                         submission_id=s.job, metadata=s.metadata,
                         runtime_env=runtime_env, **kwargs)
                 except RuntimeError as exc:

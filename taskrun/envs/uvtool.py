@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,18 @@ OURS = ("UV_CACHE_DIR", "UV_PROJECT_ENVIRONMENT", "UV_PYTHON", "UV_SYSTEM_PYTHON
         "UV_INDEX_STRATEGY", "UV_LINK_MODE", "UV_COMPILE_BYTECODE", "UV_NO_BUILD",
         "UV_NO_BINARY", "UV_ONLY_BINARY", "UV_REQUIRE_HASHES", "UV_NO_CACHE",
         "UV_NATIVE_TLS")
+
+
+# Where packages come from, which a cluster node's installer is told as well (Ray):
+# only values without credentials in them (the cluster's dashboard shows them).
+WHERE_FROM = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX",
+              "UV_FIND_LINKS", "UV_NO_INDEX", "UV_OFFLINE")
+_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+
+
+def where_from(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    src = os.environ if environ is None else environ
+    return {k: src[k] for k in WHERE_FROM if src.get(k) and not _CREDENTIALS.search(src[k])}
 
 
 @cache

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from taskrun.access.masking import Masker
 from taskrun.backends import Launch, procs
-from taskrun.envs import locks
+from taskrun.envs import locks, uvtool
 from taskrun.envs.builds import Built
 from taskrun.envs.locks import Lock
 from taskrun.errors import InvalidName, TaskRunError
@@ -314,7 +314,8 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
     inputs = {param: (value["file"], sup.uploads.path(value["sha256"]))
               for param, value in files.items()}
     submission = sup.cluster.submission(run.id, run.task, data, env,
-                                         cell_record is not None, resources, inputs, pins)
+                                         cell_record is not None, resources, inputs, pins,
+                                         uvtool.where_from() if pins else {})
     now = utcnow()
     active = Active(run_id=run.id, task=run.task, pid=0,
                     deadline=time.monotonic() + run.timeout, timeout=run.timeout,
