@@ -12,9 +12,9 @@ import getpass
 import json
 import sys
 import time
-from datetime import datetime
 from collections.abc import Sequence
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.wheels import offline, wheel
 from taskrun import settings as settings_mod
 from taskrun.service.facade import Service
 
@@ -128,3 +129,16 @@ def secured(tmp_path, examples):
                                 TASKRUN_API_TOKEN="env-token")).start(sample_system=False)
     yield svc
     svc.stop()
+
+
+@pytest.fixture
+def wheelhouse(tmp_path, monkeypatch) -> Path:
+    """A folder of tiny wheels, and uv told to install from it alone (no index)."""
+    folder = tmp_path / "wheels"
+    wheel(folder, "tinydep", "1.0.0")
+    wheel(folder, "tinydep", "2.0.0")
+    wheel(folder, "tinyapp", "0.1.0", body="import tinydep\nUSES = tinydep.VERSION\n",
+          requires=("tinydep>=1",))
+    for key, value in offline(folder).items():
+        monkeypatch.setenv(key, value)
+    return folder

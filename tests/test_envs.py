@@ -9,12 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from bench.wheels import offline, wheel
 from taskrun.envs import locks
 from taskrun.envs.builds import RECORD, Environments
 from taskrun.errors import DependencyError
@@ -28,18 +26,6 @@ PRINT = 'import tinydep, sys\nprint("tinydep", tinydep.VERSION, "at", tinydep.__
 def code(deps: list[str], body: str = PRINT, extra: str = "") -> str:
     return (f"# /// script\n# dependencies = {json.dumps(deps)}\n# [tool.taskrun]\n"
             f'# description = "uses packages"\n{extra}# ///\n{body}')
-
-
-@pytest.fixture
-def wheelhouse(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "wheels"
-    wheel(folder, "tinydep", "1.0.0")
-    wheel(folder, "tinydep", "2.0.0")
-    wheel(folder, "tinyapp", "0.1.0", body="import tinydep\nUSES = tinydep.VERSION\n",
-          requires=("tinydep>=1",))
-    for key, value in offline(folder).items():
-        monkeypatch.setenv(key, value)
-    return folder
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from taskrun.backends import wall
 from taskrun.service.facade import Service
 
 from .conftest import PROJECT, make_settings, task_code
-from .test_envs import wheelhouse  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 

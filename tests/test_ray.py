@@ -26,7 +26,6 @@ from taskrun.service.facade import Service
 
 from .conftest import make_settings, task_code, wait_for
 from .ray_cluster import Cluster, require_ray
-from .test_envs import wheelhouse  # noqa: F401  (a fixture)
 
 require_ray()
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
