@@ -98,6 +98,14 @@ ss[f"buffer-{name}"] = code
 dirty = code != task["code"]
 st.caption(("● unsaved changes" if dirty else "saved") + f" · sha {task['sha'][:12]}"
            + (" · Save (Ctrl/Cmd-S) and Save & Run are in the editor" if can("admin") else ""))
+environment = task.get("environment")
+if environment:  # (package names come from an index: shown as plain text)
+    if environment["error"]:
+        st.error(plain(environment["error"]), icon=":material/inventory_2:")
+    elif environment["summary"]:
+        st.caption(":material/inventory_2: resolved: " + plain(environment["summary"]))
+    else:
+        st.caption(":material/inventory_2: dependencies are resolved at the first run")
 wanted = (task["metadata"] or {}).get("secrets") or []
 if wanted:
     stored = {s.name for s in svc.list_secrets(name)}

@@ -93,3 +93,18 @@ if servers:
         "reached at": r["advertise_url"], "last heartbeat": r["heartbeat_at"],
         "running": r["running"], "state": "stopped" if r["stopped_at"] else "up"}
         for r in servers]), hide_index=True, width="stretch")
+
+st.subheader("Task environments")
+# (a walk over every environment's files: shared by open tabs, once a minute)
+envs = svc.view.cache.get("environments", svc.list_environments, 60.0)
+total = svc.view.cache.get("environments_size", svc.environments_size, 60.0)
+st.caption(f"{len(envs)} environment(s) built from tasks' declared dependencies, "
+           f"{fmt.size(total)} on disk (files shared with uv's cache counted once); "
+           "unused ones are removed after TASKRUN_ENV_KEEP_DAYS.")
+if envs:
+    st.dataframe(pd.DataFrame([{
+        "environment": e["id"][:12], "size": fmt.size(e["size"]),
+        "packages": ", ".join(f"{n} {v}" for n, v in e["packages"].items()),
+        "tasks": ", ".join(e["tasks"]) or "(none now)",
+        "last used": datetime.fromtimestamp(e["last_used"]) if e["last_used"] else None}
+        for e in envs]), hide_index=True, width="stretch")

@@ -122,8 +122,7 @@ class Environments:
         try:
             say(f"[taskrun] preparing environment {ident[:12]} "
                 f"({len(locks.packages(lock_text))} package(s))")
-            self._uv(["venv", "--relocatable", "--python", sys.executable, "--quiet",
-                      str(tmp)], env, "Creating the environment", say)
+            make_venv(tmp)
             (tmp / LOCK_FILE).write_text(lock_text)
             args = ["pip", "sync", "--require-hashes", "--compile-bytecode",
                     "--link-mode", "hardlink", "--python", str(tmp / "bin" / "python"),
@@ -226,6 +225,22 @@ class Environments:
                 p for p in self.root.glob(".build-*") if now - _mtime(p) > 86400]:
             shutil.rmtree(leftover, ignore_errors=True)
         return removed
+
+
+def make_venv(folder: Path) -> None:
+    """A bare virtual environment on this interpreter (PEP 405: ``pyvenv.cfg``, the
+    interpreter linked into ``bin/``, an empty site dir). What ``uv venv`` makes, but
+    for its activation scripts, in a millisecond instead of a process (35-100 ms)."""
+    base = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "lib" / f"python{version}" / "site-packages").mkdir(parents=True)
+    os.symlink(base, folder / "bin" / "python")
+    for alias in ("python3", f"python{version}"):
+        os.symlink("python", folder / "bin" / alias)
+    (folder / "pyvenv.cfg").write_text(
+        f"home = {base.parent}\ninclude-system-site-packages = false\n"
+        f"version = {'.'.join(map(str, sys.version_info[:3]))}\n")
 
 
 def _mtime(path: Path) -> float:
