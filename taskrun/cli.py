@@ -241,6 +241,31 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_workflow(args) -> int:
+    svc = _open(args)
+    if args.action == "list":
+        rows = [[str(w["id"]), w["task"], w["status"], w["started_at"][:19],
+                 fmt.duration(w["duration"]) if w["duration"] is not None else "-",
+                 str(len(w["repairs"]))] for w in svc.list_workflows(limit=args.limit)]
+        print(_table(rows, ["ID", "STARTED AT TASK", "STATUS", "STARTED", "DURATION",
+                            "REPAIRS"]))
+        return 0
+    if args.id is None:
+        raise TaskRunError(f"taskrun workflow {args.action} needs a workflow run id")
+    if args.action == "repair":
+        done = svc.repair_workflow(args.id, by="cli")["repaired"]
+        print(f"workflow {args.id}: repair #{done['repair']} re-runs {', '.join(done['tasks'])}")
+        return 0
+    wf = svc.cancel_workflow(args.id, by="cli") if args.action == "cancel" \
+        else svc.get_workflow(args.id)
+    print(f"workflow {wf['id']} ({wf['task']}): {wf['status']}"
+          + (f", {len(wf['repairs'])} repair(s)" if wf["repairs"] else ""))
+    rows = [[n["task"], n["status"], ",".join(map(str, n["runs"])) or "-",
+             ", ".join(n["upstreams"]) or "-", n["reason"] or ""] for n in wf["nodes"]]
+    print(_table(rows, ["TASK", "STATUS", "RUNS", "AFTER", "WHY"]))
+    return 0
+
+
 def cmd_env(args) -> int:
     svc = _open(args)
     if args.action == "prune":
@@ -404,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings (the server also does this hourly)")
     p.add_argument("--dry-run", action="store_true", help="only count what would go")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("workflow", help="workflow runs (pipelines through `after`): list, "
+                       "show, repair, cancel")
+    p.add_argument("action", choices=["list", "show", "repair", "cancel"])
+    p.add_argument("id", type=int, nargs="?", help="the workflow run's id (its first run's)")
+    p.add_argument("--limit", type=int, default=30)
+    p.set_defaults(func=cmd_workflow)
 
     p = sub.add_parser("env", help="task environments (from tasks' dependencies): list, prune")
     p.add_argument("action", choices=["list", "prune"])

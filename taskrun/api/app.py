@@ -414,6 +414,32 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Chained tasks: each ``after`` link as upstream -> downstream."""
         return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
 
+    @api.get("/workflows", tags=["workflows"])
+    def workflows_list(svc: Service = Depends(service), task: str | None = None,
+                       status: str | None = None, limit: int = Query(50, ge=1, le=500),
+                       offset: int = Query(0, ge=0, le=MAX_INT)) -> list[dict]:
+        """Workflow runs (a run and the runs its end set off through ``after``), newest
+        first; ``task``: those that include it."""
+        return svc.list_workflows(task, status, limit, offset)
+
+    @api.get("/workflows/{wid}", tags=["workflows"])
+    def workflow_show(wid: RowId, svc: Service = Depends(service)) -> dict:
+        """A workflow run: each node's state, its runs, why it was skipped, its upstreams."""
+        return svc.get_workflow(wid)
+
+    @api.post("/workflows/{wid}/repair", tags=["workflows"])
+    def workflow_repair(wid: RowId, request: Request,
+                        svc: Service = Depends(service)) -> dict:
+        """Re-run every node that did not succeed, and what depends on them, in the same
+        workflow run, with each task's current code (operators)."""
+        return svc.repair_workflow(wid, by=who(request))
+
+    @api.post("/workflows/{wid}/cancel", tags=["workflows"])
+    def workflow_cancel(wid: RowId, request: Request,
+                        svc: Service = Depends(service)) -> dict:
+        """Cancel its queued and running runs and skip the rest (operators)."""
+        return svc.cancel_workflow(wid, by=who(request))
+
     @api.get("/environments", tags=["tasks"])
     def environments(svc: Service = Depends(service)) -> list[dict]:
         """Task environments on this server (built from tasks' declared dependencies):

@@ -21,7 +21,9 @@ SIGNED_ROUTES = frozenset({"/logs/{name}", "/logs/{name}/download",
 OPERATOR_ROUTES = frozenset({("POST", "/tasks/{task_id}/execute"),
                              ("POST", "/tasks/runs/{run_id}/cancel"),
                              ("POST", "/tasks/{task_id}/schedule/pause"),
-                             ("POST", "/tasks/{task_id}/schedule/resume")})
+                             ("POST", "/tasks/{task_id}/schedule/resume"),
+                             ("POST", "/workflows/{wid}/repair"),
+                             ("POST", "/workflows/{wid}/cancel")})
 
 
 def required_role(method: str, path: str) -> str | None:

@@ -1,4 +1,4 @@
-"""What a run's end sets off: a retry, the tasks chained after it, webhook deliveries.
+"""What a run's end sets off: a retry, its workflow run's next steps, webhook deliveries.
 
 Finished runs carry ``followed_up = False`` until a supervisor has acted on
 them; acting on one is a compare-and-set on that flag in the same IMMEDIATE
@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from taskrun.automation import workflows
 from taskrun.errors import QueueFull
 from taskrun.history.db import Database
-from taskrun.history.models import Delivery, Run, utcnow
+from taskrun.history.models import Delivery, Run, WorkflowNode, utcnow
 from taskrun.runs import queueing
 from taskrun.settings import Settings
 from taskrun.status import ACTIVE, RETRYABLE, UNSUCCESSFUL, RunStatus
@@ -28,6 +29,7 @@ log = logging.getLogger("taskrun.followups")
 
 _T = Run.__table__
 _D = Delivery.__table__
+_WN = WorkflowNode.__table__
 _PENDING = (sa.select(_T).where(_T.c.followed_up == sa.false(),
                                 _T.c.status.not_in([s.value for s in ACTIVE]))
             .order_by(_T.c.id).limit(50))
@@ -113,7 +115,8 @@ class FollowUps:
 
     def _has_work(self, run, info, upstreams: set[str]) -> bool:
         meta = info.meta if info else None
-        return bool(self.settings.webhook_url or run.task in upstreams or (meta and (
+        return bool(self.settings.webhook_url or run.task in upstreams or
+                    run.workflow_id is not None or (meta and (
             meta.webhooks or meta.emails or will_retry(run, meta))))
 
     def _one(self, run, infos: dict, now: datetime) -> int:
@@ -125,9 +128,10 @@ class FollowUps:
                 return 0  # another supervisor did it
             if meta and will_retry(run, meta) and self._retry(c, run, meta, now) is not None:
                 return 1
-            # The last word on this run: notify and chain on it.
+            # The last word on this run: notify, and advance its workflow run (or start
+            # one, if tasks follow it).
             self._deliveries(c, run, meta, now)
-            return self._chain(c, run, infos)
+            return workflows.on_end(c, self.settings, run, infos)
 
     def _retry(self, c: sa.Connection, run, meta: TaskMeta, now: datetime) -> int | None:
         delay = retry_delay(meta, run.attempt, self.rng)
@@ -135,30 +139,18 @@ class FollowUps:
             run_id, _ = queueing.queue_run(
                 c, self.settings, run.task, meta, dict(run.params or {}), "retry",
                 run.requested_by, check_policy=False, attempt=run.attempt + 1,
-                retry_of=run.id, upstream_run=run.upstream_run,
+                retry_of=run.id, upstream_run=run.upstream_run, workflow_id=run.workflow_id,
                 # counted from the end of the failed attempt, not from this pass
                 not_before=(run.finished_at or now) + timedelta(seconds=delay))
         except QueueFull as exc:
             log.warning("run %d not retried: %s", run.id, exc)
             return None
+        if run.workflow_id is not None:  # (its node's run is the new attempt)
+            c.execute(sa.update(_WN).where(_WN.c.workflow_id == run.workflow_id,
+                                           _WN.c.task == run.task).values(run_id=run_id))
         log.info("run %d of %s (%s) retried as run %d in %.1f s (attempt %d of %d)", run.id,
                  run.task, run.status, run_id, delay, run.attempt + 1, meta.retries + 1)
         return run_id
-
-    def _chain(self, c: sa.Connection, run, infos: dict) -> int:
-        queued = 0
-        for name, info in infos.items():
-            meta = info.meta
-            if meta is None or run.task not in meta.after or not wants(meta.after_on, run.status):
-                continue
-            run_id, skipped = queueing.queue_or_skip(
-                c, self.settings, name, meta, "chain", f"after:{run.task}",
-                "could not be queued", upstream_run=run.id)
-            if skipped is None:
-                queued += 1
-                log.info("run %d of %s chained after run %d of %s", run_id, name, run.id,
-                         run.task)
-        return queued
 
     def _deliveries(self, c: sa.Connection, run, meta: TaskMeta | None, now: datetime) -> None:
         targets = []

@@ -108,6 +108,9 @@ class RunBase(SQLModel):
     outputs: list | None = Field(default=None, sa_column=Column(JSON(none_as_null=True),
                                                                 nullable=True))
     result: Any = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+    # The workflow run it belongs to (its first run's id); None for a run with no
+    # downstream tasks (``automation.workflows``).
+    workflow_id: int | None = None
     output_warnings: list | None = Field(default=None,
                                          sa_column=Column(JSON(none_as_null=True), nullable=True))
 
@@ -127,8 +130,37 @@ class Run(RunBase, table=True):
         sa.Index("ux_run_task_tick", "task", "scheduled_for", unique=True,
                  sqlite_where=sa.text("scheduled_for IS NOT NULL"),
                  postgresql_where=sa.text("scheduled_for IS NOT NULL")),
+        sa.Index("ix_run_workflow", "workflow_id", sqlite_where=sa.text(
+            "workflow_id IS NOT NULL"), postgresql_where=sa.text("workflow_id IS NOT NULL")),
     )
     id: int | None = Field(default=None, primary_key=True)
+
+
+class Workflow(SQLModel, table=True):
+    """A pipeline run: the runs one run's end set off through ``after``, as one unit."""
+
+    __tablename__ = "workflow"
+    id: int = Field(primary_key=True)  # its first run's id
+    task: str = Field(max_length=64)  # the task it started from
+    status: str = Field(max_length=16)  # running, succeeded, failed, cancelled
+    started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    finished_at: datetime | None = _time()
+    plan: dict = Field(sa_column=Column(JSON, nullable=False))  # task -> upstreams in plan
+    repairs: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    cancelled_by: str | None = None
+
+
+class WorkflowNode(SQLModel, table=True):
+    """A task of a workflow run: where it stands, and its latest run."""
+
+    __tablename__ = "workflow_node"
+    workflow_id: int = Field(primary_key=True)
+    task: str = Field(primary_key=True, max_length=64)
+    # waiting, queued (a run exists: queued or running), then its run's end or skipped
+    status: str = Field(max_length=16)
+    run_id: int | None = None
+    reason: str | None = None
+    repair: int = 0  # the repair that last set it going (0: the first pass)
 
 
 class RunPublic(RunBase):

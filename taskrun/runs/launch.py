@@ -27,7 +27,7 @@ from taskrun.envs.builds import Built
 from taskrun.envs.locks import Lock
 from taskrun.errors import InvalidName, TaskRunError
 from taskrun.history import versions
-from taskrun.history.models import Run, utcnow
+from taskrun.history.models import Run, Workflow, WorkflowNode, utcnow
 from taskrun.runs import ending, logs, preparing, run_files
 from taskrun.runs.active import Active
 from taskrun.status import RunStatus
@@ -143,6 +143,10 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         upstream = upstream_result(sup, claimed.upstream_run)
         if upstream is not None:
             extra["TASKRUN_UPSTREAM_RESULT"] = upstream
+        if run.trigger == "chain":  # a step of a workflow run: what each upstream returned
+            results = upstream_results(sup, run.id)
+            if results is not None:
+                extra["TASKRUN_UPSTREAM_RESULTS"] = results
     try:
         secret_env, missing = sup.vault.resolve(run.task, wanted) if sup.vault \
             else ({}, list(wanted))
@@ -372,6 +376,25 @@ def upstream_result(sup: Supervisor, run_id: int) -> str | None:
         return None
     return None if row is None or row[0] is None else json.dumps(row[0])
 
+
+
+def upstream_results(sup: Supervisor, run_id: int) -> str | None:
+    """``{task: result}`` (JSON) of the upstreams of a workflow step, as they ended."""
+    w, n, r = Workflow.__table__, WorkflowNode.__table__, Run.__table__
+    try:
+        with sup.db.connect() as c:
+            row = c.execute(sa.select(r.c.task, r.c.workflow_id, w.c.plan).join(
+                w, w.c.id == r.c.workflow_id).where(r.c.id == run_id)).first()
+            if row is None:
+                return None
+            ups = list((row.plan or {}).get(row.task, ()))
+            found = dict(c.execute(sa.select(n.c.task, r.c.result).join(
+                r, r.c.id == n.c.run_id).where(n.c.workflow_id == row.workflow_id,
+                                                n.c.task.in_(ups))).all())
+    except Exception:
+        log.exception("could not read the upstream results of run %d", run_id)
+        return None
+    return json.dumps({task: found.get(task) for task in ups})
 
 
 def finish_unstarted(sup: Supervisor, run_id: int, error: str,

@@ -42,6 +42,7 @@ from taskrun.service.outputs import RunProducts
 from taskrun.service.shared import DashboardView, changes_view
 from taskrun.service.system import SystemViews
 from taskrun.service.tasks import TaskFiles
+from taskrun.service.workflows import WorkflowRuns
 from taskrun.settings import Settings, configure_logging, load
 from taskrun.status import ACTIVE, RunStatus
 from taskrun.store import cells
@@ -61,7 +62,7 @@ _T = Run.__table__
 _ACTIVE = [s.value for s in ACTIVE]
 
 
-class Service(TaskFiles, RunLogs, SystemViews, RunProducts):
+class Service(TaskFiles, RunLogs, SystemViews, RunProducts, WorkflowRuns):
     """The one facade: the dashboard, the API and the CLI call only this."""
 
     def __init__(self, settings: Settings | None = None):

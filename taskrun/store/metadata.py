@@ -28,10 +28,12 @@ PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice", "file")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
               "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
-              "after", "after_on", "launch", "preload", "backend", "resources", "outputs"}
+              "after", "after_on", "after_mode", "launch", "preload", "backend", "resources",
+              "outputs"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
+AFTER_MODE = ("all", "any")
 LAUNCH = ("cold", "warm")
 BACKENDS = ("local", "ray")
 RESOURCE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]{0,63}$")
@@ -88,8 +90,9 @@ class TaskMeta:
     webhooks: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()  # addresses mailed on the same ends (needs TASKRUN_SMTP_URL)
     notify: str = "failure"  # which ends are posted to the webhooks
-    after: tuple[str, ...] = ()  # run when one of these tasks ends (see after_on)
+    after: tuple[str, ...] = ()  # run when these tasks end (see after_on, after_mode)
     after_on: str = "success"
+    after_mode: str = "all"  # in a workflow run: wait for "all" upstreams, or "any" one
     launch: str = "cold"  # "warm": fork from a zygote with ``preload`` imported
     preload: tuple[str, ...] = ()
     backend: str | None = None  # "local" or "ray"; None: the server's TASKRUN_BACKEND
@@ -127,6 +130,7 @@ class TaskMeta:
             "notify": self.notify,
             "after": list(self.after),
             "after_on": self.after_on,
+            "after_mode": self.after_mode,
             "launch": self.launch,
             "preload": list(self.preload),
             "backend": self.backend,
@@ -363,6 +367,7 @@ def _automation(conf: dict) -> dict[str, Any]:
         "webhooks": tuple(webhooks), "emails": tuple(emails),
         "notify": _choice(conf, "notify", NOTIFY),
         "after": tuple(dict.fromkeys(after)), "after_on": _choice(conf, "after_on", AFTER_ON),
+        "after_mode": _choice(conf, "after_mode", AFTER_MODE),
         "launch": _choice(conf, "launch", LAUNCH), "preload": tuple(preload),
         "backend": _backend(conf), "resources": _resources(conf),
         "outputs": _outputs(conf),
