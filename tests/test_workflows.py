@@ -166,3 +166,46 @@ def test_workflows_through_the_api_and_the_cli(service, diamond, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "taskrun", "workflow", "show", str(first.id)],
                            capture_output=True, text=True, timeout=60, env=env)
     assert "succeeded" in shown.stdout and "join" in shown.stdout
+
+
+def test_for_each_runs_an_item_per_element_and_repair_reruns_the_failed_one(
+        service, tasks_dir, tmp_path):
+    flag = tmp_path / "item-b-broken"
+    flag.write_text("x")
+    (tasks_dir / "source.py").write_text(block() + RESULT.format(result='["a", "b", "c"]'))
+    (tasks_dir / "each.py").write_text(
+        block(after=["source"], for_each="source", for_each_concurrency=2,
+              concurrency="parallel") +
+        "import json, os, sys\nitem = json.loads(os.environ['TASKRUN_ITEM'])\n"
+        f"if item == 'b' and os.path.exists({str(flag)!r}):\n    sys.exit('bad item')\n"
+        "print('ITEM', item, os.environ['TASKRUN_ITEM_INDEX'])\n")
+    (tasks_dir / "after_all.py").write_text(block(after=["each"]) + "print('done')\n")
+    first = service.submit("source")
+    wf = ended(service, first.id)
+    nodes = {n["task"]: n for n in wf["nodes"]}
+    assert nodes["each"]["status"] == "failed" and "1 of 3" in nodes["each"]["reason"]
+    assert nodes["after_all"]["status"] == "skipped"
+    runs = runs_of(service, "each")
+    assert len(runs) == 3
+    seen = sorted(service.read_log(r.id).content.strip() for r in runs
+                  if r.status == "succeeded")
+    assert seen == ["ITEM a 0", "ITEM c 2"]
+    flag.unlink()
+    service.repair_workflow(first.id)
+    wf = ended(service, first.id)
+    assert wf["status"] == "succeeded"
+    again = runs_of(service, "each")
+    assert len(again) == 4  # only item b ran again
+    assert service.read_log(again[-1].id).content.strip() == "ITEM b 1"
+
+
+def test_a_join_gets_every_upstream_result(service, tasks_dir):
+    (tasks_dir / "root.py").write_text(block() + RESULT.format(result="1"))
+    (tasks_dir / "left.py").write_text(block(after=["root"]) + RESULT.format(result='{"n": 2}'))
+    (tasks_dir / "right.py").write_text(block(after=["root"]) + RESULT.format(result="[3]"))
+    (tasks_dir / "both.py").write_text(block(after=["left", "right"]) +
+                                       "import os\nprint(os.environ['TASKRUN_UPSTREAM_RESULTS'])\n")
+    wf = ended(service, service.submit("root").id)
+    both = {n["task"]: n for n in wf["nodes"]}["both"]
+    assert json.loads(service.read_log(both["run_id"]).content) == \
+        {"left": {"n": 2}, "right": [3]}

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from taskrun.automation import workflows
 from taskrun.errors import QueueFull
 from taskrun.history.db import Database
-from taskrun.history.models import Delivery, Run, WorkflowNode, utcnow
+from taskrun.history.models import Delivery, Run, utcnow
 from taskrun.runs import queueing
 from taskrun.settings import Settings
 from taskrun.status import ACTIVE, RETRYABLE, UNSUCCESSFUL, RunStatus
@@ -29,7 +29,6 @@ log = logging.getLogger("taskrun.followups")
 
 _T = Run.__table__
 _D = Delivery.__table__
-_WN = WorkflowNode.__table__
 _PENDING = (sa.select(_T).where(_T.c.followed_up == sa.false(),
                                 _T.c.status.not_in([s.value for s in ACTIVE]))
             .order_by(_T.c.id).limit(50))
@@ -146,8 +145,7 @@ class FollowUps:
             log.warning("run %d not retried: %s", run.id, exc)
             return None
         if run.workflow_id is not None:  # (its node's run is the new attempt)
-            c.execute(sa.update(_WN).where(_WN.c.workflow_id == run.workflow_id,
-                                           _WN.c.task == run.task).values(run_id=run_id))
+            workflows.retried(c, run.workflow_id, run.task, run.id, run_id)
         log.info("run %d of %s (%s) retried as run %d in %.1f s (attempt %d of %d)", run.id,
                  run.task, run.status, run_id, delay, run.attempt + 1, meta.retries + 1)
         return run_id

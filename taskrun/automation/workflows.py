@@ -74,9 +74,15 @@ def on_end(c: sa.Connection, settings: Settings, run, infos: Mapping[str, Any]) 
         c.execute(sa.update(_R).where(_R.c.id == run.id).values(workflow_id=wid))
     elif not _lock(c, wid):
         return 0
-    c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == run.task)
-              .values(status=str(run.status), run_id=run.id))
-    return advance(c, settings, wid, infos, run.id)
+    node = c.execute(sa.select(_N).where(_N.c.workflow_id == wid, _N.c.task == run.task)
+                     ).first()
+    queued = 0
+    if node is not None and node.items is not None:  # one item of a for-each node
+        queued += _item_ended(c, settings, wid, node, run, infos.get(run.task))
+    else:
+        c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == run.task)
+                  .values(status=str(run.status), run_id=run.id))
+    return queued + advance(c, settings, wid, infos, run.id)
 
 
 def _lock(c: sa.Connection, wid: int) -> bool:
@@ -125,6 +131,12 @@ def advance(c: sa.Connection, settings: Settings, wid: int, infos: Mapping[str, 
                     .values(status=QUEUED, reason=None)).rowcount:
                 status[task] = QUEUED
                 continue
+            if info.meta.for_each:
+                node = c.execute(sa.select(_N).where(_N.c.workflow_id == wid,
+                                                     _N.c.task == task)).first()
+                added, status[task] = _start_items(c, settings, wid, node, info, nodes)
+                queued += added
+                continue
             by = upstream_run or wid
             run_id, skipped = queueing.queue_or_skip(
                 c, settings, task, info.meta, "chain", f"after:{','.join(ups) or task}",
@@ -141,6 +153,90 @@ def advance(c: sa.Connection, settings: Settings, wid: int, infos: Mapping[str, 
                           .values(status=SKIPPED, run_id=run_id, reason=skipped))
     settle(c, wid, status)
     return queued
+
+
+# ---- for each -----------------------------------------------------------------
+
+def _start_items(c: sa.Connection, settings: Settings, wid: int, node, info,
+                 nodes: Mapping[str, Any]) -> tuple[int, str]:
+    """A for-each node set going: one run per item of its upstream's result (those that
+    already succeeded for that same result are kept: a repair re-runs the rest)."""
+    up = nodes.get(info.meta.for_each)
+    up_run = c.execute(sa.select(_N.c.run_id).where(
+        _N.c.workflow_id == wid, _N.c.task == info.meta.for_each)).scalar() if up else None
+    result = c.execute(sa.select(_R.c.result).where(_R.c.id == up_run)).scalar() \
+        if up_run else None
+    previous = node.items or {}
+    if previous.get("from") == up_run and previous.get("list") is not None:
+        items = [it if it["status"] == RunStatus.SUCCEEDED else
+                 {**it, "run_id": None, "status": "pending"} for it in previous["list"]]
+    elif isinstance(result, list):
+        items = [{"value": v, "run_id": None, "status": "pending"} for v in result]
+    else:
+        reason = (f"for_each: the result of {info.meta.for_each} is not a list "
+                  f"(it is {type(result).__name__})")
+        c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == node.task)
+                  .values(status=RunStatus.FAILED.value, reason=reason, items=None))
+        return 0, RunStatus.FAILED.value
+    return _fill(c, settings, wid, node.task, info, {"from": up_run, "list": items})
+
+
+def _fill(c: sa.Connection, settings: Settings, wid: int, task: str, info,
+          items: dict) -> tuple[int, str]:
+    """Queue pending items up to the node's concurrency; the node's status once none
+    is pending or active."""
+    entries = items["list"]
+    active = sum(1 for it in entries if it["status"] in (QUEUED, "running"))
+    limit = info.meta.for_each_concurrency if info and info.meta else 1
+    queued = 0
+    for it in entries:
+        if active >= limit or info is None or info.meta is None:
+            break
+        if it["status"] != "pending":
+            continue
+        run_id, _ = queueing.queue_run(c, settings, task, info.meta,
+                                       queueing.resolve_params(info.meta, {}), "chain",
+                                       f"for_each:{info.meta.for_each}", check_policy=False,
+                                       upstream_run=items["from"], workflow_id=wid)
+        it.update(run_id=run_id, status=QUEUED)
+        active += 1
+        queued += 1
+    failed = [it for it in entries if it["status"] in ENDED and
+              it["status"] != RunStatus.SUCCEEDED]
+    if any(it["status"] in ("pending", QUEUED) for it in entries):
+        status, reason = QUEUED, None
+    elif failed:
+        status, reason = RunStatus.FAILED.value, f"{len(failed)} of {len(entries)} item(s) " \
+                                                 "did not succeed"
+    else:
+        status, reason = RunStatus.SUCCEEDED.value, None
+    last = next((it["run_id"] for it in reversed(entries) if it["run_id"]), None)
+    c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == task)
+              .values(status=status, reason=reason, items=items, run_id=last))
+    return queued, status
+
+
+def _item_ended(c: sa.Connection, settings: Settings, wid: int, node, run, info) -> int:
+    items = dict(node.items)
+    items["list"] = [{**it, "status": str(run.status)} if it["run_id"] == run.id else it
+                     for it in items.get("list", [])]
+    return _fill(c, settings, wid, node.task, info, items)[0]
+
+
+def retried(c: sa.Connection, wid: int, task: str, old: int, new: int) -> None:
+    """A step's run retried: the node (or its item) follows the new attempt."""
+    node = c.execute(sa.select(_N).where(_N.c.workflow_id == wid, _N.c.task == task)).first()
+    if node is None:
+        return
+    if node.items is not None:
+        items = dict(node.items)
+        items["list"] = [{**it, "run_id": new} if it["run_id"] == old else it
+                         for it in items.get("list", [])]
+        c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == task)
+                  .values(items=items))
+    else:
+        c.execute(sa.update(_N).where(_N.c.workflow_id == wid, _N.c.task == task)
+                  .values(run_id=new))
 
 
 def _decide(info, ups: list[str], status: dict[str, str]) -> tuple[str, str | None]:

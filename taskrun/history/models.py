@@ -161,6 +161,8 @@ class WorkflowNode(SQLModel, table=True):
     run_id: int | None = None
     reason: str | None = None
     repair: int = 0  # the repair that last set it going (0: the first pass)
+    # A for-each node: {"from": the upstream run, "list": [{"value", "run_id", "status"}]}
+    items: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class RunPublic(RunBase):

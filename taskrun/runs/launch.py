@@ -144,9 +144,7 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
         if upstream is not None:
             extra["TASKRUN_UPSTREAM_RESULT"] = upstream
         if run.trigger == "chain":  # a step of a workflow run: what each upstream returned
-            results = upstream_results(sup, run.id)
-            if results is not None:
-                extra["TASKRUN_UPSTREAM_RESULTS"] = results
+            extra.update(workflow_env(sup, run.id))
     try:
         secret_env, missing = sup.vault.resolve(run.task, wanted) if sup.vault \
             else ({}, list(wanted))
@@ -378,23 +376,32 @@ def upstream_result(sup: Supervisor, run_id: int) -> str | None:
 
 
 
-def upstream_results(sup: Supervisor, run_id: int) -> str | None:
-    """``{task: result}`` (JSON) of the upstreams of a workflow step, as they ended."""
+def workflow_env(sup: Supervisor, run_id: int) -> dict[str, str]:
+    """A workflow step's view of it: ``TASKRUN_UPSTREAM_RESULTS`` (``{task: result}`` of
+    its upstreams, as they ended) and, for an item of a for-each, ``TASKRUN_ITEM``."""
     w, n, r = Workflow.__table__, WorkflowNode.__table__, Run.__table__
     try:
         with sup.db.connect() as c:
             row = c.execute(sa.select(r.c.task, r.c.workflow_id, w.c.plan).join(
                 w, w.c.id == r.c.workflow_id).where(r.c.id == run_id)).first()
             if row is None:
-                return None
+                return {}
             ups = list((row.plan or {}).get(row.task, ()))
             found = dict(c.execute(sa.select(n.c.task, r.c.result).join(
                 r, r.c.id == n.c.run_id).where(n.c.workflow_id == row.workflow_id,
                                                 n.c.task.in_(ups))).all())
+            items = c.execute(sa.select(n.c["items"]).where(
+                n.c.workflow_id == row.workflow_id, n.c.task == row.task)).scalar()
     except Exception:
-        log.exception("could not read the upstream results of run %d", run_id)
-        return None
-    return json.dumps({task: found.get(task) for task in ups})
+        log.exception("could not read the workflow of run %d", run_id)
+        return {}
+    env = {"TASKRUN_UPSTREAM_RESULTS": json.dumps({task: found.get(task) for task in ups}),
+           "TASKRUN_WORKFLOW_ID": str(row.workflow_id)}
+    for index, item in enumerate((items or {}).get("list", [])):
+        if item.get("run_id") == run_id:
+            env.update(TASKRUN_ITEM=json.dumps(item.get("value")),
+                       TASKRUN_ITEM_INDEX=str(index))
+    return env
 
 
 def finish_unstarted(sup: Supervisor, run_id: int, error: str,

@@ -28,8 +28,8 @@ PARAM_TYPES = ("str", "int", "float", "bool", "date", "choice", "file")
 KNOWN_KEYS = {"description", "timeout", "concurrency", "params", "env", "memory_mb",
               "cpu_seconds", "secrets", "schedule", "timezone", "misfire", "retries",
               "retry_delay", "retry_backoff", "retry_max_delay", "webhook", "email", "notify",
-              "after", "after_on", "after_mode", "launch", "preload", "backend", "resources",
-              "outputs"}
+              "after", "after_on", "after_mode", "for_each", "for_each_concurrency", "launch",
+              "preload", "backend", "resources", "outputs"}
 MISFIRE = ("skip", "once")
 NOTIFY = ("failure", "success", "always")
 AFTER_ON = ("success", "always")
@@ -93,6 +93,8 @@ class TaskMeta:
     after: tuple[str, ...] = ()  # run when these tasks end (see after_on, after_mode)
     after_on: str = "success"
     after_mode: str = "all"  # in a workflow run: wait for "all" upstreams, or "any" one
+    for_each: str | None = None  # an upstream whose result (a list) it runs once per item of
+    for_each_concurrency: int = 4  # items run at once
     launch: str = "cold"  # "warm": fork from a zygote with ``preload`` imported
     preload: tuple[str, ...] = ()
     backend: str | None = None  # "local" or "ray"; None: the server's TASKRUN_BACKEND
@@ -131,6 +133,8 @@ class TaskMeta:
             "after": list(self.after),
             "after_on": self.after_on,
             "after_mode": self.after_mode,
+            "for_each": self.for_each,
+            "for_each_concurrency": self.for_each_concurrency,
             "launch": self.launch,
             "preload": list(self.preload),
             "backend": self.backend,
@@ -358,7 +362,14 @@ def _automation(conf: dict) -> dict[str, Any]:
     emails = _str_list(conf, "email", EMAIL_RE, "an e-mail address")
     after = _str_list(conf, "after", TASK_NAME_RE, "a task name")
     preload = _str_list(conf, "preload", MODULE_RE, "a module name")
+    for_each = conf.get("for_each")
+    if for_each is not None and (not isinstance(for_each, str) or for_each not in after):
+        raise InvalidMetadata("for_each must name one of the tasks in after (it runs once "
+                              "per item of that task's result, a JSON list)")
     return {
+        "for_each": for_each,
+        "for_each_concurrency": int(_number(conf, "for_each_concurrency",
+                                            TaskMeta.for_each_concurrency, 1, 1000)),
         "schedules": tuple(schedules), "timezone": timezone,
         "misfire": _choice(conf, "misfire", MISFIRE), "retries": retries,
         "retry_delay": _number(conf, "retry_delay", TaskMeta.retry_delay, 0, 86400),

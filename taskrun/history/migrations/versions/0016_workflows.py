@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column('run_id', sa.Integer(), nullable=True),
         sa.Column('reason', sa.String(), nullable=True),
         sa.Column('repair', sa.Integer(), nullable=False),
+        sa.Column('items', sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint('workflow_id', 'task'))
     with op.batch_alter_table('run', schema=None) as batch_op:
         batch_op.add_column(sa.Column('workflow_id', sa.Integer(), nullable=True))
