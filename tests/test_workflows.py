@@ -209,3 +209,80 @@ def test_a_join_gets_every_upstream_result(service, tasks_dir):
     both = {n["task"]: n for n in wf["nodes"]}["both"]
     assert json.loads(service.read_log(both["run_id"]).content) == \
         {"left": {"n": 2}, "right": [3]}
+
+
+def test_on_postgres_a_join_runs_once_when_its_upstreams_end_on_two_servers(tmp_path,
+                                                                             tasks_dir):
+    """Two servers share one PostgreSQL database (each its own data dir, one slot each):
+    the two upstreams of a join end within milliseconds of each other, on different
+    servers as often as not; the join runs exactly once, 20 times over."""
+    from .conftest import make_settings
+    from .pg import cluster
+
+    url = cluster().database(str(tmp_path))
+    key = "a-key-both-servers-of-this-service-share"
+    (tasks_dir / "go.py").write_text(
+        block() + "import json, os, time\nopen(os.environ['TASKRUN_RESULT_FILE'], 'w')"
+        ".write(json.dumps(time.time() + 0.6))\n")
+    for side in ("left", "right"):
+        (tasks_dir / f"{side}.py").write_text(
+            block(after=["go"]) + "import json, os, time\n"
+            "t = json.loads(os.environ['TASKRUN_UPSTREAM_RESULT'])\n"
+            "time.sleep(max(0, t - time.time()))\n")
+    (tasks_dir / "meet.py").write_text(block(after=["left", "right"], concurrency="parallel")
+                                       + "print('met')\n")
+    servers = [Service(make_settings(tmp_path / name, TASKRUN_DATABASE_URL=url,
+                                     TASKRUN_SECRET_KEY=key, TASKRUN_TASKS_DIR=tasks_dir,
+                                     TASKRUN_MAX_CONCURRENCY=1)).start(sample_system=False)
+               for name in ("one", "two")]
+    try:
+        owners = set()
+        for _ in range(20):
+            first = servers[0].submit("go")
+            wf = ended(servers[1], first.id)
+            assert wf["status"] == "succeeded", wf
+            nodes = {n["task"]: n for n in wf["nodes"]}
+            assert len(nodes["meet"]["runs"]) == 1
+            owners.add((servers[0].get_run(nodes["left"]["run_id"]).owner !=
+                        servers[0].get_run(nodes["right"]["run_id"]).owner))
+        assert len(runs_of(servers[0], "meet")) == 20
+        assert True in owners  # (the upstreams did end on two servers, at least once)
+    finally:
+        for svc in servers:
+            svc.stop()
+
+
+def test_a_server_killed_mid_workflow_finishes_it_after_a_restart(tmp_path, tasks_dir):
+    """SIGKILL while a step runs: the step is lost or adopted, and the restarted server
+    takes the workflow on from what the database says (its follow-ups are an outbox)."""
+    import signal
+
+    from .conftest import make_settings
+    from .test_recovery import start_server, submit_via
+
+    (tasks_dir / "step1.py").write_text(block() + "print('one')\n")
+    (tasks_dir / "step2.py").write_text(block(after=["step1"]) +
+                                        "import time; time.sleep(1.5); print('two')\n")
+    (tasks_dir / "step3.py").write_text(block(after=["step2"]) + "print('three')\n")
+    server = start_server(tmp_path)
+    wid = submit_via(server, "step1")
+    svc = Service(make_settings(tmp_path)).open()
+    try:
+        wait_for(lambda: (r := runs_of(svc, "step2")) and r[0].status == "running", 30)
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        again = start_server(tmp_path)
+        try:
+            wf = ended(svc, wid, 60)
+            nodes = {n["task"]: n for n in wf["nodes"]}
+            assert nodes["step1"]["status"] == "succeeded"
+            # step2 was still running as its own process: adopted and finished, or lost;
+            # either way the workflow ends, and step3 follows what step2 did.
+            assert nodes["step2"]["status"] in ("succeeded", "lost")
+            assert nodes["step3"]["status"] == ("succeeded" if nodes["step2"]["status"]
+                                                == "succeeded" else "skipped")
+        finally:
+            again.kill()
+            again.wait()
+    finally:
+        svc.stop()
