@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages import cells_view, outputs_view
+from pages import cells_view, outputs_view, workflow_view
 from pages.common import (
     PAGES,
     can,
@@ -33,8 +33,8 @@ ss = st.session_state
 ss.setdefault("runs_page", 0)
 
 st.title("Runs & logs")
-history_tab, failures_tab, log_tab, query_tab = st.tabs(
-    ["History", "Failures", "Application log", "Query"])
+history_tab, workflows_tab, failures_tab, log_tab, query_tab = st.tabs(
+    ["History", "Workflows", "Failures", "Application log", "Query"])
 
 with history_tab:
     task_names = sorted(svc.view.task_names())
@@ -317,3 +317,6 @@ with query_tab:
         if numeric and len(frame.columns) > 1:
             x = frame.columns[0]
             st.plotly_chart(px.bar(frame, x=x, y=numeric[-1]), key="query_chart")
+
+with workflows_tab:
+    workflow_view.show(svc)

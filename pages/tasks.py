@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import plotly.graph_objects as go
 import streamlit as st
 
-from pages import outputs_view
+from pages import outputs_view, workflow_view
 from pages.common import PAGES, needs, run_summary, service, show_error, signed_in, status_label
 from taskrun import fmt
 from taskrun.errors import TaskRunError
@@ -23,33 +22,6 @@ st.session_state.setdefault("tasks_dialog", None)
 
 def close_dialog() -> None:
     st.session_state.tasks_dialog = None
-
-
-def dependency_graph(edges: list[tuple[str, str, str]]) -> go.Figure:
-    """Tasks as nodes in layers (upstream left), an arrow per ``after`` link."""
-    nodes = sorted({n for up, down, _ in edges for n in (up, down)})
-    depth = dict.fromkeys(nodes, 0)
-    for _ in nodes:  # longest path from a root; the graph is acyclic (checked at save)
-        for up, down, _ in edges:
-            depth[down] = max(depth[down], depth[up] + 1)
-    rows: dict[int, int] = {}
-    pos = {}
-    for name in nodes:
-        rows[depth[name]] = rows.get(depth[name], -1) + 1
-        pos[name] = (depth[name], -rows[depth[name]])
-    fig = go.Figure()
-    for up, down, when in edges:
-        fig.add_annotation(x=pos[down][0], y=pos[down][1], ax=pos[up][0], ay=pos[up][1],
-                           xref="x", yref="y", axref="x", ayref="y", showarrow=True,
-                           arrowhead=3, arrowsize=1.5, standoff=18, startstandoff=18,
-                           hovertext=f"{down} runs after {up} ({when})")
-    fig.add_scatter(x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes],
-                    mode="markers+text", text=nodes, textposition="top center",
-                    marker={"size": 22}, hoverinfo="text")
-    fig.update_layout(height=120 + 70 * max(rows.values(), default=0), showlegend=False,
-                      xaxis={"visible": False}, yaxis={"visible": False},
-                      margin={"t": 20, "b": 10, "l": 10, "r": 10})
-    return fig
 
 
 st.title("Tasks")
@@ -261,7 +233,12 @@ if scheduled:
 edges = svc.dependencies()
 if edges:
     st.subheader("Chained tasks")
-    st.plotly_chart(dependency_graph(edges), key="dependency_graph")
+    st.caption("Each task coloured by its latest run (hover for its state); a run of a "
+               "task others follow starts a workflow run: see Runs → Workflows.")
+    latest = {t["name"]: (t["last_run"]["status"], "") for t in tasks if t["last_run"]}
+    st.plotly_chart(workflow_view.dag([(up, down) for up, down, _ in edges], {
+        name: state for name, state in latest.items()
+        if any(name in edge[:2] for edge in edges)}), key="dependency_graph")
 
 if tasks and any(t["last_run"] for t in tasks):
     latest = max((t["last_run"] for t in tasks if t["last_run"]), key=lambda r: r["id"])

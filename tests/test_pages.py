@@ -358,3 +358,28 @@ def test_the_run_dialog_uploads_a_file_param(env):
     at.button(key="run-reader").click().run()
     uploaders = at.get("file_uploader")
     assert uploaders, "the run dialog has an upload for the file param"
+
+
+def test_the_workflows_tab_draws_a_failed_pipeline_and_repairs_it(env, write_task):
+    svc = service_mod.default_service()
+    flag = env.parent / "broken"
+    flag.write_text("x")
+    write_task("wf_start", "print('start')")
+    (env / "wf_mid.py").write_text(
+        "# /// script\n# [tool.taskrun]\n# after = [\"wf_start\"]\n# ///\n"
+        f"import os, sys\nif os.path.exists({str(flag)!r}):\n    sys.exit('broken')\n")
+    (env / "wf_end.py").write_text(
+        "# /// script\n# [tool.taskrun]\n# after = [\"wf_mid\"]\n# ///\nprint('end')\n")
+    first = svc.submit("wf_start")
+    wait_for(lambda: any(w["status"] == "failed" for w in svc.list_workflows()), 60)
+    at = goto(app(), "runs")
+    shown = texts(at)
+    assert "**wf_mid** — failed" in shown and "**wf_end** — skipped" in shown
+    assert "upstream wf_mid failed" in shown and f"Workflow run {first.id}" in shown
+    assert any(c.proto.spec and "wf_mid" in c.proto.spec for c in at.get("plotly_chart"))
+    flag.unlink()
+    at.button(key=f"workflow_repair_{first.id}").click()
+    at.run()
+    wait_for(lambda: svc.get_workflow(first.id)["status"] == "succeeded", 60)
+    at = goto(app(), "runs")
+    assert "**wf_end** — succeeded" in texts(at) and "Repair #1" in texts(at)

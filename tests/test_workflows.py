@@ -243,8 +243,8 @@ def test_on_postgres_a_join_runs_once_when_its_upstreams_end_on_two_servers(tmp_
             assert wf["status"] == "succeeded", wf
             nodes = {n["task"]: n for n in wf["nodes"]}
             assert len(nodes["meet"]["runs"]) == 1
-            owners.add((servers[0].get_run(nodes["left"]["run_id"]).owner !=
-                        servers[0].get_run(nodes["right"]["run_id"]).owner))
+            owners.add(servers[0].get_run(nodes["left"]["run_id"]).owner !=
+                        servers[0].get_run(nodes["right"]["run_id"]).owner)
         assert len(runs_of(servers[0], "meet")) == 20
         assert True in owners  # (the upstreams did end on two servers, at least once)
     finally:
