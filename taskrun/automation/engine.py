@@ -31,6 +31,8 @@ class Automation:
         self.followups = FollowUps(settings, db, store)
         self.notifier = Notifier(settings, db)
         self._ended = threading.Event()  # a run ended in this process
+        # ... and tasks follow it: their start waits for this pass (it cuts a batch short)
+        self._urgent = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last = float("-inf")
@@ -41,15 +43,19 @@ class Automation:
                                         daemon=True)
         self._thread.start()
 
-    def run_ended(self) -> None:
+    def run_ended(self, task: str | None = None) -> None:
+        if task is not None and task in self.followups.followed:
+            self._urgent.set()
         self._ended.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self._ended.wait(EVERY_S):
                 # Runs often end in bursts; one pass for the burst keeps this thread
-                # (and its share of the GIL) off the launch path.
-                self._stop.wait(BATCH_S)
+                # (and its share of the GIL) off the launch path. Not when the next
+                # step of a workflow waits for this pass: its start is a launch path.
+                self._urgent.wait(BATCH_S)
+            self._urgent.clear()
             if self._stop.is_set():
                 return
             self.step(time.monotonic())
@@ -62,7 +68,8 @@ class Automation:
         self._ended.clear()
         queued = False
         try:
-            queued = self.followups.process() > 0
+            if self.followups.process() > 0:
+                self.on_queued()  # (before the rest: a workflow's next step waits for it)
         except Exception:  # never let automation stop the runs
             log.exception("follow-ups failed")
         try:
@@ -71,6 +78,10 @@ class Automation:
             log.exception("webhooks failed")
         if periodic:
             self._last = now
+            try:
+                self.followups.refresh_followed()
+            except Exception:
+                log.exception("reading the chained tasks failed")
             try:
                 queued = bool(self.scheduler.tick()) or queued
             except Exception:
@@ -81,6 +92,7 @@ class Automation:
     def close(self) -> None:
         self._stop.set()
         self._ended.set()
+        self._urgent.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.notifier.close()

@@ -88,6 +88,10 @@ class FollowUps:
         self.db = db
         self.store = store
         self.rng = rng or random.Random()
+        self.followed: frozenset[str] = frozenset()  # tasks others follow (as last seen)
+
+    def refresh_followed(self) -> None:
+        self.followed = frozenset(up for i in self.store.list() if i.meta for up in i.meta.after)
 
     def process(self, now: datetime | None = None) -> int:
         """Act on every finished run not yet followed up; returns how many runs it queued."""
@@ -97,6 +101,7 @@ class FollowUps:
             return 0
         infos = {i.name: i for i in self.store.list()}
         upstreams = {up for i in infos.values() if i.meta for up in i.meta.after}
+        self.followed = frozenset(upstreams)
         quiet, busy = [], []
         for row in rows:
             (busy if self._has_work(row, infos.get(row.task), upstreams) else quiet).append(row)

@@ -90,7 +90,7 @@ def done(sup: Supervisor, a: Active) -> None:
         # Recorded from the run's own report: waiters take its end now, while the
         # kernel is still tearing the process down. It stays tracked (not a stray
         # to reap elsewhere) until it is waited for here.
-        sup.notify_finished()
+        sup.notify_finished(a.task)
         procs.wait_child(a.pid)
     sup.forget(a.run_id)
     for fd in (a.wake_fd, a.pidfd):
@@ -103,7 +103,7 @@ def done(sup: Supervisor, a: Active) -> None:
     a.done.set()
     # A waiter that sees the run no longer watched reads its end.
     if not notified:
-        sup.notify_finished()
+        sup.notify_finished(a.task)
     if a.outcome is not None:
         log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
     # Last, with the run recorded and its waiters told: what the next runs need

@@ -245,11 +245,11 @@ class Supervisor:
         with self._lock:
             return self.active.get(run_id)
 
-    def notify_finished(self) -> None:
+    def notify_finished(self, task: str | None = None) -> None:
         with self.finished:
             self.finished.notify_all()
         if self.automation is not None:
-            self.automation.run_ended()  # follow up (retry, chain, notify) at once
+            self.automation.run_ended(task)  # follow up (retry, chain, notify) at once
 
     def _loop(self) -> None:
         while not self._stop.is_set():
