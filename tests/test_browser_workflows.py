@@ -18,17 +18,18 @@ from .test_browser import (  # noqa: F401  (fixtures: a server, Chromium, a page
 )
 
 
-def _workflow(server, wid: int, want: str) -> dict:
+def _workflow(srv, wid: int, want: str) -> dict:
     end = time.monotonic() + 60
     while time.monotonic() < end:
-        status, body = server.json("GET", f"/api/workflows/{wid}")
+        status, body = srv.json("GET", f"/api/workflows/{wid}")
         if status == 200 and body["status"] == want:
             return body
         time.sleep(0.2)
     raise AssertionError(f"workflow {wid} never became {want}")
 
 
-def test_the_workflow_view_draws_the_dag_before_and_after_a_repair(page, server, tmp_path):
+def test_the_workflow_view_draws_the_dag_before_and_after_a_repair(
+        page, server, tmp_path):  # noqa: F811  (the fixtures imported above)
     tasks = Path(server.env["TASKRUN_TASKS_DIR"])
     flag = tmp_path / "broken"
     flag.write_text("x")
