@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from taskrun.history.db import Database
-from taskrun.history.models import Delivery, Run, RunSample, utcnow
+from taskrun.history.models import Delivery, Run, RunSample, Workflow, WorkflowNode, utcnow
 from taskrun.runs import logs, run_files
 from taskrun.settings import Settings
 from taskrun.status import ACTIVE
@@ -91,6 +91,10 @@ def prune(db: Database, settings: Settings, now: datetime | None = None,
             c.execute(sa.delete(Delivery.__table__).where(
                 Delivery.__table__.c.run_id.in_(batch)))
             c.execute(sa.delete(_T).where(_T.c.id.in_(batch), _T.c.status.not_in(_ACTIVE)))
+            # A workflow run goes with its first run (the oldest of its runs).
+            c.execute(sa.delete(WorkflowNode.__table__).where(
+                WorkflowNode.__table__.c.workflow_id.in_(batch)))
+            c.execute(sa.delete(Workflow.__table__).where(Workflow.__table__.c.id.in_(batch)))
         for run_id, task in rows:  # logs after the rows: a crash leaves orphan files only
             path = settings.run_logs_dir / logs.log_name(task, run_id)
             try:
