@@ -50,9 +50,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     q = args.quick
     if args.postgres:
-        from tests.pg import Cluster
-
         from . import common
+        from .pg import Cluster
 
         db = Cluster()
         common.database_factory = db.database

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.server import ADMIN_PASSWORD, Server
+from bench.server import ADMIN_PASSWORD, Server
 
 from .common import ROOT, Figure, scratch_dir
 

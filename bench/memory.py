@@ -30,7 +30,7 @@ def _rss(pid: int) -> float:
 
 def run() -> list[Figure]:
     sys.path.insert(0, str(ROOT))
-    from tests.server import Server
+    from bench.server import Server
 
     root = scratch_dir("bench-mem-")
     bare = subprocess.Popen([sys.executable, "-c",

@@ -48,7 +48,7 @@ def run(n: int, batch: int) -> list[Figure]:
 
     from ray.job_submission import JobSubmissionClient
 
-    from tests.ray_cluster import Cluster
+    from .ray_cluster import Cluster
 
     cluster = Cluster()
     try:

@@ -65,7 +65,7 @@ def run(n: int) -> list[Figure]:
         Figure("warm", "cold no-op submit -> finished", "ms", [x * 1000 for x in cold],
                baseline="subprocess.run no-op (baseline)"),
         Figure("warm", "warm no-op submit -> finished", "ms", [x * 1000 for x in warm],
-               baseline="subprocess.run no-op (baseline)", target="<= 0.25x"),
+               baseline="subprocess.run no-op (baseline)", target="<= 0.20x"),
         Figure("warm", "pandas task, cold: submit -> first line", "ms",
                [x * 1000 for x in pandas_cold]),
         Figure("warm", "pandas task, warm: submit -> first line", "ms",

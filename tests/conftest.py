@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import EXAMPLES, PROJECT, clean_env  # noqa: F401  (the tests' too)
 from bench.wheels import offline, wheel
 from taskrun import settings as settings_mod
 from taskrun.service.facade import Service
-
-PROJECT = Path(__file__).resolve().parent.parent
-EXAMPLES = PROJECT / "tasks"
 
 
 def database_env(tmp_path: Path) -> dict[str, str]:
@@ -34,12 +32,6 @@ TEST_ISOLATION = os.environ.get("TASKRUN_TEST_ISOLATION", "off")
 os.environ.setdefault("TASKRUN_ISOLATION", TEST_ISOLATION)  # (in-process servers: AppTest)
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment for a server or CLI under test: no TASKRUN_* of ours
-    but the isolation the suite runs with."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKRUN_")}
-    env["TASKRUN_ISOLATION"] = TEST_ISOLATION
-    return env
 
 
 def make_settings(tmp_path: Path, **overrides):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,25 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
         if figure["baseline"]:
             assert figure["ratio"] is not None, figure
     assert "taskrun submit -> finished" in result.stdout
+
+
+def test_the_bench_is_its_own_program_and_imports_nothing_of_the_tests():
+    """``python -m bench`` runs with the runtime requirements and bench/requirements.txt
+    alone: no module of it imports the tests or pytest, at its top or inside."""
+    code = ("import importlib, pkgutil, sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('tests', 'pytest', '_pytest'):\n"
+            "            raise ImportError('the bench imported ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import bench\n"
+            "for m in pkgutil.iter_modules(bench.__path__):\n"
+            "    if not m.name.startswith('peer_'):  # (the peers' own programs)\n"
+            "        importlib.import_module('bench.' + m.name)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inside = [f"{path.name}: {line.strip()}" for path in (PROJECT / "bench").glob("*.py")
+              for line in path.read_text().splitlines()
+              if re.match(r"\s*(from|import)\s+(tests|pytest)\b", line)]
+    assert inside == []
