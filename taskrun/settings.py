@@ -148,7 +148,8 @@ class Setting:
 
 
 SECRET_SETTINGS = frozenset({"TASKRUN_ADMIN_PASSWORD", "TASKRUN_API_TOKEN", "TASKRUN_SECRET_KEY",
-                             "TASKRUN_SMTP_URL", "TASKRUN_OIDC_CLIENT_SECRET"})
+                             "TASKRUN_SMTP_URL", "TASKRUN_OIDC_CLIENT_SECRET",
+                             "TASKRUN_METRICS_TOKEN"})
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TASKRUN_HOME", str(PROJECT_ROOT / "data"),
@@ -303,6 +304,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
             "comma-separated variable names"),
+    Setting("TASKRUN_METRICS_TOKEN", "",
+            "A bearer token that opens `GET /api/metrics` (Prometheus' text format) and "
+            "nothing else, for a scraper; without it, the metrics need a viewer's token.",
+            str, "a long random string"),
     Setting("TASKRUN_ENV_KEEP_DAYS", "14",
             "Task environments (built from a task's declared `dependencies`) that no current "
             "task version and no run in this many days used are removed by retention.",
@@ -376,6 +381,7 @@ class Settings:
     isolation: str = "auto"
     task_uid: int = 65534
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
+    metrics_token: str = ""
     env_keep_days: int = 14
     env_resolve_timeout: float = 120.0
     env_build_timeout: float = 900.0

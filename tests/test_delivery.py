@@ -138,7 +138,7 @@ def test_requirements_cover_every_import():
     extras = {"ray": (PROJECT / "requirements-ray.txt").read_text().lower()}
     names = {"code_editor": "streamlit-code-editor", "sqlalchemy": "sqlalchemy",
              "argon2": "argon2-cffi", "cron_descriptor": "cron-descriptor",
-             "ray": "ray[default]"}
+             "ray": "ray[default]", "prometheus_client": "prometheus-client"}
     # Used when installed, never required: Excel outputs are read with openpyxl if present.
     when_installed = {"openpyxl"}
     for module in _third_party_imports() - when_installed:

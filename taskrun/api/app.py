@@ -7,7 +7,9 @@ Errors are ``{"detail": "..."}`` with the status code of the typed error.
 
 from __future__ import annotations
 
+import hmac
 import json
+import time
 import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
@@ -57,6 +59,7 @@ from taskrun.errors import (
     Unauthorized,
 )
 from taskrun.history.models import RunPublic, VersionPublic
+from taskrun.metrics import CONTENT_TYPE as METRICS_TYPE
 from taskrun.runs import logs
 from taskrun.service.facade import RunFilter, Service, default_service
 from taskrun.service.peers import PEER_HEADER
@@ -88,6 +91,11 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                 return identity
             raise Unauthorized("This link is not valid (expired, altered, or not for this).")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scraper = svc.settings.metrics_token
+        if scraper and getattr(route, "path", "") == "/metrics" and request.method == "GET" \
+                and scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), scraper.encode()):
+            return Identity("metrics", "viewer")  # (that token opens this route alone)
         identity = svc.auth.check_token(token.strip()) if scheme.lower() == "bearer" else None
         if identity is None:
             raise Unauthorized("A valid API token is required: 'Authorization: Bearer <token>'.")
@@ -103,6 +111,19 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     api = FastAPI(title="Task Run Service API", version=__version__, docs_url="/docs",
                   openapi_url="/openapi.json", redoc_url=None,
                   dependencies=[Depends(authorize)], responses=ERROR_RESPONSES)
+
+    @api.middleware("http")
+    async def _latency(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        try:  # by route template: a bounded set of label values
+            get_service().metrics.api.labels(
+                request.method, getattr(route, "path", "(none)"),
+                str(response.status_code)).observe(time.perf_counter() - started)
+        except Exception:
+            pass  # (the service is not ready yet: nothing to count into)
+        return response
 
     @api.exception_handler(TaskRunError)
     async def _typed_error(_request: Request, exc: TaskRunError) -> JSONResponse:
@@ -413,6 +434,15 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     def dependencies(svc: Service = Depends(service)) -> list[dict]:
         """Chained tasks: each ``after`` link as upstream -> downstream."""
         return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
+
+    @api.get("/metrics", tags=["system"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(svc: Service = Depends(service)) -> Response:
+        """This server's metrics in Prometheus' text format: runs started and finished by
+        task and status, run duration and queue wait, queued and running runs, slots,
+        the lease's age, environment builds, log bytes, API latency. A viewer's token,
+        or ``TASKRUN_METRICS_TOKEN`` (which opens this route only)."""
+        return Response(svc.metrics_text(), media_type=METRICS_TYPE)
 
     @api.get("/workflows", tags=["workflows"])
     def workflows_list(svc: Service = Depends(service), task: str | None = None,

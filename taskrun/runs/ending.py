@@ -147,6 +147,7 @@ def landed(sup: Supervisor, a: Active, row: dict | None) -> None:
     """A kept end of a run has been recorded at last: the run is no longer ours."""
     if row is not None:
         a.final = RunPublic.from_row(row)
+        sup.metrics.run_ended(a.final, a.log_seen[1])
     a.pending = False
     sup.forget(a.run_id)
     a.done.set()
@@ -166,6 +167,7 @@ def record_end(sup: Supervisor, a: Active, write, what: str = "its end") -> None
         return
     if row is not None:  # None: something else ended it first (waiters then read it)
         a.final = RunPublic.from_row(row)
+        sup.metrics.run_ended(a.final, a.log_seen[1])
 
 
 def products(sup: Supervisor, a: Active, status: RunStatus, error: str | None,

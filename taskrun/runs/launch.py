@@ -168,6 +168,8 @@ def _launch(sup: Supervisor, held: Held, run, claimed, task_fd: int | None,
     if deps:  # its own environment: at hand (the common case), or prepared off this thread
         lock = sup.task_envs.known(run.task, sha)
         built = sup.task_envs.ready(lock) if lock is not None and backend == "local" else None
+        if built is not None:
+            sup.metrics.env_builds.labels("reused").inc()
         if lock is None or (backend == "local" and built is None):
             held.started = True  # (the preparation holds what the run holds, until then)
 
@@ -272,6 +274,7 @@ def _start(sup: Supervisor, held: Held, run, p: Plan) -> None:
         raise CouldNotStart(f"Could not start the process: {exc}.") from exc
     popen, launch, spawned_at = started.process, started.launch, started.spawned_at
     held.started = True  # from here on, a process runs: it is watched, never failed here
+    sup.metrics.started.labels(run.task).inc()
     # The task process now holds the slot and the task lock; our copies go.
     if task_fd is not None:
         sup.locks.record_pid(task_fd, run.task, run.id, popen.pid)
@@ -330,6 +333,7 @@ def launch_remote(sup: Supervisor, held: Held, run, data: bytes, sha: str, fds: 
                              "b_env": env_record},
                     masker=Masker(secret_env.values()))
     held.started, held.fds = True, []  # the watcher holds them while the job runs
+    sup.metrics.started.labels(run.task).inc()
     sup.start_watching(active)
 
 

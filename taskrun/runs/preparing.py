@@ -60,7 +60,12 @@ def _prepare(sup: Supervisor, run, meta, sha: str, log_path: Path, backend: str,
         lock = sup.task_envs.for_version(run.task, sha, meta)
         built = sup.task_envs.ensure(lock, say) if backend == "local" else None
         log.info("run %d: environment ready after %.2f s", run.id, time.monotonic() - started)
+        if built is not None:
+            sup.metrics.env_builds.labels("built" if built.built else "reused").inc()
+            if built.built:
+                sup.metrics.env_build_seconds.observe(built.seconds)
     except (TaskRunError, OSError) as exc:
+        sup.metrics.env_builds.labels("failed").inc()
         _drop(sup, placeholder)
         _close(log_fd)
         fail(f"Could not start: {exc}", RunStatus.FAILED)

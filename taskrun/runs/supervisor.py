@@ -51,6 +51,7 @@ from taskrun.errors import StorageUnavailable
 from taskrun.history.db import Database
 from taskrun.history.environments import Fingerprints
 from taskrun.history.models import Run
+from taskrun.metrics import Metrics
 from taskrun.runs import (
     claims,
     launch,
@@ -86,8 +87,9 @@ class Supervisor:
     def __init__(self, settings: Settings, db: Database, store: TaskStore, locks: Locks,
                  claim_only: set[int] | None = None, vault: Vault | None = None,
                  automation: Automation | None = None,
-                 task_envs: TaskEnvironments | None = None):
+                 task_envs: TaskEnvironments | None = None, metrics: Metrics | None = None):
         self.settings = settings
+        self.metrics = metrics or Metrics()  # what /api/metrics shows
         self.task_envs = task_envs or TaskEnvironments(db, settings)
         self.vault = vault
         # Schedules, retries, chaining, webhooks; not in the CLI's foreground supervisor.
@@ -244,6 +246,12 @@ class Supervisor:
     def watched(self, run_id: int) -> Active | None:
         with self._lock:
             return self.active.get(run_id)
+
+    def lease_age(self) -> float:
+        """Seconds since the lease was last renewed (NaN before the first renewal)."""
+        if self._last_lease == float("-inf"):
+            return float("nan")
+        return max(0.0, time.monotonic() - self._last_lease)
 
     def notify_finished(self, task: str | None = None) -> None:
         with self.finished:

@@ -35,6 +35,7 @@ from taskrun.history import queries as history
 from taskrun.history.db import Database
 from taskrun.history.models import Run, RunPublic, utcnow
 from taskrun.history.queries import RunFilter, find_run
+from taskrun.metrics import Metrics
 from taskrun.runs import logs, queueing
 from taskrun.runs.locks import Locks
 from taskrun.service.logs import RunLogs
@@ -75,6 +76,8 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts, WorkflowRuns):
         self.vault = Vault(self.db, s)
         self.uploads = Uploads(s)
         self.task_envs = TaskEnvironments(self.db, s)  # locks of versions, their environments
+        self.metrics = Metrics()  # GET /api/metrics
+        self.metrics.gauges(self._gauges)
         self.schedules = scheduler.Scheduler(s, self.db, self.store)  # state, pause/resume
         self.supervisor: Supervisor | None = None
         self.sampler: monitor.Sampler | None = None
@@ -114,7 +117,7 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts, WorkflowRuns):
             self.settings, self.db, self.store)
         self.supervisor = Supervisor(self.settings, self.db, self.store, self.locks, claim_only,
                                      vault=self.vault, automation=automation,
-                                     task_envs=self.task_envs)
+                                     task_envs=self.task_envs, metrics=self.metrics)
         if not self.db.is_sqlite:  # (other servers, other data dirs)
             from taskrun.service import peers
 

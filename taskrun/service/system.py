@@ -48,6 +48,32 @@ class SystemViews:
                 Run.status == status)).one() for status in (RunStatus.QUEUED, RunStatus.RUNNING)}
         return {status: n for status, n in counts.items() if n}
 
+    def metrics_text(self) -> bytes:
+        """This server's metrics in Prometheus' text format."""
+        return self.metrics.text()
+
+    def _gauges(self) -> list[tuple[str, str, float, dict]]:
+        """The gauges read at each scrape: the queue, the slots, the lease, environments."""
+        counts = self.active_counts()
+        out = [("taskrun_runs_queued", "Runs waiting to start (all servers).",
+                counts.get("queued", 0), {}),
+               ("taskrun_runs_running", "Runs running (all servers).",
+                counts.get("running", 0), {})]
+        sup = self.supervisor
+        if sup is not None:
+            status = sup.status()
+            out += [("taskrun_slots", "Runs this server may run at once.",
+                     status["max_concurrency"], {}),
+                    ("taskrun_slots_in_use", "Slots held by runs of this server.",
+                     status["slots_in_use"], {}),
+                    ("taskrun_lease_age_seconds", "Since this server last renewed its lease "
+                     "(a replica whose lease runs out is taken for dead).",
+                     sup.lease_age(), {})]
+        out.append(("taskrun_environments_bytes", "Disk the task environments take (shared "
+                    "files once; read at most once a minute).",
+                    self.view.cache.get("environments_size", self.environments_size, 60.0), {}))
+        return out
+
     def list_environments(self) -> list[dict]:
         """Task environments on this server's disk (``envs``), with the tasks using them."""
         return self.task_envs.listing(self.store)
