@@ -89,6 +89,18 @@ def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
     )
 
 
+def own_peak_rss() -> int:
+    """This server's own resident high-water mark (VmHWM), in bytes."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def apply_limits(pid: int, memory_mb: int | None, cpu_seconds: int | None) -> None:
     """Per-task rlimits, set on the started process with prlimit(2).
 

@@ -99,8 +99,8 @@ class WarmChild:
         self.ends = ends
         self.zygote = zygote
 
-    def take_end(self) -> tuple[int, float] | None:
-        """(exit code, CPU seconds) the run reported; None for anything else.
+    def take_end(self) -> tuple[int, float, int] | None:
+        """(exit code, CPU seconds, peak memory) the run reported; None for anything else.
 
         The sender's pid comes from the kernel (SCM_CREDENTIALS): no other process can
         speak for the run, although any can send to an abstract socket.
@@ -117,7 +117,7 @@ class WarmChild:
             return None
         try:
             report = json.loads(data)
-            return int(report["exit"]), float(report["cpu"])
+            return int(report["exit"]), float(report["cpu"]), int(report.get("rss") or 0)
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -201,12 +202,21 @@ def report_end(address: str | None, me: int, lock_fds: list[int], code: int) -> 
             os.close(fd)
         except OSError:
             pass
-    report = {"exit": code, "cpu": cpu_seconds()}
+    report = {"exit": code, "cpu": cpu_seconds(), "rss": peak_rss()}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(json.dumps(report).encode(), "\0" + address)
     except OSError:
         pass  # the supervisor learns of the end from the exit, as for a cold run
+
+
+def peak_rss() -> int:
+    """The high-water mark of this process's resident memory and of its waited-for
+    children's (the kernel's, in bytes: no sample can miss it). ``resource`` is
+    imported with the zygote: at a run's end imports fail (``finalize_modules``)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * 1024
 
 
 def cpu_seconds() -> float:

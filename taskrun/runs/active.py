@@ -61,7 +61,7 @@ class Active:
     sample_failed: bool = False  # the last sample could not be written (said once)
     pending: bool = False  # its end waits in sup.pending to be recorded
     final: RunPublic | None = None  # the run as its end was recorded
-    reported: tuple[int, float] | None = None  # (exit code, CPU s) a warm run sent at its end
+    reported: tuple[int, float, int] | None = None  # (exit code, CPU s, peak) a warm run sent
     outcome: tuple[RunStatus, int | None] | None = None  # (status, exit code) as recorded
     # The secrets it received, masked in what it reports (progress, result, its cause)
     masker: Masker = field(default_factory=Masker)

@@ -271,14 +271,22 @@ def kill_hard(sup: Supervisor, a: Active) -> None:
 def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
     """(return code, CPU seconds of the tree it waited for) of our child; Nones if adopted.
 
-    ru_maxrss is not used: it counts the forked server's pages before exec.
+    Its peak memory is raised to what the kernel kept where that can be told apart
+    from the server's: a warm run reports its own high-water mark; a cold one's
+    ``ru_maxrss`` also counts the server's pages it was forked with (vfork), so it
+    is taken only when above the server's own high-water mark (then it is the run's
+    largest process); samples cover the rest (``procs.tree_usage``).
     """
     if a.popen is None:
         return None, None
     if a.reported is not None:
         a.popen.returncode = a.reported[0]
-        return a.reported  # waited for once its end is recorded (``run``)
+        a.peak_rss = max(a.peak_rss, a.reported[2])
+        return a.reported[:2]  # waited for once its end is recorded (``run``)
     _, status, usage = os.wait4(a.pid, 0)
+    kernel = usage.ru_maxrss * 1024
+    if kernel > a.peak_rss and kernel > procs.own_peak_rss():
+        a.peak_rss = kernel
     code = os.waitstatus_to_exitcode(status)
     if a.sandboxed and 128 < code < 128 + signal.NSIG:
         code = 128 - code  # bubblewrap exits 128 + n when the task died of signal n
@@ -323,6 +331,8 @@ def finalize(sup: Supervisor, a: Active) -> None:
         failure = failure_cause(sup, a)
     spawned = a.spawned or {}
     statement = FINISH_SPAWNED if spawned else FINISH
+    cells = run_cells(a, status, exited_at)
+    a.peak_rss = max([a.peak_rss, *(c.get("peak_rss") or 0 for c in cells or ())])
     status, error, failure, made = products(sup, a, status, error, failure)
     # finished_at is when the exit was seen, not when this write happens (it may be
     # late: after the next run's launch, or retried after a storage fault).
@@ -330,8 +340,8 @@ def finalize(sup: Supervisor, a: Active) -> None:
               "b_cancelled_by": cancelled_by, "b_exit_code": code, "b_signal": signame,
               "b_exited_at": exited_at, "b_finished_at": exited_at,
               "b_cpu": None if cpu is None else round(max(cpu, a.cpu_seconds), 3),
-              "b_rss": a.peak_rss or None, "b_failure": failure,
-              "b_cells": run_cells(a, status, exited_at), **made}
+              "b_failure": failure, "b_cells": cells, **made}
+    values["b_rss"] = a.peak_rss or None  # (after the cells': a cell's peak is the run's too)
 
     def write() -> dict | None:
         with sup.db.begin_fast() as c:
