@@ -6,8 +6,12 @@ drawn. A file without ``# %%`` markers has one cell, and is shown as one log.
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 
 from pages.common import plain
@@ -85,9 +89,49 @@ def show(svc: Service, run: RunPublic, key: str) -> bool:
             out = _output(svc, run, cell)
             if cell["status"] == "not_run":
                 st.caption("Not run: an earlier cell ended the run.")
-            else:
+            elif out or not cell.get("displays"):
                 st.code(out or "(no output)", language="text")
+            for shown in cell.get("displays") or ():
+                display(svc, run, shown, f"{key}_{cell['index']}")
     return True
+
+
+def display(svc: Service, run: RunPublic, shown: dict, key: str) -> None:
+    """One display under its cell, drawn by kind (what a task wrote: made safe by the
+    service; text from it stays text)."""
+    try:
+        item = svc.run_display(run.id, shown["index"])
+    except TaskRunError as exc:
+        st.caption(plain(exc))
+        return
+    kind, data = item["kind"], item.get("data")
+    try:
+        if kind == "table":
+            frame = pd.DataFrame(data.get("rows") or [], columns=data.get("columns") or None)
+            if data.get("index") and len(data["index"]) == len(frame):
+                frame.index = data["index"]
+            st.dataframe(frame, key=f"{key}_{shown['index']}_table")
+            st.caption(f"{item.get('rows')} rows × {item.get('columns')} columns")
+        elif kind == "chart" and "plotly" in item["mime"]:
+            st.plotly_chart(pio.from_json(json.dumps(data)), key=f"{key}_{shown['index']}")
+        elif kind == "chart":
+            st.vega_lite_chart(data, key=f"{key}_{shown['index']}")
+        elif kind == "image" and item["mime"] == "image/png":
+            st.image(base64.b64decode(data))
+        elif kind == "image":  # SVG: as an image only (a script in it does not run there)
+            st.image(str(data))
+        elif kind == "html":
+            st.html(data)  # (allow-list sanitized by the service)
+        elif kind == "markdown":
+            st.markdown(str(data))
+        elif kind == "json":
+            st.json(data, expanded=1)
+        else:
+            st.code(str(data), language="text")
+    except Exception as exc:  # (a display that cannot be drawn is said so, the page goes on)
+        st.caption(plain(f"This {kind} display could not be drawn: {exc}"))
+    if item.get("truncated"):
+        st.caption(plain(item["truncated"]))
 
 
 def durations(svc: Service, run: RunPublic, key: str) -> None:

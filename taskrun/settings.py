@@ -304,6 +304,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated names of server environment variables passed to tasks, "
             "beyond the safe defaults (PATH, HOME, LANG, TZ, ...).", _name_list,
             "comma-separated variable names"),
+    Setting("TASKRUN_DISPLAY_ROWS", "1000",
+            "Rows of a table a cell displays that are kept (the full shape is said).",
+            _positive_int, "a whole number > 0"),
+    Setting("TASKRUN_DISPLAY_MAX_KB", "1024",
+            "The size one display of a cell may take (a larger table keeps fewer rows, "
+            "text is cut, anything else is not kept; each says so).", _positive_float,
+            "a number of KiB > 0"),
+    Setting("TASKRUN_DISPLAY_RUN_MAX_KB", "16384",
+            "The size all the displays of one run may take; later ones are not kept.",
+            _positive_float, "a number of KiB > 0"),
     Setting("TASKRUN_METRICS_TOKEN", "",
             "A bearer token that opens `GET /api/metrics` (Prometheus' text format) and "
             "nothing else, for a scraper; without it, the metrics need a viewer's token.",
@@ -381,6 +391,9 @@ class Settings:
     isolation: str = "auto"
     task_uid: int = 65534
     task_env_passthrough: tuple[str, ...] = field(default_factory=tuple)
+    display_rows: int = 1000
+    display_max_kb: float = 1024.0
+    display_run_max_kb: float = 16384.0
     metrics_token: str = ""
     env_keep_days: int = 14
     env_resolve_timeout: float = 120.0

@@ -210,8 +210,23 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
     def run_cells(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:
         """What each ``# %%`` cell did: index, title, status, started_at, duration and its
         output's byte range in the log (``log_start``, ``log_end``), live while it runs.
-        A file without markers is one cell."""
-        return svc.run_cells(run_id)
+        A file without markers is one cell. Each cell's ``displays`` (its last bare
+        expression's value and its ``display()`` calls): ``{index, kind (table, chart,
+        image, html, markdown, json, text), mime, rows?, columns?, size, truncated?,
+        url}``."""
+        out = svc.run_cells(run_id)
+        for cell in out:
+            for shown in cell.get("displays") or ():
+                shown["url"] = f"/api/tasks/runs/{run_id}/displays/{shown['index']}"
+        return out
+
+    @tasks.get("/runs/{run_id}/displays/{index}")
+    def run_display(run_id: RowId, index: int = ApiPath(ge=0, le=1_000_000),
+                    svc: Service = Depends(service)) -> dict:
+        """One display of a cell: ``{kind, mime, data, rows?, columns?, truncated?}``;
+        a table's ``data`` is ``{columns, dtypes, rows}`` (its first rows), a chart's its
+        Plotly or Vega-Lite JSON, an image base64 PNG or SVG text, HTML sanitized."""
+        return svc.run_display(run_id, index)
 
     @tasks.get("/runs/{run_id}/outputs")
     def run_outputs(run_id: RowId, svc: Service = Depends(service)) -> list[dict]:

@@ -162,6 +162,72 @@ def _exit_status(exc: SystemExit) -> str:
     return "succeeded" if code is None or code == 0 else "failed"
 
 
+class Displays:
+    """``display()`` and a cell's last expression: each value a display of the cell that
+    is running (``displays``, loaded on the first one), its event in the record."""
+
+    def __init__(self, record: Record):
+        self.record = record
+        self.cell = 0
+        self.module = None
+        self.shown: set[int] = set()  # figures displayed in this cell (not shown again)
+
+    def display(self, *values, **_options) -> None:
+        for value in values:
+            if self.module is None:
+                import importlib.util
+                spec = importlib.util.spec_from_file_location(
+                    "taskrun_displays", os.path.join(os.path.dirname(__file__), "displays.py"))
+                self.module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(self.module)
+            if type(value).__module__.startswith("matplotlib"):
+                self.shown.add(id(value))
+            event = self.module.show(value, self.cell)
+            if event is not None:
+                self.record.write(event)
+
+    def route(self) -> None:
+        """``IPython.display.display`` goes here where the task imported IPython."""
+        ipython = sys.modules.get("IPython.display")
+        if ipython is not None and getattr(ipython, "display", None) is not self.display:
+            ipython.display = self.display
+        core = sys.modules.get("IPython.core.display_functions")
+        if core is not None and getattr(core, "display", None) is not self.display:
+            core.display = self.display
+
+    def figures(self) -> None:
+        """Figures left open at a cell's end are shown and closed (the inline backend)."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        try:
+            for number in pyplot.get_fignums():
+                figure = pyplot.figure(number)
+                if id(figure) not in self.shown:
+                    self.display(figure)
+            pyplot.close("all")
+        except Exception:
+            pass
+        self.shown.clear()
+
+
+def _trailing_semicolon(lines: list[str], stmt: ast.stmt) -> bool:
+    """``df;``: the value is not shown (as in IPython)."""
+    rest = lines[stmt.end_lineno - 1][stmt.end_col_offset:] if stmt.end_lineno else ""
+    return rest.lstrip().startswith(";")
+
+
+def _cell_code(script: str, body: list, flags: int, lines: list[str]):
+    """(the statements' code, the last expression's code or None)."""
+    last = None
+    if body and isinstance(body[-1], ast.Expr) and not _trailing_semicolon(lines, body[-1]):
+        last = compile(ast.Expression(body[-1].value), script, "eval", flags=flags,
+                       dont_inherit=True)
+        body = body[:-1]
+    module = ast.Module(body=body, type_ignores=[])
+    return compile(module, script, "exec", flags=flags, dont_inherit=True), last
+
+
 def run(script: str, record_path: str, namespace: dict) -> None:
     """Run ``script`` in ``namespace`` cell by cell; what it raises goes to the caller."""
     with io.open_code(script) as f:
@@ -178,18 +244,31 @@ def run(script: str, record_path: str, namespace: dict) -> None:
     record = Record(record_path)
     record.write({"cells": [{k: c[k] for k in ("index", "title", "line", "end_line")}
                             for c in cells]})
+    shows = Displays(record)
+    import builtins
+    if not hasattr(builtins, "display"):
+        builtins.display = shows.display
+    lines = source.decode("utf-8", "replace").splitlines()
     for cell in cells:
-        module = ast.Module(body=tree.body[cell["first"]:cell["last"]], type_ignores=[])
-        code = compile(module, script, "exec", flags=flags, dont_inherit=True)
+        code, last = _cell_code(script, tree.body[cell["first"]:cell["last"]], flags, lines)
         _flush()
+        shows.cell = cell["index"]
+        shows.route()
         record.write({"i": cell["index"], "start": time.time(), "offset": _log_offset()})
         try:
             exec(code, namespace)
+            if last is not None:
+                shows.route()
+                value = eval(last, namespace)
+                if value is not None:
+                    shows.display(value)
+            shows.figures()
         except SystemExit as exc:
             record.write({"i": cell["index"], "end": time.time(), "status": _exit_status(exc),
                           "rss": _peak_rss()})
             raise
         except BaseException:
+            shows.figures()
             record.write({"i": cell["index"], "end": time.time(), "status": "failed",
                           "rss": _peak_rss()})
             raise

@@ -261,7 +261,8 @@ def run_cells(script: str, runner: str, record: str) -> None:
     """A file in ``# %%`` cells, through the cell runner (loaded in the fork: only such a
     run pays for it)."""
     with io.open_code(runner) as f:
-        namespace = {"__name__": "taskrun_cell_main", "__builtins__": builtins}
+        namespace = {"__name__": "taskrun_cell_main", "__builtins__": builtins,
+                     "__file__": runner}
         exec(compile(f.read(), runner, "exec", dont_inherit=True), namespace)
     main = namespace["new_main"](script)
     namespace["run"](script, record, main.__dict__)

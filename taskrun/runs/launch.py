@@ -229,6 +229,8 @@ def _start(sup: Supervisor, held: Held, run, p: Plan) -> None:
                       {**p.meta_env, **secret_env, **extra}, secret_env, p.resources,
                       files, p.expects, env_record, locks.pins(p.lock.text) if p.lock else [])
         return
+    if cell_record is not None:  # a file in cells, here: its displays (``child.displays``)
+        extra.update(cell_env(sup.settings, run.id))
     try:
         extra.update(run_files.prepare(sup.settings, sup.uploads, run.id, files,
                                        sup.run_dirs))
@@ -353,6 +355,15 @@ def environment_record(sup: Supervisor, p: Plan) -> dict:
     else:
         record["task_env"] = {"lock": p.lock.key}
     return record
+
+
+def cell_env(settings, run_id: int) -> dict[str, str]:
+    """What the cell runner needs to keep a run's displays: where, and how much."""
+    return {"TASKRUN_DISPLAY_DIR": str(run_files.run_dir(settings, run_id) / "displays"),
+            "TASKRUN_DISPLAY_ROWS": str(settings.display_rows),
+            "TASKRUN_DISPLAY_MAX_KB": str(settings.display_max_kb),
+            "TASKRUN_DISPLAY_RUN_MAX_KB": str(settings.display_run_max_kb),
+            "MPLBACKEND": "Agg"}  # (figures are shown under their cells, not in a window)
 
 
 def walled_paths(sup: Supervisor, run_id: int, work: Path, progress: Path,

@@ -6,6 +6,7 @@ from): the facade stays one object for its adapters, this concept its own module
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from taskrun.history.models import Run
 from taskrun.history.queries import find_run
 from taskrun.runs import inspection, run_files
 from taskrun.status import RunStatus
-from taskrun.store import outputs
+from taskrun.store import displays, outputs
 
 if TYPE_CHECKING:
     from taskrun.history.db import Database
@@ -121,3 +122,27 @@ class RunProducts:
         if masker:  # a table a task wrote may hold what it was given
             shown = shown | {"rows": masker.mask_value(shown["rows"])}
         return shown | {"total": entry.get("rows")}
+
+    def run_display(self, run_id: int, index: int) -> dict:
+        """One display of a run's cell: ``{kind, mime, data, rows?, columns?, truncated?}``.
+
+        Written by the task (untrusted): read within the display limit, masked with the
+        run's secrets, and HTML allow-list sanitized (no script, no handler, no frame:
+        it is shown in the dashboard's own origin)."""
+        run = find_run(self.db, run_id)
+        path = run_files.run_dir(self.settings, run.id) / "displays" / f"{int(index)}.json"
+        limit = int(self.settings.display_max_kb * 1024) + 4096
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(limit + 1)
+        except (OSError, ValueError):
+            raise NotFound(f"Run {run_id} has no display {index}.") from None
+        if len(raw) > limit:
+            raise NotFound(f"Display {index} of run {run_id} is over the display limit.")
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            raise NotFound(f"Display {index} of run {run_id} is not readable.") from None
+        if not isinstance(item, dict) or item.get("kind") not in displays.KINDS:
+            raise NotFound(f"Display {index} of run {run_id} is not readable.")
+        return displays.safe(item, self.run_masker(run))

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from taskrun.child import cell_main
+from taskrun.store import displays
 
 RUNNER = Path(cell_main.__file__)
 NOT_RUN = "not_run"
@@ -55,14 +56,19 @@ def _time(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _read(record: Path) -> tuple[list[dict], dict, dict]:
+DISPLAY_KEYS = ("display", "kind", "mime", "size", "rows", "columns", "truncated")
+MAX_DISPLAYS = 200  # per cell, as listed (a flood of tiny displays is cut here)
+
+
+def _read(record: Path) -> tuple[list[dict], dict, dict, dict]:
     listed: list[dict] = []
     starts: dict[int, dict] = {}
     ends: dict[int, dict] = {}
+    shown: dict[int, list[dict]] = {}
     try:
         text = record.read_text("utf-8", "replace")
     except OSError:
-        return listed, starts, ends
+        return listed, starts, ends, shown
     for line in text.splitlines():
         try:
             event = json.loads(line)
@@ -72,11 +78,19 @@ def _read(record: Path) -> tuple[list[dict], dict, dict]:
             continue
         if isinstance(event.get("cells"), list):
             listed = [c for c in event["cells"] if isinstance(c, dict)]
+        elif "display" in event:  # (written by the task: only known keys, checked)
+            kept = shown.setdefault(event.get("i"), [])
+            if isinstance(event.get("display"), int) and event.get("kind") in displays.KINDS and \
+                    len(kept) < MAX_DISPLAYS:
+                kept.append({("index" if k == "display" else k):
+                             event[k][:300] if isinstance(event[k], str) else event[k]
+                             for k in DISPLAY_KEYS
+                             if k in event and isinstance(event[k], (int, str))})
         elif "start" in event:
             starts[event.get("i")] = event
         elif "end" in event:
             ends[event.get("i")] = event
-    return listed, starts, ends
+    return listed, starts, ends, shown
 
 
 def collect(record: Path, log_size: int, *, run_status: str | None,
@@ -87,7 +101,7 @@ def collect(record: Path, log_size: int, *, run_status: str | None,
     or lost: it takes the run's status (``failed`` for a signal nobody here sent).
     None when the run wrote no cell list (it did not get as far as its first cell).
     """
-    listed, starts, ends = _read(record)
+    listed, starts, ends, shown = _read(record)
     if not listed:
         return None
     end_ts = ended_at.timestamp() if ended_at else datetime.now(UTC).timestamp()
@@ -98,7 +112,8 @@ def collect(record: Path, log_size: int, *, run_status: str | None,
         start, end = starts.get(i), ends.get(i)
         item = {"index": i, "title": cell.get("title", ""), "line": cell.get("line"),
                 "end_line": cell.get("end_line"), "status": NOT_RUN, "started_at": None,
-                "duration": None, "log_start": None, "log_end": None, "peak_rss": None}
+                "duration": None, "log_start": None, "log_end": None, "peak_rss": None,
+                "displays": shown.get(i, [])}
         if start is not None:
             log_start = min(int(start.get("offset") or 0), log_size)
             later = [starts[j].get("offset") or 0 for j in ran if j > i]

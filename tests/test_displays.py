@@ -1,0 +1,107 @@
+"""Notebook-style displays with real runs: what a cell's last expression and its
+display() calls show under it, bounded, cold and warm, and HTML made harmless."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from taskrun.service.facade import Service
+
+from .conftest import make_settings
+
+NOTEBOOK = '''# %% load
+import pandas as pd
+df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+df
+# %% describe
+df.describe()
+# %% nothing shown
+x = 5
+df;
+None
+# %% chart
+import plotly.graph_objects as go
+display(go.Figure(go.Bar(x=[1, 2], y=[3, 4])))
+# %% figure left open
+import matplotlib.pyplot as plt
+plt.plot([1, 2, 3])
+# %% from a function
+def helper():
+    display({"deep": True})
+helper()
+"too"
+'''
+
+
+@pytest.fixture(params=["cold", "warm"])
+def svc(request, tmp_path, tasks_dir):
+    service = Service(make_settings(tmp_path, TASKRUN_LAUNCH=request.param)
+                      ).start(sample_system=False)
+    yield service
+    service.stop()
+
+
+def displays(svc: Service, run_id: int) -> list[list[dict]]:
+    return [[{**d, **svc.run_display(run_id, d["index"])} for d in c["displays"]]
+            for c in svc.run_cells(run_id)]
+
+
+def test_cells_show_tables_charts_images_and_values_under_them(svc, tasks_dir):
+    (tasks_dir / "nb.py").write_text(NOTEBOOK)
+    run = svc.wait(svc.submit("nb").id, 90)
+    assert run.status == "succeeded", svc.read_log(run.id).content
+    shown = displays(svc, run.id)
+    load, describe, nothing, chart, figure, function = shown
+    assert [d["kind"] for d in load] == ["table"]
+    assert load[0]["data"]["columns"] == ["a", "b"] and load[0]["data"]["rows"] == \
+        [[1, "x"], [2, "y"], [3, "z"]]
+    assert load[0]["rows"] == 3 and load[0]["columns"] == 2
+    assert describe[0]["kind"] == "table" and describe[0]["data"]["index"][0] == "count"
+    assert nothing == []  # an assignment, a trailing ';' and None show nothing
+    assert chart[0]["kind"] == "chart" and chart[0]["data"]["data"][0]["type"] == "bar"
+    # (as in Jupyter: plot()'s value, then the figure left open, as a PNG)
+    assert [d["kind"] for d in figure] == ["text", "image"] and figure[1]["mime"] == "image/png"
+    # display() inside helper() is the calling cell's; a dict is its repr, as in IPython
+    assert [d["data"] for d in function] == ["{'deep': True}", "'too'"]
+
+
+def test_a_failing_cell_keeps_what_it_displayed_before_failing(svc, tasks_dir):
+    (tasks_dir / "fails.py").write_text("# %% one\n1 + 1\n# %% two\ndisplay('before')\n"
+                                        "raise ValueError('boom')\n# %% three\n3\n")
+    run = svc.wait(svc.submit("fails").id, 60)
+    assert run.status == "failed"
+    one, two, three = displays(svc, run.id)
+    assert one[0]["data"] == "2" and two[0]["data"] == "'before'" and three == []
+
+
+def test_a_huge_table_is_bounded_and_says_so(svc, tasks_dir):
+    (tasks_dir / "huge.py").write_text(
+        "# %%\nimport numpy as np, pandas as pd\n"
+        "big = pd.DataFrame({'n': np.arange(10_000_000), 's': 'text ' * 20})\nbig\n")
+    server = psutil.Process()
+    before = server.memory_info().rss
+    run = svc.wait(svc.submit("huge").id, 120)
+    assert run.status == "succeeded", svc.read_log(run.id).content
+    (cell,) = svc.run_cells(run.id)
+    (meta,) = cell["displays"]
+    item = svc.run_display(run.id, meta["index"])
+    assert item["rows"] == 10_000_000 and len(item["data"]["rows"]) <= 1000
+    assert meta["size"] <= svc.settings.display_max_kb * 1024
+    assert server.memory_info().rss - before < 100 * 2**20  # (the table stayed in the task)
+
+
+def test_html_from_a_task_runs_no_script_in_the_dashboard(svc, tasks_dir):
+    (tasks_dir / "evil.py").write_text(
+        "# %%\nclass Evil:\n    def _repr_html_(self):\n"
+        "        return ('<table><tr><td>ok</td></tr></table><script>parent.pwned=1</script>'\n"
+        "                '<img src=x onerror=\"parent.pwned=2\">'\n"
+        "                '<a href=\"javascript:alert(1)\">x</a><iframe src=\"/\"></iframe>')\n"
+        "Evil()\n")
+    run = svc.wait(svc.submit("evil").id, 60)
+    ((meta,),) = [c["displays"] for c in svc.run_cells(run.id)]
+    item = svc.run_display(run.id, meta["index"])
+    html = item["data"]
+    assert item["kind"] == "html" and "<td>ok</td>" in html
+    for bad in ("<script", "onerror", "javascript:", "<iframe", "pwned=1"):
+        assert bad not in html
