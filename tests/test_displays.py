@@ -105,3 +105,54 @@ def test_html_from_a_task_runs_no_script_in_the_dashboard(svc, tasks_dir):
     assert item["kind"] == "html" and "<td>ok</td>" in html
     for bad in ("<script", "onerror", "javascript:", "<iframe", "pwned=1"):
         assert bad not in html
+
+
+def test_a_run_exports_as_a_notebook_that_validates_and_keeps_its_outputs(svc, tasks_dir):
+    import json
+
+    import nbformat
+
+    (tasks_dir / "nbx.py").write_text(
+        "# %% [markdown]\n# # Orders\n# counted *daily*\n# %% load\nprint('loading')\n"
+        "import pandas as pd\npd.DataFrame({'n': [1, 2]})\n# %% fail\nraise KeyError('col')\n"
+        "# %% never\nprint('no')\n")
+    run = svc.wait(svc.submit("nbx").id, 60)
+    assert run.status == "failed"
+    nb = nbformat.reads(json.dumps(svc.run_notebook(run.id)), as_version=4)
+    nbformat.validate(nb)
+    markdown, load, fail, never = nb.cells
+    assert markdown.cell_type == "markdown" and markdown.source == "# Orders\ncounted *daily*"
+    assert load.outputs[0].output_type == "stream" and load.outputs[0].text == "loading\n"
+    table = load.outputs[1]
+    assert table.output_type == "display_data" and "<td>2</td>" in table.data["text/html"]
+    assert load.metadata.papermill["status"] == "succeeded" and load.execution_count == 1
+    assert fail.outputs[-1].output_type == "error" and fail.outputs[-1].ename == "KeyError"
+    assert never.outputs == [] and never.execution_count is None
+    assert nb.metadata.papermill["exception"] is True
+
+
+def test_an_ipynb_imports_as_a_task_and_runs_with_its_parameters_cell(svc):
+    from starlette.testclient import TestClient
+
+    from taskrun.api import create_api
+
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Report\n", "daily"]},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": 3,
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "old"}],
+         "source": 'day = "2020-01-01"\nfactor = 2'},
+        {"cell_type": "code", "metadata": {}, "execution_count": 4, "outputs": [],
+         "source": "%matplotlib inline\nprint(day, factor * 10, type(factor).__name__)"}]}
+    client = TestClient(create_api(lambda: svc))
+    made = client.post("/tasks", json={"id": "imported", "notebook": notebook})
+    assert made.status_code == 201, made.text
+    params = made.json()["metadata"]["params"]
+    assert params["day"]["type"] == "date" and params["factor"]["type"] == "int"
+    cells = svc.run_cells(svc.wait(svc.submit("imported").id, 60).id)
+    assert len(cells) == 2  # markdown is not a cell that runs
+    run = svc.wait(svc.submit("imported", {"day": "2024-05-01", "factor": 3}).id, 60)
+    assert run.status == "succeeded"
+    assert svc.read_log(run.id).content.strip() == "2024-05-01 30 int"
+    exported = client.get(f"/tasks/runs/{run.id}/notebook")
+    assert exported.status_code == 200
+    assert exported.json()["cells"][1]["metadata"]["tags"] == ["parameters"]

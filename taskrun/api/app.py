@@ -63,7 +63,7 @@ from taskrun.metrics import CONTENT_TYPE as METRICS_TYPE
 from taskrun.runs import logs
 from taskrun.service.facade import RunFilter, Service, default_service
 from taskrun.service.peers import PEER_HEADER
-from taskrun.store import outputs
+from taskrun.store import notebooks, outputs
 
 # ---- app -----------------------------------------------------------------
 
@@ -220,6 +220,16 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
                 shown["url"] = f"/api/tasks/runs/{run_id}/displays/{shown['index']}"
         return out
 
+    @tasks.get("/runs/{run_id}/notebook", responses={200: {"content": {
+        "application/x-ipynb+json": {}}}})
+    def run_notebook(run_id: RowId, svc: Service = Depends(service)) -> Response:
+        """The run as a Jupyter notebook (nbformat 4.5): each cell with its output, its
+        displays, its failure, and its timing in papermill's ``metadata.papermill``."""
+        body = json.dumps(svc.run_notebook(run_id), indent=1, default=str)
+        run = svc.get_run(run_id)
+        return Response(body, media_type="application/x-ipynb+json", headers={
+            "Content-Disposition": f'attachment; filename="{run.task}-{run.id}.ipynb"'})
+
     @tasks.get("/runs/{run_id}/displays/{index}")
     def run_display(run_id: RowId, index: int = ApiPath(ge=0, le=1_000_000),
                     svc: Service = Depends(service)) -> dict:
@@ -289,7 +299,8 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
 
     @tasks.post("", response_model=TaskDetail, status_code=201)
     def create_task(body: TaskCreate, request: Request, svc: Service = Depends(service)):
-        return svc.create_task(body.id, body.code, author=who(request))
+        code = body.code if body.notebook is None else notebooks.to_percent(body.notebook)
+        return svc.create_task(body.id, code, author=who(request))
 
     @tasks.get("/{task_id}", response_model=TaskDetail)
     def get_task(task_id: str, svc: Service = Depends(service)):

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path as ApiPath
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from taskrun import __version__
 from taskrun.history.models import RunPublic, VersionPublic
@@ -28,9 +28,20 @@ EXECUTE_BODY = {"requestBody": {"required": False, "content": {
 # ---- shapes --------------------------------------------------------------
 
 class TaskCreate(BaseModel):
+    """A new task: its ``code``, or a ``notebook`` (an ``.ipynb``'s JSON) written as a
+    file in ``# %%`` cells, its outputs dropped."""
+
     model_config = ConfigDict(extra="forbid")
     id: str = Field(validation_alias=AliasChoices("id", "task_id", "name"), max_length=200)
-    code: str = Field(validation_alias=AliasChoices("code", "content"), max_length=1024 * 1024)
+    code: str | None = Field(default=None, validation_alias=AliasChoices("code", "content"),
+                             max_length=1024 * 1024)
+    notebook: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TaskCreate:
+        if (self.code is None) == (self.notebook is None):
+            raise ValueError("give the task's code or a notebook, one of them")
+        return self
 
 
 class TaskUpdate(BaseModel):

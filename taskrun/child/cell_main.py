@@ -30,6 +30,57 @@ MARKER = re.compile(r"#\s?%%(?!%)(.*)$")
 NEEDLE = b"%%"  # the server's cheap test: a file without it has no cells
 
 
+TAGS = re.compile(r"tags\s*=\s*\[([^\]]*)\]")
+
+
+def is_parameters(title: str) -> bool:
+    """papermill's and Jupytext's parameters cell: ``tags=["parameters"]`` or
+    ``[parameters]`` in its title."""
+    tags = TAGS.search(title)
+    if tags and "parameters" in [t.strip().strip("'\"") for t in tags.group(1).split(",")]:
+        return True
+    return "[parameters]" in title.lower()
+
+
+def assigned(body: list) -> list[str]:
+    """The names a parameters cell assigns (``x = 1``, ``x: int = 1``)."""
+    names = []
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and \
+                isinstance(stmt.targets[0], ast.Name):
+            names.append(stmt.targets[0].id)
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and \
+                stmt.value is not None:
+            names.append(stmt.target.id)
+    return names
+
+
+def _inject(namespace: dict, names: list[str]) -> None:
+    """A run's params replace the parameters cell's values, right after it ran (as
+    papermill's injected cell does)."""
+    try:
+        given = json.loads(os.environ.get("TASKRUN_PARAMS") or "{}")
+    except ValueError:
+        return
+    for name in names:
+        if isinstance(given, dict) and name in given:
+            namespace[name] = _like(namespace.get(name), given[name])
+
+
+def _like(old, new):
+    """``new`` (a param as the run got it) of the type the cell gave ``old``."""
+    try:
+        if isinstance(old, bool):
+            return new if isinstance(new, bool) else str(new).lower() in ("1", "true", "yes")
+        if isinstance(old, int):
+            return int(new)
+        if isinstance(old, float):
+            return float(new)
+    except (TypeError, ValueError):
+        pass
+    return new
+
+
 def _first_line(stmt: ast.stmt) -> int:
     decorators = getattr(stmt, "decorator_list", None)
     return decorators[0].lineno if decorators else stmt.lineno
@@ -250,13 +301,16 @@ def run(script: str, record_path: str, namespace: dict) -> None:
         builtins.display = shows.display
     lines = source.decode("utf-8", "replace").splitlines()
     for cell in cells:
-        code, last = _cell_code(script, tree.body[cell["first"]:cell["last"]], flags, lines)
+        body = tree.body[cell["first"]:cell["last"]]
+        code, last = _cell_code(script, body, flags, lines)
         _flush()
         shows.cell = cell["index"]
         shows.route()
         record.write({"i": cell["index"], "start": time.time(), "offset": _log_offset()})
         try:
             exec(code, namespace)
+            if is_parameters(cell["title"]):
+                _inject(namespace, assigned(body))
             if last is not None:
                 shows.route()
                 value = eval(last, namespace)

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from taskrun.errors import InvalidName, InvalidParams, NotFound
+from taskrun.history import versions
 from taskrun.history.models import Run
 from taskrun.history.queries import find_run
 from taskrun.runs import inspection, run_files
 from taskrun.status import RunStatus
-from taskrun.store import displays, outputs
+from taskrun.store import displays, notebooks, outputs
 
 if TYPE_CHECKING:
     from taskrun.history.db import Database
@@ -146,3 +147,34 @@ class RunProducts:
         if not isinstance(item, dict) or item.get("kind") not in displays.KINDS:
             raise NotFound(f"Display {index} of run {run_id} is not readable.")
         return displays.safe(item, self.run_masker(run))
+
+    def run_notebook(self, run_id: int) -> dict:
+        """The run as a notebook (nbformat 4.5): the version that ran, cell by cell, with
+        each cell's output, displays, failure and timing (``store.notebooks``)."""
+        run = find_run(self.db, run_id)
+        source = None
+        if run.code_sha:
+            try:
+                source = versions.get(self.db, run.task, run.code_sha).content
+            except NotFound:
+                source = None
+        if source is None:
+            source, _ = self.store.read(run.task)
+        cells = self.run_cells(run_id)
+        end = max([c.get("log_end") or 0 for c in cells] or [0])
+        text = self.read_log(run_id, 0, max_bytes=max(end, 1)).content.encode() if end else b""
+
+        def output(cell: dict) -> str:
+            start, stop = cell.get("log_start"), cell.get("log_end")
+            if start is None or stop is None:
+                return ""
+            return text[start:stop].decode("utf-8", "replace")
+
+        def display(index: int) -> dict | None:
+            try:
+                return self.run_display(run_id, index)
+            except NotFound:
+                return None
+
+        return notebooks.export(source, cells, {**run.model_dump(mode="json")},
+                                output=output, display=display, failure=run.failure)

@@ -10,7 +10,7 @@ import ast
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -253,7 +253,40 @@ def _outputs(conf: dict) -> tuple[OutputSpec, ...]:
 
 
 def parse(code: str) -> TaskMeta:
-    """The task's settings; raises InvalidMetadata naming what is wrong."""
+    """The task's settings; raises InvalidMetadata naming what is wrong. The literal
+    assignments of a parameters cell (``# %% tags=["parameters"]``) are params too,
+    typed from their values, unless ``[tool.taskrun.params]`` declares them."""
+    meta = _parse(code)
+    inferred = [p for p in _cell_params(code) if p.name not in {q.name for q in meta.params}]
+    return replace(meta, params=meta.params + tuple(inferred)) if inferred else meta
+
+
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _cell_params(code: str) -> list[Param]:
+    from taskrun.store.notebooks import parameters
+
+    out = []
+    for name, value in parameters(code):
+        if not ENV_NAME_RE.match(name):
+            continue
+        if isinstance(value, bool):
+            kind = "bool"
+        elif isinstance(value, int):
+            kind = "int"
+        elif isinstance(value, float):
+            kind = "float"
+        elif isinstance(value, str):
+            kind = "date" if DATE_RE.match(value) else "str"
+        else:
+            continue  # (a list, a dict, None: not a param the run dialog can give)
+        out.append(Param(name=name, type=kind, default=value,
+                         help="from the notebook's parameters cell"))
+    return out
+
+
+def _parse(code: str) -> TaskMeta:
     match = find_block(code)
     doc = _docstring_line(code)
     if match is None:
