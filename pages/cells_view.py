@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
-from pages.common import plain
+from pages.common import STATUS_ICONS, plain
 from taskrun import fmt
 from taskrun.errors import TaskRunError
 from taskrun.history.models import RunPublic
@@ -23,8 +23,7 @@ from taskrun.store.cells import key as cell_key
 
 SOURCE_LINES = 3  # a cell's code is shown collapsed to its first lines
 OUTPUT_BYTES = 64 * 1024  # per cell: the start of its output (the whole log downloads)
-ICONS = {"succeeded": "✅", "failed": "❌", "running": "▶️", "not_run": "⏸️",
-         "timed_out": "⏱️", "cancelled": "🛑", "lost": "❓"}
+ICONS = STATUS_ICONS
 
 
 def _code_lines(svc: Service, run: RunPublic) -> list[str]:
@@ -65,7 +64,7 @@ def show(svc: Service, run: RunPublic, key: str) -> bool:
     try:
         cells = svc.run_cells(run.id)
     except TaskRunError as exc:
-        st.error(plain(exc), icon="⚠️")
+        st.error(plain(exc), icon=":material/warning:")
         return True
     if len(cells) < 2 and run.cells is None:
         return False
@@ -83,9 +82,9 @@ def show(svc: Service, run: RunPublic, key: str) -> bool:
                         language="python")
             if failed:
                 st.error(f"The run stopped in this cell ({cell['status'].replace('_', ' ')}).",
-                         icon="❌")
+                         icon=":material/cancel:")
             if current:
-                st.info("Running now: its output grows below.", icon="▶️")
+                st.info("Running now: its output grows below.", icon=":material/play_arrow:")
             out = _output(svc, run, cell)
             if cell["status"] == "not_run":
                 st.caption("Not run: an earlier cell ended the run.")

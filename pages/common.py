@@ -14,7 +14,6 @@ from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.access.sessions import COOKIE
 from taskrun.errors import TaskRunError
 from taskrun.service.facade import Service, default_service
-from taskrun.status import ICONS, RunStatus
 from taskrun.web_login import LOGIN_PATH, safe_next
 
 HERE = Path(__file__).resolve().parent
@@ -26,12 +25,16 @@ def service() -> Service:
 
 
 PAGES = {
-    "tasks": st.Page(str(HERE / "tasks.py"), title="Tasks", icon="🗂️", url_path="tasks",
-                     default=True),
-    "editor": st.Page(str(HERE / "editor.py"), title="Editor", icon="📝", url_path="editor"),
-    "runs": st.Page(str(HERE / "runs.py"), title="Runs & logs", icon="📜", url_path="runs"),
-    "system": st.Page(str(HERE / "system.py"), title="System", icon="🖥️", url_path="system"),
-    "admin": st.Page(str(HERE / "admin.py"), title="Admin", icon="🔐", url_path="admin"),
+    "tasks": st.Page(str(HERE / "tasks.py"), title="Tasks", icon=":material/folder_open:",
+                     url_path="tasks", default=True),
+    "editor": st.Page(str(HERE / "editor.py"), title="Editor", icon=":material/edit_note:",
+                      url_path="editor"),
+    "runs": st.Page(str(HERE / "runs.py"), title="Runs & logs", icon=":material/receipt_long:",
+                    url_path="runs"),
+    "system": st.Page(str(HERE / "system.py"), title="System", icon=":material/monitor_heart:",
+                      url_path="system"),
+    "admin": st.Page(str(HERE / "admin.py"), title="Admin",
+                     icon=":material/admin_panel_settings:", url_path="admin"),
 }
 
 
@@ -98,7 +101,8 @@ def signed_out() -> None:
 
 
 def run_navigation() -> None:
-    st.set_page_config(page_title="Task Run Service", page_icon="⚙️", layout="wide")
+    st.set_page_config(page_title="Task Run Service", page_icon=":material/settings:",
+                       layout="wide")
     me = user()
     if me is None:
         # Route as usual (so the URL and its query survive), but build nothing of
@@ -125,7 +129,8 @@ def sidebar_status() -> None:
     except TaskRunError as exc:
         st.error(str(exc))
         return
-    alive = "🟢 supervisor running" if status.get("alive") else "🔴 supervisor stopped"
+    alive = (":green[:material/circle:] supervisor running" if status.get("alive")
+             else ":red[:material/circle:] supervisor stopped")
     st.caption(alive)
     c1, c2 = st.columns(2)
     c1.metric("Running", status["running"])
@@ -169,16 +174,25 @@ def plain(text: object, limit: int = 2000) -> str:
     return _PUNCTUATION.sub(r"\\\1", flat)
 
 
-def status_label(status: str) -> str:
-    try:
-        return f"{ICONS[RunStatus(status)]} {status}"
-    except ValueError:
-        return status
+# Material Symbols, not emoji: a browser without an emoji font draws those as boxes.
+STATUS_ICONS = {
+    "queued": ":gray[:material/schedule:]", "running": ":blue[:material/play_circle:]",
+    "succeeded": ":green[:material/check_circle:]", "failed": ":red[:material/cancel:]",
+    "timed_out": ":orange[:material/timer_off:]", "cancelled": ":gray[:material/block:]",
+    "lost": ":violet[:material/help:]", "skipped": ":gray[:material/skip_next:]",
+    "not_run": ":gray[:material/pause_circle:]"}
+
+
+def status_label(status: str, rich: bool = True) -> str:
+    """A status for a Markdown label (its icon first); ``rich=False``: plain text (a
+    table cell)."""
+    status = str(status)
+    return f"{STATUS_ICONS[status]} {status}" if rich and status in STATUS_ICONS else status
 
 
 def show_error(exc: Exception) -> None:
     """A refused action shows its reason (as text: it may quote input), never a trace."""
-    st.error(plain(exc), icon="⚠️")
+    st.error(plain(exc), icon=":material/warning:")
 
 
 def run_summary(run) -> str:

@@ -54,7 +54,7 @@ except TaskRunError as exc:
     st.stop()
 base_sha = ss.editor_base.setdefault(name, task["sha"])
 if task["error"]:
-    st.warning(plain(task["error"]), icon="⚠️")
+    st.warning(plain(task["error"]), icon=":material/warning:")
 
 # (sha, text): shown while the task is at that version. Not just on the next rerun:
 # the editor remounts after a save (its key follows the sha), and the rerun its
@@ -112,7 +112,7 @@ if wanted:
     missing = [n for n in wanted if n not in stored]
     if missing:
         st.warning(f"Secret(s) not set: {', '.join(missing)} — runs fail until an admin "
-                   "sets them on the Admin page.", icon="🔑")
+                   "sets them on the Admin page.", icon=":material/key:")
 
 
 def save(overwrite: bool = False) -> bool:
@@ -160,7 +160,7 @@ if st.button("▶ Run", key="editor-run", help=needs("operator") or "Run the sav
 
 if ss.editor_error:
     if ss.editor_error[0] == code:
-        st.error(ss.editor_error[1], icon="🛑")
+        st.error(ss.editor_error[1], icon=":material/block:")
     else:  # edited since: the message and gutter marks are about older code
         ss.editor_error = None
         if ss.editor_annotations:
@@ -215,8 +215,8 @@ following("editor_output_live", _last is not None and _last.status in ACTIVE, 0.
 
 _open = [g for g in svc.failure_groups(name) if not g["resolved"]]
 if _open:
-    with st.expander(f"⚠️ Open failures ({len(_open)}): causes seen since the task last "
-                     "succeeded"):
+    with st.expander(f"Open failures ({len(_open)}): causes seen since the task last "
+                     "succeeded", icon=":material/warning:"):
         for g in _open:
             what = (f"{plain(g['exception'])} at {plain(g['location'])} in "
                     f"{plain(g['function'])}"
@@ -225,7 +225,7 @@ if _open:
             st.markdown(f"{what} · **{g['count']}** run(s) · last "
                         f"{g['last_seen']:%Y-%m-%d %H:%M} UTC · {runs_links}")
 
-with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
+with st.expander("Settings ([tool.taskrun] metadata)", icon=":material/tune:"):
     meta = task["metadata"] or {}
     with st.form("editor-settings"):
         description = st.text_input("Description", value=meta.get("description", ""))
@@ -271,7 +271,7 @@ with st.expander("⚙️ Settings ([tool.taskrun] metadata)"):
 
 # A run's "Code" link lands here with ?version=<sha>: open the history on it.
 linked = st.query_params.get("version")
-with st.expander("🕘 Version history", expanded=bool(linked)):
+with st.expander("Version history", expanded=bool(linked), icon=":material/history:"):
     history = svc.task_versions(name, limit=50)
     if not history:
         st.caption("No saved versions yet.")

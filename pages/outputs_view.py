@@ -41,7 +41,7 @@ def warnings(run: RunPublic) -> None:
     """The checks' findings, where nobody can miss them (top of the run's page)."""
     if run.output_warnings:
         st.warning("**Its outputs look wrong:**\n\n" + "\n".join(
-            f"- {plain(w)}" for w in run.output_warnings), icon="⚠️")
+            f"- {plain(w)}" for w in run.output_warnings), icon=":material/warning:")
 
 
 def summary(entry: dict) -> str:

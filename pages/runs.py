@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time, timedelta
 
 import pandas as pd
@@ -61,7 +62,8 @@ with history_tab:
     pages = max(1, -(-total // page_size))
     runs = svc.list_runs(flt, page_size, before_id=ss.runs_cursors[ss.runs_page])
     table = pd.DataFrame([{
-        "id": r.id, "task": r.task, "status": status_label(r.status), "trigger": r.trigger,
+        "id": r.id, "task": r.task, "status": status_label(r.status, rich=False),
+        "trigger": r.trigger,
         "queued": r.queued_at, "duration": fmt.duration(r.duration), "exit": r.exit_code,
         "peak memory": fmt.size(r.peak_rss) if r.peak_rss else "–",
         "error": r.error or "",
@@ -104,7 +106,8 @@ with history_tab:
             d2.markdown(f"**Queued** {run.queued_at:%Y-%m-%d %H:%M:%S} UTC  \n"
                         f"**Cancelled by** {plain(run.cancelled_by or '–')}")
             if run.code_sha:
-                d2.page_link(PAGES["editor"], label=f"Code {run.code_sha[:12]}", icon="🔗",
+                d2.page_link(PAGES["editor"], label=f"Code {run.code_sha[:12]}",
+                             icon=":material/link:",
                              query_params={"task": run.task, "version": run.code_sha})
             d3.markdown(f"**Peak memory** {fmt.size(run.peak_rss)}  \n"
                         f"**CPU** {run.cpu_seconds if run.cpu_seconds is not None else '–'} s"
@@ -188,6 +191,15 @@ with history_tab:
                     show_error(exc)
 
             outputs_view.show(svc, run, f"runs_{run.id}")
+            if run.cells is not None and run.status not in ACTIVE:
+                try:
+                    st.download_button(
+                        "Download as a notebook (.ipynb)", icon=":material/download:",
+                        data=json.dumps(svc.run_notebook(run.id), indent=1, default=str),
+                        file_name=f"{run.task}-{run.id}.ipynb", mime="application/x-ipynb+json",
+                        key=f"runs_notebook_{run.id}")
+                except TaskRunError as exc:
+                    show_error(exc)
 
             def log_view(run_id: int) -> None:
                 current = svc.get_run(run_id)
@@ -270,7 +282,8 @@ with failures_tab:
             c1, c2 = st.columns([3, 1])
             title = (f"`{g['exception']}` at `{g['location']}` in `{g['function']}`"
                      if g["exception"] else f"**{g['kind'].capitalize()}**")
-            c1.markdown(title + (" · ✅ resolved" if g["resolved"] else ""))
+            c1.markdown(title + (" · :green[:material/check_circle:] resolved"
+                                 if g["resolved"] else ""))
             if g["message_sample"]:
                 c1.caption(g["message_sample"][:300])
             c1.markdown(f"**{g['count']}** run(s) of {', '.join(g['tasks'])} · first "

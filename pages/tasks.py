@@ -101,17 +101,24 @@ def delete_dialog(name: str) -> None:
         st.rerun()
 
 
-with st.expander("➕ New task", expanded=False):
+with st.expander("New task", expanded=False, icon=":material/add:"):
     if needs("admin"):
         st.caption("Creating tasks needs the admin role.")
     with st.form("new-task", clear_on_submit=False):
         new_name = st.text_input("Name", placeholder="load_orders",
                                  help="1-64 characters: letters, digits, '_' or '-'")
         template = st.selectbox("Start from", list(TEMPLATES))
+        notebook = st.file_uploader("… or a Jupyter notebook", type=["ipynb"],
+                                    help="Written as a file in # %% cells; its outputs are "
+                                         "dropped, a cell tagged 'parameters' gives params")
         create = st.form_submit_button("Create", type="primary", disabled=bool(needs("admin")))
     if create:
         try:
-            svc.create_task(new_name.strip(), TEMPLATES[template], author=signed_in().name)
+            if notebook is not None:
+                svc.create_task_from_notebook(new_name.strip(), notebook.getvalue(),
+                                              author=signed_in().name)
+            else:
+                svc.create_task(new_name.strip(), TEMPLATES[template], author=signed_in().name)
         except TaskRunError as exc:
             show_error(exc)
         else:
@@ -141,7 +148,7 @@ def active_runs() -> None:
                        f"{fmt.duration((now - since).total_seconds())}")
             if run.progress is not None:
                 c2.progress(run.progress, text=run.progress_message or f"{run.progress:.0%}")
-            c2.page_link(PAGES["runs"], label="Log", icon="📜",
+            c2.page_link(PAGES["runs"], label="Log", icon=":material/receipt_long:",
                          query_params={"run": str(run.id)})
             if c3.button("Cancel", key=f"cancel-{run.id}", disabled=bool(needs("operator")),
                          help=needs("operator")):
@@ -172,7 +179,7 @@ for task in tasks:
     cols = st.columns([3, 4, 1.3, 2.2, 1.3, 1.2, 2.6], vertical_alignment="center")
     cols[0].markdown(f"`{name}`")
     if task["error"]:
-        cols[1].error(task["error"], icon="⚠️")
+        cols[1].error(task["error"], icon=":material/warning:")
     else:
         cols[1].write(task["description"] or "–")
     cols[2].write({"running": "▶️ running", "queued": "⏳ queued"}.get(task["state"], "idle"))
@@ -195,9 +202,9 @@ for task in tasks:
     if a1.button("▶", key=f"run-{name}", help=needs("operator") or f"Run {name}",
                  disabled=bool(task["error"] or needs("operator"))):
         st.session_state.tasks_dialog = ("run", name)
-    if a2.button("✎", key=f"edit-{name}", help=f"Edit {name}"):
+    if a2.button(":material/edit:", key=f"edit-{name}", help=f"Edit {name}"):
         st.switch_page(PAGES["editor"], query_params={"task": name})
-    if a3.button("🗑", key=f"delete-{name}", help=needs("admin") or f"Delete {name}",
+    if a3.button(":material/delete:", key=f"delete-{name}", help=needs("admin") or f"Delete {name}",
                  disabled=bool(needs("admin"))):
         st.session_state.tasks_dialog = ("delete", name)
 

@@ -63,7 +63,7 @@ from taskrun.metrics import CONTENT_TYPE as METRICS_TYPE
 from taskrun.runs import logs
 from taskrun.service.facade import RunFilter, Service, default_service
 from taskrun.service.peers import PEER_HEADER
-from taskrun.store import notebooks, outputs
+from taskrun.store import outputs
 
 # ---- app -----------------------------------------------------------------
 
@@ -299,8 +299,9 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
 
     @tasks.post("", response_model=TaskDetail, status_code=201)
     def create_task(body: TaskCreate, request: Request, svc: Service = Depends(service)):
-        code = body.code if body.notebook is None else notebooks.to_percent(body.notebook)
-        return svc.create_task(body.id, code, author=who(request))
+        if body.notebook is not None:
+            return svc.create_task_from_notebook(body.id, body.notebook, author=who(request))
+        return svc.create_task(body.id, body.code, author=who(request))
 
     @tasks.get("/{task_id}", response_model=TaskDetail)
     def get_task(task_id: str, svc: Service = Depends(service)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from taskrun import storage
 from taskrun.access import audit
 from taskrun.envs import locks
 from taskrun.errors import (
+    InvalidCode,
     InvalidMetadata,
     NotFound,
     StorageUnavailable,
@@ -26,7 +28,7 @@ from taskrun.history.models import Run, RunPublic, TaskVersion, VersionPublic
 from taskrun.history.queries import MAX_PAGE
 from taskrun.service.shared import changes_view
 from taskrun.status import ACTIVE
-from taskrun.store import metadata
+from taskrun.store import metadata, notebooks
 from taskrun.store.tasks import TaskInfo, check_name
 
 log = logging.getLogger("taskrun.service")
@@ -128,6 +130,17 @@ class TaskFiles:
             audit.record(self.db, author, "task.create", name, sha[:12])
         log.info("task %s created by %s", name, author or "-")
         return self.get_task(name)
+
+    def create_task_from_notebook(self, name: str, notebook: dict | bytes,
+                                  author: str | None = None) -> dict:
+        """A new task from a Jupyter notebook (its JSON, or the ``.ipynb`` file's bytes):
+        written in ``# %%`` cells (``store.notebooks``), outputs dropped."""
+        if isinstance(notebook, (bytes, str)):
+            try:
+                notebook = json.loads(notebook)
+            except ValueError as exc:
+                raise InvalidCode(f"not a notebook: {exc}") from None
+        return self.create_task(name, notebooks.to_percent(notebook), author)
 
     @changes_view
     def update_task(self, name: str, code: str, base_sha: str | None = None,
