@@ -80,8 +80,12 @@ CTRL_S = {"commands": [{"name": "submit", "bindkey": {"win": "Ctrl-S", "mac": "C
 # The widget key follows the sha it was loaded from, so loading another version
 # (restore, "take theirs") replaces the buffer instead of keeping the old text.
 loaded = task["code"] if base_sha == task["sha"] else ss.get(f"buffer-{name}", "")
+# The text comes with each command (Save, Save & Run, Ctrl/Cmd-S) and when the editor
+# loses focus; not debounced while typing: a debounced change sent 250 ms after the last
+# key could arrive after a Save clicked in between and replace it as the component's
+# value before the page read it, and the save was lost.
 event = code_editor(loaded, lang="python", theme="default", shortcuts="vscode",
-                    height=[18, 40], response_mode="debounce",
+                    height=[18, 40], response_mode=["blur"],
                     buttons=BUTTONS if can("admin") else [],
                     keybindings=CTRL_S if can("admin") else {},
                     options={"wrap": False, "tabSize": 4, "showLineNumbers": True,
