@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke test)")
     parser.add_argument("--only", nargs="*", help="suites to run (launch, throughput, kill, "
-                        "history, logs, ui, memory, warm, envs, workflows, dashboards; and ray, "
-                        "which needs requirements-ray.txt and is not run by default)")
+                        "history, logs, ui, memory, warm, envs, workflows, displays, dashboards; "
+                        "and ray, which needs requirements-ray.txt and is not run by default)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--postgres", action="store_true",
                         help="the service on a throwaway PostgreSQL (Debian's postgresql-15) "
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
         args.only = args.only or ["launch", "throughput", "history"]
     from . import (
         dashboards,
+        displays,
         envs,
         history,
         kill,
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
         "warm": lambda: warm.run(5 if q else 100),
         "envs": lambda: envs.run(5 if q else 60),
         "workflows": lambda: workflows.run(3 if q else 30),
+        "displays": lambda: displays.run(3 if q else 40),
         "dashboards": lambda: dashboards.run([1, 2] if q else [1, 10, 25], 2 if q else 20,
                                              2 if q else 10),
         # (on a local Ray cluster it starts: only when asked for, with --only ray)

@@ -24,7 +24,7 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
     assert data["machine"]["python"] and data["machine"]["git_sha"] is not None
     suites = {f["suite"] for f in data["figures"]}
     assert suites == {"launch", "throughput", "kill", "history", "logs", "ui", "memory", "warm",
-                      "envs", "workflows", "dashboards"}
+                      "envs", "workflows", "displays", "dashboards"}
     for figure in data["figures"]:
         assert math.isfinite(figure["median"]) and math.isfinite(figure["p95"]), figure
         if figure["unit"] == "ms" and "overhead" not in figure["name"]:

@@ -224,6 +224,8 @@ class Displays:
         self.shown: set[int] = set()  # figures displayed in this cell (not shown again)
 
     def display(self, *values, **_options) -> None:
+        if not os.environ.get("TASKRUN_DISPLAY_DIR"):
+            return  # (where displays are not kept: a run on a cluster)
         for value in values:
             if self.module is None:
                 import importlib.util
