@@ -25,6 +25,15 @@ else:
 
     @asynccontextmanager
     async def lifespan(_app):
+        # Settings may come from `.streamlit/secrets.toml` alone (Streamlit Community
+        # Cloud): its root-level keys become environment variables, before the
+        # service reads its settings.
+        try:
+            from streamlit.runtime.secrets import secrets_singleton
+
+            secrets_singleton.load_if_toml_exists()
+        except Exception:  # (a malformed secrets file is Streamlit's to report)
+            pass
         if not os.environ.get("TASKRUN_BASE_URL"):
             # Its default follows the port actually served (and so does the URL other
             # servers reach this one at, unless TASKRUN_ADVERTISE_URL says otherwise).

@@ -195,3 +195,20 @@ def problems(settings: Settings) -> list[str]:
         found.append(f"only {free / MB:.1f} MB free on the data dir's disk "
                      f"(TASKRUN_MIN_FREE_MB={settings.min_free_mb})")
     return found
+
+
+# Where Streamlit Community Cloud checks an app out: a disk that is not kept when the
+# app restarts, sleeps or is redeployed.
+EPHEMERAL_ROOTS = (Path("/mount/src"),)
+
+
+def ephemeral_note(settings: Settings, project: Path) -> str | None:
+    """What will not last, where the data dir lies on a disk that is not kept."""
+    if not any(project.is_relative_to(root) or settings.home.is_relative_to(root)
+               for root in EPHEMERAL_ROOTS):
+        return None
+    what = "the run history (SQLite), " if settings.is_sqlite else ""
+    return (f"this checkout looks like Streamlit Community Cloud's ({project}): its disk is "
+            f"not kept across restarts, so {what}run logs, uploads and outputs in "
+            f"{settings.home} will be lost; set TASKRUN_DATABASE_URL to a hosted "
+            "PostgreSQL to keep the history")

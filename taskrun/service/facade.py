@@ -44,7 +44,7 @@ from taskrun.service.shared import DashboardView, changes_view
 from taskrun.service.system import SystemViews
 from taskrun.service.tasks import TaskFiles
 from taskrun.service.workflows import WorkflowRuns
-from taskrun.settings import Settings, configure_logging, load
+from taskrun.settings import PROJECT_ROOT, Settings, configure_logging, load
 from taskrun.status import ACTIVE, RunStatus
 from taskrun.store import cells
 from taskrun.store.params import resolve_params
@@ -91,6 +91,9 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts, WorkflowRuns):
         # A full, read-only or broken data dir at start: said so, typed (exit 3, 503).
         with storage.refusing(self.settings.home, "open the data dir"):
             configure_logging(self.settings)
+            note = storage.ephemeral_note(self.settings, PROJECT_ROOT)
+            if note:
+                log.warning(note)
             for folder in (self.settings.home, self.settings.run_logs_dir,
                            self.settings.locks_dir):
                 folder.mkdir(parents=True, exist_ok=True)
