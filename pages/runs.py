@@ -160,6 +160,9 @@ with history_tab:
                              for name, v in env.get("variables", {}).items()]
                     rows += [{"what": f"secret: {name}", "before": "–", "after": how}
                              for name, how in env["secrets"].items()]
+                    rows += [{"what": f"cell {name}: tables (rows × columns)",
+                              "before": _tables(v["before"]), "after": _tables(v["after"])}
+                             for name, v in changed.get("cell_tables", {}).items()]
                     for name in ("duration", "peak_rss"):
                         m = changed[name]
                         rows.append({"what": name, "before": str(m["before"]),
@@ -330,6 +333,10 @@ with query_tab:
         if numeric and len(frame.columns) > 1:
             x = frame.columns[0]
             st.plotly_chart(px.bar(frame, x=x, y=numeric[-1]), key="query_chart")
+
+def _tables(shapes: list | None) -> str:
+    return ", ".join(f"{r} × {c}" for r, c in shapes) if shapes else "–"
+
 
 with workflows_tab:
     workflow_view.show(svc)

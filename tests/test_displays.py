@@ -156,3 +156,16 @@ def test_an_ipynb_imports_as_a_task_and_runs_with_its_parameters_cell(svc):
     exported = client.get(f"/tasks/runs/{run.id}/notebook")
     assert exported.status_code == 200
     assert exported.json()["cells"][1]["metadata"]["tags"] == ["parameters"]
+
+
+def test_the_run_diff_names_a_cells_table_that_changed(svc, tasks_dir):
+    code = ("# %% load\nimport os, pandas as pd\nrows = int(os.environ['TASKRUN_PARAM_N'])\n"
+            "pd.DataFrame({'a': range(rows)})\n# %% check\nassert rows > 1, 'too few'\n")
+    (tasks_dir / "tables.py").write_text(
+        "# /// script\n# [tool.taskrun.params]\n# n = { type = \"int\", default = 5 }\n"
+        "# ///\n" + code)
+    good = svc.wait(svc.submit("tables").id, 60)
+    bad = svc.wait(svc.submit("tables", {"n": 0}).id, 60)
+    assert (good.status, bad.status) == ("succeeded", "failed")
+    changed = svc.run_diff(bad.id)["cell_tables"]
+    assert changed == {"load": {"before": [[5, 1]], "after": [[0, 1]]}}

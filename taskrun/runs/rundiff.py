@@ -22,7 +22,7 @@ from taskrun.history.db import Database
 from taskrun.history.models import Run, RunPublic
 from taskrun.history.queries import find_run
 from taskrun.status import RunStatus
-from taskrun.store import metadata
+from taskrun.store import cells, metadata
 
 _T = Run.__table__
 CONTEXT_LINES = 3
@@ -89,7 +89,20 @@ def diff(db: Database, run_id: int, against: int | None = None) -> dict[str, Any
         "where": _changes(_where(other), _where(run)),
         "upstream_run": {"before": other.upstream_run, "after": run.upstream_run},
         "environment": _environment(db, other, run),
+        "cell_tables": _cell_tables(other, run),
     }
+
+
+def _cell_tables(before: RunPublic, after: RunPublic) -> dict[str, Any]:
+    """Each cell's displayed tables (their row and column counts) where they changed:
+    "what changed in cell load's table since it last worked"."""
+    def tables(run: RunPublic) -> dict[str, list]:
+        return {cells.key(c): [[d.get("rows"), d.get("columns")]
+                               for d in c.get("displays") or () if d.get("kind") == "table"]
+                for c in run.cells or ()}
+    old, new = tables(before), tables(after)
+    return {name: {"before": old.get(name), "after": new.get(name)}
+            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)}
 
 
 def _where(run: RunPublic) -> dict[str, Any]:
