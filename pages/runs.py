@@ -28,6 +28,11 @@ from taskrun.errors import TaskRunError
 from taskrun.service.facade import RunFilter
 from taskrun.status import ACTIVE, RunStatus
 
+def _tables(shapes: list | None) -> str:
+    """A cell's tables as the diff shows them: "5 × 1, 3 × 2"."""
+    return ", ".join(f"{r} × {c}" for r, c in shapes) if shapes else "–"
+
+
 svc = service()
 signed_in()  # a page never runs for a browser that is not signed in
 ss = st.session_state
@@ -333,10 +338,6 @@ with query_tab:
         if numeric and len(frame.columns) > 1:
             x = frame.columns[0]
             st.plotly_chart(px.bar(frame, x=x, y=numeric[-1]), key="query_chart")
-
-def _tables(shapes: list | None) -> str:
-    return ", ".join(f"{r} × {c}" for r, c in shapes) if shapes else "–"
-
 
 with workflows_tab:
     workflow_view.show(svc)
