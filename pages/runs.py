@@ -28,6 +28,7 @@ from taskrun.errors import TaskRunError
 from taskrun.service.facade import RunFilter
 from taskrun.status import ACTIVE, RunStatus
 
+
 def _tables(shapes: list | None) -> str:
     """A cell's tables as the diff shows them: "5 × 1, 3 × 2"."""
     return ", ".join(f"{r} × {c}" for r, c in shapes) if shapes else "–"
