@@ -14,12 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import closing
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from taskrun import fmt, lite
+from taskrun.cli_operations import cmd_env, cmd_workflow
+from taskrun.cli_operations import open_service as _open
 from taskrun.errors import TaskRunError
+from taskrun.fmt import table as _table
 from taskrun.settings import SECRET_SETTINGS, SETTINGS, load
 from taskrun.status import ACTIVE, ROLES, RunStatus
 
@@ -30,27 +32,11 @@ EXIT_ERROR = 2  # bad input, unknown task or run, refused run
 EXIT_NOT_READY = 3
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _param(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return key, value
-
-
-def _open(args) -> Service:
-    # Imported here: the database layer is most of a command's start, and the
-    # commonest reads do without it (``taskrun.lite``).
-    from taskrun.service.facade import Service
-
-    return Service(load()).open()
 
 
 def cmd_list(args) -> int:
@@ -238,50 +224,6 @@ def cmd_prune(args) -> int:
     verb = "would prune" if args.dry_run else "pruned"
     print(f"{verb} {result.runs} run(s)" + ("" if args.dry_run else
                                            f", {result.log_bytes} bytes of logs"))
-    return 0
-
-
-def cmd_workflow(args) -> int:
-    svc = _open(args)
-    if args.action == "list":
-        rows = [[str(w["id"]), w["task"], w["status"], w["started_at"][:19],
-                 fmt.duration(w["duration"]) if w["duration"] is not None else "-",
-                 str(len(w["repairs"]))] for w in svc.list_workflows(limit=args.limit)]
-        print(_table(rows, ["ID", "STARTED AT TASK", "STATUS", "STARTED", "DURATION",
-                            "REPAIRS"]))
-        return 0
-    if args.id is None:
-        raise TaskRunError(f"taskrun workflow {args.action} needs a workflow run id")
-    if args.action == "repair":
-        done = svc.repair_workflow(args.id, by="cli")["repaired"]
-        print(f"workflow {args.id}: repair #{done['repair']} re-runs {', '.join(done['tasks'])}")
-        return 0
-    wf = svc.cancel_workflow(args.id, by="cli") if args.action == "cancel" \
-        else svc.get_workflow(args.id)
-    print(f"workflow {wf['id']} ({wf['task']}): {wf['status']}"
-          + (f", {len(wf['repairs'])} repair(s)" if wf["repairs"] else ""))
-    rows = [[n["task"], n["status"], ",".join(map(str, n["runs"])) or "-",
-             ", ".join(n["upstreams"]) or "-", n["reason"] or ""] for n in wf["nodes"]]
-    print(_table(rows, ["TASK", "STATUS", "RUNS", "AFTER", "WHY"]))
-    return 0
-
-
-def cmd_env(args) -> int:
-    svc = _open(args)
-    if args.action == "prune":
-        removed = svc.prune_environments()
-        print(f"removed {len(removed)} environment(s)" +
-              "".join(f"\n  {ident}" for ident in removed))
-        return 0
-    envs = svc.list_environments()
-    rows = [[e["id"][:12], fmt.size(e["size"]),
-             ", ".join(f"{n} {v}" for n, v in e["packages"].items())[:60],
-             ", ".join(e["tasks"]) or "-",
-             datetime.fromtimestamp(e["last_used"]).strftime("%Y-%m-%d %H:%M")]
-            for e in envs]
-    print(_table(rows, ["ENVIRONMENT", "SIZE", "PACKAGES", "TASKS", "LAST USED"]))
-    print(f"{len(envs)} environment(s), {fmt.size(svc.environments_size())} on disk "
-          "(shared files counted once)", file=sys.stderr)
     return 0
 
 

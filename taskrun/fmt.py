@@ -43,3 +43,12 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.0f} h ago"
     return f"{seconds / 86400:.0f} d ago"
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Rows as a plain text table (the CLI's)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)

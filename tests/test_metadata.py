@@ -4,7 +4,7 @@ import pytest
 
 from taskrun.errors import InvalidMetadata, InvalidParams
 from taskrun.status import Concurrency
-from taskrun.store import metadata
+from taskrun.store import block_writer, metadata
 from taskrun.store.params import resolve_params
 
 CODE = '''"""Docstring line."""
@@ -70,11 +70,12 @@ def test_replace_block_round_trips():
     meta = metadata.parse(CODE).as_dict()
     meta["timeout"] = 30
     meta["description"] = 'Quote " and unicode é'
-    new = metadata.replace_block(CODE, meta)
+    new = block_writer.replace_block(CODE, meta)
     parsed = metadata.parse(new)
     assert parsed.timeout == 30 and parsed.description == 'Quote " and unicode é'
     assert new.endswith('print("hi")\n')
-    added = metadata.replace_block("print(1)\n", {"description": "d", "concurrency": "parallel"})
+    added = block_writer.replace_block("print(1)\n",
+                                       {"description": "d", "concurrency": "parallel"})
     assert metadata.parse(added).concurrency is Concurrency.PARALLEL
 
 
@@ -90,7 +91,7 @@ def test_the_settings_form_keeps_what_it_does_not_edit():
             '# ///\nprint(1)\n')
     before = metadata.parse(code)
     edited = {**before.as_dict(), "description": "now described"}
-    after_code = metadata.replace_block(code, edited)
+    after_code = block_writer.replace_block(code, edited)
     after = metadata.parse(after_code)
     assert after.description == "now described"
     assert {**after.as_dict(), "description": ""} == {**before.as_dict(), "description": ""}
@@ -111,7 +112,7 @@ def test_file_params_and_output_expectations_parse_and_survive_the_settings_form
     assert (data.type, data.accept, data.max_mb) == ("file", (".csv", ".parquet"), 5.0)
     assert [(o.name, o.min_rows, o.columns, o.required) for o in meta.outputs] == [
         ("orders.csv", 1, ("a",), False), ("sub/x.parquet", None, (), True)]
-    again = m.parse(m.replace_block(code, meta.as_dict()))
+    again = m.parse(block_writer.replace_block(code, meta.as_dict()))
     assert (again.params, again.outputs, again.resources) == \
         (meta.params, meta.outputs, meta.resources)
     bad = [('# [tool.taskrun.outputs."../x.csv"]\n# min_rows = 1\n', "'..' part"),

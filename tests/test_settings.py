@@ -1,6 +1,6 @@
 import pytest
 
-from taskrun import settings
+from taskrun import app_log, settings
 from taskrun.errors import SettingsError
 
 
@@ -48,7 +48,7 @@ def test_the_app_log_rolls_over_at_its_size_limit(tmp_path):
     s = make_settings(tmp_path)
     log = logging.getLogger("taskrun")
     before = list(log.handlers)
-    settings.configure_logging(s)
+    app_log.configure_logging(s)
     (handler,) = [h for h in log.handlers if h not in before]
     try:
         handler.maxBytes = 2000

@@ -26,6 +26,7 @@ from taskrun import __version__, storage
 from taskrun.access.auth import ANONYMOUS_ADMIN, Identity
 from taskrun.api.access_routes import access_routers
 from taskrun.api.limits import BodyLimit
+from taskrun.api.operations_routes import operations_router
 from taskrun.api.roles import SIGNED_ROUTES, required_role
 from taskrun.api.shapes import (
     ERROR_RESPONSES,
@@ -59,7 +60,6 @@ from taskrun.errors import (
     Unauthorized,
 )
 from taskrun.history.models import RunPublic, VersionPublic
-from taskrun.metrics import CONTENT_TYPE as METRICS_TYPE
 from taskrun.runs import logs
 from taskrun.service.facade import RunFilter, Service, default_service
 from taskrun.service.peers import PEER_HEADER
@@ -456,59 +456,12 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         return JSONResponse(Health(**report).model_dump(), status_code=200 if report["ok"] else 503)
 
     tokens, auth, secrets = access_routers(service, who)
+    operations = operations_router(service, who)
 
     @api.get("/dependencies", tags=["tasks"])
     def dependencies(svc: Service = Depends(service)) -> list[dict]:
         """Chained tasks: each ``after`` link as upstream -> downstream."""
         return [{"upstream": u, "downstream": d, "on": on} for u, d, on in svc.dependencies()]
-
-    @api.get("/metrics", tags=["system"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
-    def metrics(svc: Service = Depends(service)) -> Response:
-        """This server's metrics in Prometheus' text format: runs started and finished by
-        task and status, run duration and queue wait, queued and running runs, slots,
-        the lease's age, environment builds, log bytes, API latency. A viewer's token,
-        or ``TASKRUN_METRICS_TOKEN`` (which opens this route only)."""
-        return Response(svc.metrics_text(), media_type=METRICS_TYPE)
-
-    @api.get("/workflows", tags=["workflows"])
-    def workflows_list(svc: Service = Depends(service), task: str | None = None,
-                       status: str | None = None, limit: int = Query(50, ge=1, le=500),
-                       offset: int = Query(0, ge=0, le=MAX_INT)) -> list[dict]:
-        """Workflow runs (a run and the runs its end set off through ``after``), newest
-        first; ``task``: those that include it."""
-        return svc.list_workflows(task, status, limit, offset)
-
-    @api.get("/workflows/{wid}", tags=["workflows"])
-    def workflow_show(wid: RowId, svc: Service = Depends(service)) -> dict:
-        """A workflow run: each node's state, its runs, why it was skipped, its upstreams."""
-        return svc.get_workflow(wid)
-
-    @api.post("/workflows/{wid}/repair", tags=["workflows"])
-    def workflow_repair(wid: RowId, request: Request,
-                        svc: Service = Depends(service)) -> dict:
-        """Re-run every node that did not succeed, and what depends on them, in the same
-        workflow run, with each task's current code (operators)."""
-        return svc.repair_workflow(wid, by=who(request))
-
-    @api.post("/workflows/{wid}/cancel", tags=["workflows"])
-    def workflow_cancel(wid: RowId, request: Request,
-                        svc: Service = Depends(service)) -> dict:
-        """Cancel its queued and running runs and skip the rest (operators)."""
-        return svc.cancel_workflow(wid, by=who(request))
-
-    @api.get("/environments", tags=["tasks"])
-    def environments(svc: Service = Depends(service)) -> list[dict]:
-        """Task environments on this server (built from tasks' declared dependencies):
-        each with its size on disk (files shared with others counted in each), its
-        packages, the tasks whose current version uses it, and its last use."""
-        return svc.list_environments()
-
-    @api.post("/environments/prune", tags=["tasks"])
-    def prune_environments(svc: Service = Depends(service)) -> dict:
-        """Remove environments no current version uses and no run used within
-        ``TASKRUN_ENV_KEEP_DAYS`` (admins)."""
-        return {"removed": svc.prune_environments()}
 
     @api.get("/failures", tags=["tasks"])
     def failure_groups(svc: Service = Depends(service), task: str | None = None,
@@ -536,6 +489,6 @@ def create_api(get_service: Callable[[], Service] = default_service) -> FastAPI:
         """Who did what and when (admins only)."""
         return svc.audit_events(limit, offset, actor, action)
 
-    for router in (tasks, logs_router, system, tokens, auth, secrets):
+    for router in (tasks, logs_router, system, tokens, auth, secrets, operations):
         api.include_router(router)
     return api

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -205,3 +206,9 @@ def live_count(db, lease_seconds: float) -> int:
         return c.execute(sa.select(sa.func.count()).select_from(_R).where(
             _R.c.heartbeat_at >= utcnow() - timedelta(seconds=lease_seconds),
             _R.c.stopped_at.is_(None))).scalar_one()
+
+
+def lease_age(sup: Supervisor) -> float:
+    """Seconds since this server last renewed its lease (NaN before the first one)."""
+    last = sup._last_lease
+    return float("nan") if last == float("-inf") else max(0.0, time.monotonic() - last)

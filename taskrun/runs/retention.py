@@ -121,3 +121,16 @@ def named_uploads(db: Database) -> set[str]:
                 if isinstance(value, dict) and isinstance(value.get("sha256"), str):
                     named.add(value["sha256"])
     return named
+
+
+def prune_all(db: Database, settings: Settings, task_envs, store) -> None:
+    """The hourly retention: old runs, then unused task environments; neither may ever
+    stop the runs."""
+    try:
+        prune(db, settings)
+    except Exception:
+        log.exception("pruning old runs failed")
+    try:
+        task_envs.prune(store)
+    except Exception:
+        log.exception("pruning unused task environments failed")

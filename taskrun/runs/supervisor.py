@@ -9,8 +9,7 @@ The loop, one step at a time: ``claims`` (which queued run, atomically) -> ``lau
 (a process or a cluster job, or a failure with its reason) -> ``watch`` /
 ``watch_remote`` (until it ends) -> ``ending`` (its end written, what it held given back).
 
-State machine of a run (edges here and in ``watch``, which ends runs; submit is
-in ``service``):
+State machine of a run (edges here and in ``watch``; submit is in ``service``):
 
     queued  -> running    claimed here (CAS on status = queued)
     queued  -> cancelled  cancelled before it started (service.cancel)
@@ -247,12 +246,6 @@ class Supervisor:
         with self._lock:
             return self.active.get(run_id)
 
-    def lease_age(self) -> float:
-        """Seconds since the lease was last renewed (NaN before the first renewal)."""
-        if self._last_lease == float("-inf"):
-            return float("nan")
-        return max(0.0, time.monotonic() - self._last_lease)
-
     def notify_finished(self, task: str | None = None) -> None:
         with self.finished:
             self.finished.notify_all()
@@ -286,14 +279,7 @@ class Supervisor:
             self.recover()
         if now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
-            try:
-                retention.prune(self.db, self.settings)
-            except Exception:  # pruning must never stop the runs
-                log.exception("pruning old runs failed")
-            try:
-                self.task_envs.prune(self.store)
-            except Exception:
-                log.exception("pruning unused task environments failed")
+            retention.prune_all(self.db, self.settings, self.task_envs, self.store)
         if now - self._last_cancels >= self.settings.poll_interval:
             # Asked through another process: seen within a poll, not on every wake-up
             # (which, at a run's end, is on the next run's launch path).

@@ -21,6 +21,7 @@ from taskrun import storage
 from taskrun.access import audit
 from taskrun.access.auth import Auth
 from taskrun.access.vault import SecretInfo, Vault
+from taskrun.app_log import configure_logging
 from taskrun.automation import scheduler
 from taskrun.envs.task_envs import TaskEnvironments
 from taskrun.errors import (
@@ -44,7 +45,7 @@ from taskrun.service.shared import DashboardView, changes_view
 from taskrun.service.system import SystemViews
 from taskrun.service.tasks import TaskFiles
 from taskrun.service.workflows import WorkflowRuns
-from taskrun.settings import PROJECT_ROOT, Settings, configure_logging, load
+from taskrun.settings import PROJECT_ROOT, Settings, load
 from taskrun.status import ACTIVE, RunStatus
 from taskrun.store import cells
 from taskrun.store.params import resolve_params

@@ -59,6 +59,8 @@ class SystemViews:
                 counts.get("queued", 0), {}),
                ("taskrun_runs_running", "Runs running (all servers).",
                 counts.get("running", 0), {})]
+        from taskrun.runs import replicas
+
         sup = self.supervisor
         if sup is not None:
             status = sup.status()
@@ -68,7 +70,7 @@ class SystemViews:
                      status["slots_in_use"], {}),
                     ("taskrun_lease_age_seconds", "Since this server last renewed its lease "
                      "(a replica whose lease runs out is taken for dead).",
-                     sup.lease_age(), {})]
+                     replicas.lease_age(sup), {})]
         out.append(("taskrun_environments_bytes", "Disk the task environments take (shared "
                     "files once; read at most once a minute).",
                     self.view.cache.get("environments_size", self.environments_size, 60.0), {}))

@@ -28,7 +28,7 @@ from taskrun.history.models import Run, RunPublic, TaskVersion, VersionPublic
 from taskrun.history.queries import MAX_PAGE
 from taskrun.service.shared import changes_view
 from taskrun.status import ACTIVE
-from taskrun.store import metadata, notebooks
+from taskrun.store import block_writer, metadata, notebooks
 from taskrun.store.tasks import TaskInfo, check_name
 
 log = logging.getLogger("taskrun.service")
@@ -177,7 +177,7 @@ class TaskFiles:
                              base_sha: str | None = None, author: str | None = None) -> dict:
         """Rewrite the ``[tool.taskrun]`` block from a settings dict (the editor's form)."""
         code, _ = self.store.read(name)
-        new_code = metadata.replace_block(code, settings)
+        new_code = block_writer.replace_block(code, settings)
         metadata.parse(new_code)
         return self.update_task(name, new_code, base_sha, author, note="settings changed")
 
