@@ -92,6 +92,18 @@ def interleave(a, b, n: int, warmup: int = 3) -> tuple[list[float], list[float]]
     return xs, ys
 
 
+def timed_run(svc, task: str, timeout: float = 120) -> Callable[[], float]:
+    """One run of ``task`` through the service, submit -> finished (seconds); it must
+    succeed."""
+    def once() -> float:
+        t = time.perf_counter()
+        done = svc.wait(svc.submit(task).id, timeout)
+        elapsed = time.perf_counter() - t
+        assert done.status == "succeeded", done.error
+        return elapsed
+    return once
+
+
 def bare_run(script: str) -> Callable[[], float]:
     """The baseline: ``subprocess.run`` of a script with the same interpreter (seconds)."""
     def once() -> float:

@@ -4,9 +4,7 @@ the same statements in a plain file), and what showing a 1M-row DataFrame costs
 
 from __future__ import annotations
 
-import time
-
-from .common import Figure, interleave, service_home
+from .common import Figure, interleave, service_home, timed_run
 
 PLAIN = "x = 1\ny = x + 1\n"
 CELLS = "# %% one\nx = 1\n# %% two\ny = x + 1\n"
@@ -18,13 +16,7 @@ def run(n: int) -> list[Figure]:
     tasks = {"plain": PLAIN, "cells": CELLS, "hidden": FRAME + "df;\n", "shown": FRAME + "df\n"}
     with service_home(tasks, TASKRUN_MAX_CONCURRENCY=2) as (svc, _home):
         def submit(task: str):
-            def once() -> float:
-                t = time.perf_counter()
-                done = svc.wait(svc.submit(task).id, 120)
-                elapsed = time.perf_counter() - t
-                assert done.status == "succeeded", done.error
-                return elapsed
-            return once
+            return timed_run(svc, task)
 
         plain, cells = interleave(submit("plain"), submit("cells"), n)
         hidden, shown = interleave(submit("hidden"), submit("shown"), max(3, n // 10), warmup=1)

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import NOOP, Figure, interleave, scratch_dir, service_home
+from .common import NOOP, Figure, interleave, scratch_dir, service_home, timed_run
 from .wheels import offline, wheel
 
 DEPS = '# /// script\n# dependencies = {deps}\n# [tool.taskrun]\n# launch = "{launch}"\n# ///\n'
@@ -65,13 +65,7 @@ def run(n: int) -> list[Figure]:
              "deps_warm": _declared(["benchdep"], "warm") + NOOP}
     with _offline(house), service_home(tasks, TASKRUN_MAX_CONCURRENCY=2) as (svc, home):
         def submit(task: str):
-            def once() -> float:
-                t = time.perf_counter()
-                done = svc.wait(svc.submit(task).id, 120)
-                elapsed = time.perf_counter() - t
-                assert done.status == "succeeded", done.error
-                return elapsed
-            return once
+            return timed_run(svc, task)
 
         plain_cold, deps_cold = interleave(submit("plain_cold"), submit("deps_cold"), n)
         plain_warm, deps_warm = interleave(submit("plain_warm"), submit("deps_warm"), n)

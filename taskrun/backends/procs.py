@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from taskrun.backends.zygote import CELL_RUNNER, marker_name
+from taskrun.child import cell_main
 
 if TYPE_CHECKING:
     from taskrun.backends.wall import Wall
@@ -99,14 +100,7 @@ def spawn(script: Path, *, log_fd: int, cwd: Path, env: Mapping[str, str],
 
 def own_peak_rss() -> int:
     """This server's own resident high-water mark (VmHWM), in bytes."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return cell_main.peak_rss() or 0
 
 
 def apply_limits(pid: int, memory_mb: int | None, cpu_seconds: int | None) -> None:

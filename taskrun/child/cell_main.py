@@ -196,7 +196,7 @@ def _log_offset() -> int | None:
         return None
 
 
-def _peak_rss() -> int | None:
+def peak_rss() -> int | None:
     """The process's peak resident memory so far (VmHWM), in bytes."""
     try:
         with open("/proc/self/status", "rb") as f:
@@ -321,16 +321,16 @@ def run(script: str, record_path: str, namespace: dict) -> None:
             shows.figures()
         except SystemExit as exc:
             record.write({"i": cell["index"], "end": time.time(), "status": _exit_status(exc),
-                          "rss": _peak_rss()})
+                          "rss": peak_rss()})
             raise
         except BaseException:
             shows.figures()
             record.write({"i": cell["index"], "end": time.time(), "status": "failed",
-                          "rss": _peak_rss()})
+                          "rss": peak_rss()})
             raise
         _flush()
         record.write({"i": cell["index"], "end": time.time(), "status": "succeeded",
-                      "rss": _peak_rss()})
+                      "rss": peak_rss()})
 
 
 def new_main(script: str) -> types.ModuleType:
