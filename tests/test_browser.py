@@ -6,149 +6,37 @@ notice, unless ``E2E_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes that a failu
 Every wait is on a visible condition, never a fixed sleep.
 """
 
+# ruff: noqa: F811  (the fixtures from .browser are the tests' parameters)
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from .browser import (  # noqa: F401  (fixtures: a server, Chromium, a page)
+    SHOTS,
+    WAIT_MS,
+    ace,
+    browser,
+    console_errors,
+    expect,
+    idle,
+    open_page,
+    page,
+    replace_code,
+    run_id_of,
+    save_in_editor,
+    server,
+    shot,
+    sign_in,
+)
 from .conftest import PROJECT
-from .server import ADMIN_PASSWORD, Server, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-SHOTS = PROJECT / "test-artifacts" / "screenshots"
-WAIT_MS = 30_000
-# Streamlit's client probes `<page path>/_stcore/health` and `/host-config` before
-# finding the server root; those 404s are part of its normal start, not our errors.
-BENIGN = re.compile(r"_stcore/(health|host-config)|Failed to load resource: the server "
-                    r"responded with a status of 404")
-
-# The editor component asks Google Fonts for the theme's font; this machine is
-# offline (the editor falls back to a local font), so that request fails here.
-# The test OpenID provider's own pages load a stylesheet from a CDN, likewise.
-OFFLINE = re.compile(r"https://(fonts\.(googleapis|gstatic)\.com|cdn\.jsdelivr\.net)/")
-
-LONG_TASK = '''"""Sleeps, printing a heartbeat, until cancelled."""
-# /// script
-# [tool.taskrun]
-# description = "A long task for the browser tests"
-# concurrency = "forbid"
-# ///
-import time
-for i in range(600):
-    print(f"beat {i}", flush=True)
-    time.sleep(0.5)
-'''
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("E2E_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"E2E_REQUIRE_BROWSER=1 but Chromium is missing at {CHROMIUM}")
-    pytest.skip(f"Chromium not found at {CHROMIUM}: browser tests skipped "
-                "(apt-get install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
-expect.set_options(timeout=WAIT_MS)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("browser"))
-    (Path(srv.env["TASKRUN_TASKS_DIR"]) / "long_job.py").write_text(LONG_TASK)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def console_errors():
-    return []
-
-
-@pytest.fixture
-def page(browser, console_errors, tmp_path):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                  accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    pg.on("console", lambda m: console_errors.append(f"{m.text} ({m.location.get('url')})")
-          if m.type == "error" and not BENIGN.search(m.text)
-          and not OFFLINE.match(m.location.get("url") or "") else None)
-    pg.on("pageerror", lambda exc: console_errors.append(str(exc)))
-    yield pg
-    context.close()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def sign_in(page, password: str = ADMIN_PASSWORD, remember: bool = True) -> None:
-    """Fill in and send the sign-in form (``/login``) the browser was sent to."""
-    expect(page).to_have_url(re.compile(r"/login"))
-    page.get_by_role("textbox", name="User").fill("admin")
-    page.get_by_label("Password").fill(password)
-    if not remember:
-        page.get_by_label("Keep me signed in").uncheck()
-    page.get_by_role("button", name="Sign in").click()
-
-
-def open_page(page, server, path: str = "") -> None:
-    """Load a page; a browser not signed in yet is sent to the sign-in form first."""
-    signed = any(c["name"] == "taskrun_session" for c in page.context.cookies())
-    page.goto(f"{server.url}/{path}")
-    if not signed:
-        sign_in(page)
-    expect(page.get_by_text("Signed in as")).to_be_visible()
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
-
-
-def idle(page) -> None:
-    """Wait until no script run is in progress (clicks during one may be dropped)."""
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=WAIT_MS)
-
-
-def ace(page):
-    return page.frame_locator('iframe[title*="code_editor"]')
-
-
-def save_in_editor(page, button: str = "Save") -> None:
-    """The editor's own Save (inside its frame), which sends the text with the click."""
-    ace(page).get_by_text(button, exact=True).click()
-
-
-def replace_code(page, code: str) -> None:
-    editor = ace(page)
-    editor.locator(".ace_content").click()
-    page.keyboard.press("Control+A")
-    page.keyboard.press("Delete")
-    page.keyboard.insert_text(code)  # inserted as typed text, without auto-closing brackets
-    expect(editor.locator(".ace_content")).to_contain_text(code.splitlines()[0])
-
-
-def run_id_of(page_text: str) -> int:
-    return int(re.search(r"Run #(\d+)", page_text).group(1))
-
 
 def test_wrong_password_is_refused(page, server):
     page.goto(server.url)
@@ -318,9 +206,11 @@ def test_run_from_editor_streams_output_underneath(page, server):
     open_page(page, server, "editor?task=hello")
     expect(ace(page).locator(".ace_content")).to_contain_text("Say hello")
     page.locator(".st-key-editor-run button").first.click()
-    expect(page.get_by_text("Hello, world! (1/3)")).to_be_visible()
+    # (.first: while the live output is redrawn, the old block and the new one may both
+    # be on the page for a moment)
+    expect(page.get_by_text("Hello, world! (1/3)").first).to_be_visible()
     expect(page.get_by_text(re.compile(r"succeeded · exit code 0"))).to_be_visible()
-    expect(page.get_by_text("Hello, world! (3/3)")).to_be_visible()
+    expect(page.get_by_text("Hello, world! (3/3)").first).to_be_visible()
     shot(page, "editor")
 
 
@@ -557,57 +447,6 @@ def test_admin_stores_a_secret_that_a_run_gets_but_no_page_shows(page, server):
     expect(page.get_by_text("the secret is ***")).to_be_visible()
     expect(page.get_by_text(value)).to_have_count(0)
     shot(page, "admin-secret-masked")
-
-
-@pytest.fixture(scope="module")
-def sso_server(tmp_path_factory):
-    """A real OpenID Connect provider (oidc-provider-mock, its own process) and a
-    server that offers it beside its local users."""
-    port = free_port()
-    provider = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    issuer = f"http://localhost:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
-        srv = Server(tmp_path_factory.mktemp("sso"), TASKRUN_OIDC_ISSUER=issuer,
-                     TASKRUN_OIDC_CLIENT_ID="taskrun", TASKRUN_OIDC_CLIENT_SECRET="s3cret",
-                     TASKRUN_OIDC_LABEL="Test SSO")
-        yield srv
-        srv.stop()
-    finally:
-        os.killpg(provider.pid, signal.SIGTERM)
-        provider.wait(timeout=20)
-
-
-def sso_sign_in(page, server, who: str) -> None:
-    page.goto(f"{server.url}/editor?task=hello")
-    page.get_by_role("link", name="Sign in with Test SSO").click()
-    page.get_by_placeholder("sub").fill(who)  # the provider's own form
-    page.get_by_role("button", name="Authorize").click()
-
-
-def test_single_sign_on_maps_a_known_identity_and_refuses_an_unknown_one(page, sso_server):
-    sso_sign_in(page, sso_server, "stranger@example.com")
-    expect(page.get_by_role("alert")).to_have_text(re.compile(
-        r"stranger@example.com has no account here"))
-    status, events = sso_server.json("GET", "/api/audit?action=login.sso_refused")
-    assert status == 200 and events[0]["actor"] == "stranger@example.com"
-    env = {**sso_server.env, "PYTHONPATH": str(PROJECT)}
-    subprocess.run([sys.executable, "-m", "taskrun", "user", "set", "ada@example.com",
-                    "--role", "operator", "--password-stdin"], input="a-long-password\n",
-                   env=env, cwd=PROJECT, check=True, capture_output=True, text=True)
-    sso_sign_in(page, sso_server, "ada@example.com")
-    expect(page.get_by_text("Signed in as")).to_be_visible()
-    expect(page.get_by_text("ada@example.com")).to_be_visible()
-    expect(page).to_have_url(re.compile(r"/editor\?task=hello$"))  # where it was going
-    page.reload()  # the same lasting session as a password sign-in
-    expect(page.get_by_text("Signed in as")).to_be_visible()
 
 
 def test_no_console_errors_during_the_session(console_errors):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .test_browser import (  # noqa: F401  (fixtures: a server, Chromium, a page)
+from .browser import (  # noqa: F401  (fixtures: a server, Chromium, a page)
     WAIT_MS,
     browser,
     console_errors,
