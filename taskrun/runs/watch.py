@@ -285,7 +285,7 @@ def reap(sup: Supervisor, a: Active) -> tuple[int | None, float | None]:
         return a.reported[:2]  # waited for once its end is recorded (``run``)
     _, status, usage = os.wait4(a.pid, 0)
     kernel = usage.ru_maxrss * 1024
-    if kernel > a.peak_rss and kernel > procs.own_peak_rss():
+    if kernel > a.peak_rss and kernel > procs.own_peak_rss(above=kernel):
         a.peak_rss = kernel
     code = os.waitstatus_to_exitcode(status)
     if a.sandboxed and 128 < code < 128 + signal.NSIG:

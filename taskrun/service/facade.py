@@ -190,7 +190,7 @@ class Service(TaskFiles, RunLogs, SystemViews, RunProducts, WorkflowRuns):
             if reservation:
                 sup.release(reservation)
             raise
-        public = RunPublic.model_construct(id=run_id, **values)  # built here: valid
+        public = RunPublic.built({**values, "id": run_id})  # built here: valid
         log.debug("run %d of %s %s (%s by %s)", public.id, task, public.status, trigger,
                   user or "-")
         if reservation and public.status == RunStatus.RUNNING:
