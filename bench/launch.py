@@ -1,42 +1,46 @@
-"""1. Launch overhead: sequential no-op runs, submit -> finished recorded, vs subprocess.run."""
+"""1. Launch overhead: sequential no-op runs, submit -> finished recorded, vs subprocess.run,
+beside the floor (``floor``) and broken down piece by piece (``path``)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 
-from .common import NOOP, Figure, bare_run, interleave, service_home
+from .common import NOOP, Figure, bare_run, scratch_dir, service_home, timed_run
+from .floor import floor_run
+from .path import breakdown
+
+BASE = "subprocess.run (baseline)"
 
 
 def run(n: int) -> list[Figure]:
     with service_home({"noop": NOOP}, TASKRUN_MAX_CONCURRENCY=2) as (svc, home):
-        baseline = bare_run(str(home / "tasks" / "noop.py"))
-        ids = []
-
-        def service() -> float:
-            t = time.perf_counter()
-            run = svc.submit("noop")
-            done = svc.wait(run.id, 30)
-            elapsed = time.perf_counter() - t
-            assert done.status == "succeeded", done.error
-            ids.append(run.id)
-            return elapsed
-
-        base, ours = interleave(baseline, service, n)
-        parts = {"queue": [], "start": [], "execution": [], "finalisation": []}
-        for run in (svc.get_run(i) for i in ids[-n:]):
-            parts["queue"].append((run.started_at - run.queued_at).total_seconds())
-            parts["start"].append((run.spawned_at - run.started_at).total_seconds())
-            parts["execution"].append((run.exited_at - run.spawned_at).total_seconds())
-            parts["finalisation"].append((run.finished_at - run.exited_at).total_seconds())
-    figures = [
-        Figure("launch", "subprocess.run (baseline)", "ms", [x * 1000 for x in base]),
-        Figure("launch", "taskrun submit -> finished", "ms", [x * 1000 for x in ours],
-               baseline="subprocess.run (baseline)", target="<= 1.10x"),
-    ]
+        script = str(home / "tasks" / "noop.py")
+        sides = {
+            BASE: bare_run(script),
+            "taskrun submit -> finished": timed_run(svc, "noop", 30),
+            "floor: the same steps in the least Python": floor_run(scratch_dir("floor-"),
+                                                                   script),
+            "floor without its two transactions": floor_run(scratch_dir("floor-"), script,
+                                                            database=False),
+        }
+        times = {name: [] for name in sides}
+        for i in range(n + 3):  # in turns, the first three rounds a warm-up
+            for name, once in sides.items():
+                elapsed = once()
+                if i >= 3:
+                    times[name].append(elapsed * 1000)
+        parts = breakdown(svc, "noop", n)
+    ms = {name: statistics.median(v) for name, v in times.items()}
+    figures = [Figure("launch", BASE, "ms", times[BASE])]
+    for name, values in times.items():
+        if name != BASE:
+            figures.append(Figure("launch", name, "ms", values, baseline=BASE,
+                                  target="<= 1.10x" if name.startswith("taskrun") else ""))
     figures.append(Figure("launch", "launch overhead (taskrun - baseline)", "ms",
-                          value=(statistics.median(ours) - statistics.median(base)) * 1000))
-    for part, values in parts.items():
-        figures.append(Figure("launch", f"  of which {part}", "ms", [v * 1000 for v in values],
-                              baseline="subprocess.run (baseline)"))
+                          value=ms["taskrun submit -> finished"] - ms[BASE]))
+    figures.append(Figure("launch", "  of which above the floor (taskrun - floor)", "ms",
+                          value=ms["taskrun submit -> finished"]
+                          - ms["floor: the same steps in the least Python"]))
+    for piece, values in parts.items():
+        figures.append(Figure("launch", f"  path: {piece}", "ms", values))
     return figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from .common import NOOP, Figure, bare_run, interleave, service_home
+from .path import breakdown
 
 WARM = '# /// script\n# [tool.taskrun]\n# launch = "warm"\n# preload = {preload}\n# ///\n'
 FIRST_LINE = "import time\nimport pandas\nprint(repr(time.time()), flush=True)\n"
@@ -37,6 +38,7 @@ def run(n: int) -> list[Figure]:
 
         base, cold = interleave(bare, submit("noop_cold"), n)
         _, warm = interleave(bare, submit("noop_warm"), n)
+        parts = breakdown(svc, "noop_warm", n)
 
         def first_line(task: str):
             def once() -> float:
@@ -60,12 +62,14 @@ def run(n: int) -> list[Figure]:
 
         alloc_cold, alloc_warm = interleave(private_mib("alloc_cold"), private_mib("alloc_warm"),
                                             max(3, n // 20), warmup=1)
+    path = [Figure("warm", f"  path: {piece}", "ms", values) for piece, values in parts.items()]
     return [
         Figure("warm", "subprocess.run no-op (baseline)", "ms", [x * 1000 for x in base]),
         Figure("warm", "cold no-op submit -> finished", "ms", [x * 1000 for x in cold],
                baseline="subprocess.run no-op (baseline)"),
         Figure("warm", "warm no-op submit -> finished", "ms", [x * 1000 for x in warm],
                baseline="subprocess.run no-op (baseline)", target="<= 0.20x"),
+        *path,
         Figure("warm", "pandas task, cold: submit -> first line", "ms",
                [x * 1000 for x in pandas_cold]),
         Figure("warm", "pandas task, warm: submit -> first line", "ms",

@@ -34,6 +34,13 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
         if figure["baseline"]:
             assert figure["ratio"] is not None, figure
     assert "taskrun submit -> finished" in result.stdout
+    names = {(f["suite"], f["name"]) for f in data["figures"]}
+    # The floor beside the service, and the path piece by piece, cold and warm.
+    assert ("launch", "floor: the same steps in the least Python") in names
+    for suite in ("launch", "warm"):
+        pieces = {name for s, name in names if s == suite and name.startswith("  path: ")}
+        assert any("the spawn" in p for p in pieces) and any("the end written" in p
+                                                               for p in pieces), pieces
 
 
 def test_the_bench_is_its_own_program_and_imports_nothing_of_the_tests():
