@@ -72,6 +72,10 @@ class RunDirs:
 
     def __init__(self, settings: Settings, tag: str):
         self.root = settings.runs_dir
+        # One spare per slot and one more: with fewer, runs ending together each made
+        # a dir that the next end then removed (a mkdir, and two rmdirs, per run at
+        # concurrency 2). Empty dirs: a few inodes.
+        self.ahead = max(self.AHEAD, settings.max_concurrency + 1)
         self.tag = tag  # unique to this supervisor (several may share the data dir)
         self._ready: list[Path] = []
         self._count = 0
@@ -100,10 +104,10 @@ class RunDirs:
             (folder / "outputs").mkdir(parents=True)
 
     def prepare(self) -> None:
-        """Make spares up to ``AHEAD`` (a failure is left to ``take`` to report)."""
+        """Make spares up to ``ahead`` (a failure is left to ``take`` to report)."""
         while True:
             with self._lock:
-                if self._closed or len(self._ready) >= self.AHEAD:
+                if self._closed or len(self._ready) >= self.ahead:
                     return
                 spare = self._spare_name()
             try:
@@ -115,7 +119,7 @@ class RunDirs:
 
     def _keep(self, spare: Path) -> bool:
         with self._lock:
-            if len(self._ready) < self.AHEAD and not self._closed:
+            if len(self._ready) < self.ahead and not self._closed:
                 self._ready.append(spare)
                 return True
         shutil.rmtree(spare, ignore_errors=True)
@@ -130,7 +134,7 @@ class RunDirs:
         except OSError:
             return
         with self._lock:
-            full = self._closed or len(self._ready) >= self.AHEAD
+            full = self._closed or len(self._ready) >= self.ahead
             spare = None if full else self._spare_name()
         try:
             if spare is None:
