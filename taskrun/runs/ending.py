@@ -100,14 +100,23 @@ def done(sup: Supervisor, a: Active) -> None:
     if a.cells_path is not None:
         _remove(a.cells_path)
     _close_held(a)
+    if notified:
+        a.done.set()
+        _ready_next(sup, a, folder)  # (its waiters run meanwhile)
+        return
+    # Told last: waiters woken before these steps waited for them anyway (each of
+    # their calls handed the interpreter's lock back and forth with the woken
+    # thread), and the next launch then met them.
+    _ready_next(sup, a, folder)
     a.done.set()
-    # A waiter that sees the run no longer watched reads its end.
-    if not notified:
-        sup.notify_finished(a.task)
+    sup.notify_finished(a.task)  # (a waiter that sees the run no longer watched reads its end)
+
+
+def _ready_next(sup: Supervisor, a: Active, folder: Path) -> None:
+    """The run's end in the application log, and what the next runs need: a spare forked
+    again (warm), its empty dir kept, logs and dirs made ahead."""
     if a.outcome is not None:
         log.info("run %d of %s ended: %s (exit %s)", a.run_id, a.task, *a.outcome)
-    # Last, with the run recorded and its waiters told: what the next runs need
-    # (a spare forked again, logs made ahead), off every run's way.
     if isinstance(a.popen, WarmChild):
         a.popen.close()
     sup.run_dirs.recycle(folder)
