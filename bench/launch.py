@@ -29,7 +29,7 @@ def run(n: int) -> list[Figure]:
                 elapsed = once()
                 if i >= 3:
                     times[name].append(elapsed * 1000)
-        parts = breakdown(svc, "noop", n)
+        parts = breakdown(svc, "noop", n, between=sides[BASE])
     ms = {name: statistics.median(v) for name, v in times.items()}
     figures = [Figure("launch", BASE, "ms", times[BASE])]
     for name, values in times.items():

@@ -38,7 +38,7 @@ def run(n: int) -> list[Figure]:
 
         base, cold = interleave(bare, submit("noop_cold"), n)
         _, warm = interleave(bare, submit("noop_warm"), n)
-        parts = breakdown(svc, "noop_warm", n)
+        parts = breakdown(svc, "noop_warm", n, between=bare)
 
         def first_line(task: str):
             def once() -> float:
