@@ -13,6 +13,7 @@ And the CLI's start: ``python -m taskrun list`` and ``status N`` against
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -164,8 +165,13 @@ def run(counts: list[int], seconds: float, cli_repeat: int) -> list[Figure]:
     home = scratch_dir("dashboards-")
     server = _Server(home)
     try:
-        figures = _open_tabs(server, seconds, counts) if Path(CHROMIUM).exists() else [
-            Figure("dashboards", "no Chromium: tabs not measured", "ms", value=0.0)]
+        if not Path(CHROMIUM).exists():
+            figures = [Figure("dashboards", "no Chromium: tabs not measured", "ms", value=0.0)]
+        elif importlib.util.find_spec("playwright") is None:
+            figures = [Figure("dashboards", "no Playwright (bench/requirements.txt): tabs not "
+                              "measured", "ms", value=0.0)]
+        else:
+            figures = _open_tabs(server, seconds, counts)
     finally:
         server.stop()
     return figures + _cli(home, cli_repeat)
