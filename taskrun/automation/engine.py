@@ -52,8 +52,8 @@ class Automation:
         while not self._stop.is_set():
             # A tick every BATCH_S: an end is acted on within it, together with the
             # others of its burst. Ends do not wake this thread (woken at each end, it
-            # queued for the GIL at the moment the run's waiters were woken: 0.05 ms
-            # more per launch); only an end whose next workflow step waits does.
+            # queued for the interpreter's lock just as the run's waiters were woken);
+            # only an end whose next workflow step waits does.
             self._urgent.wait(BATCH_S)
             self._urgent.clear()
             if self._stop.is_set():

@@ -130,6 +130,7 @@ def watch_until_exit(sup: Supervisor, a: Active) -> None:
             sample(sup, a)
             next_sample = now + interval
 
+
 def note_created(a: Active) -> None:
     """The process's start time, by which recovery tells it from a later process given
     the same pid, read once it has started: with its first sample, or at its end before
