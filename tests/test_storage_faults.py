@@ -2,8 +2,8 @@
 
 Nothing is stuck (every run ends, within seconds of the storage taking writes
 again), nothing is lost, every refusal says why (503), and the history's times
-are the times things happened. The disk tests mount a small tmpfs, which needs
-root (as in CI); elsewhere they are skipped with a notice, and
+are the times things happened (``test_run_times``). The disk tests mount a small
+tmpfs, which needs root (as in CI); elsewhere they are skipped with a notice, and
 ``TASKRUN_REQUIRE_FAULTS=1`` (set by ``.ci/run``) turns that skip into a failure.
 """
 
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from taskrun import storage
 from taskrun.api import create_api
 from taskrun.errors import NotFound, StorageUnavailable
-from taskrun.runs import ending, watch
+from taskrun.runs import watch
 from taskrun.runs.locks import Locks
 from taskrun.service.facade import Service
 
@@ -401,78 +401,6 @@ def test_a_database_locked_past_the_busy_timeout_refuses_then_records_every_end(
         if holder is not None and holder.poll() is None:
             holder.kill()
         svc.stop()
-
-
-# ---- honest times -------------------------------------------------------
-
-
-@pytest.mark.parametrize("launch", ["cold", "warm"])
-def test_consecutive_runs_of_a_queue_task_never_overlap_in_the_history(
-        tmp_path, write_task, launch):
-    settings = make_settings(tmp_path, TASKRUN_LAUNCH=launch)
-    write_task("q", "print('x')", concurrency="queue")
-    svc = Service(settings).start(sample_system=False)
-    try:
-        for _ in range(4):  # a few rounds: the hand-over is a race if done wrong
-            ids = [svc.submit("q").id for _ in range(3)]
-            runs = [svc.wait(i, 30) for i in ids]
-            runs = [svc.get_run(r.id) for r in runs]
-            assert all(r.status == "succeeded" for r in runs), [r.error for r in runs]
-            assert {r.launch for r in runs} == {launch}
-            for a, b in itertools.pairwise(runs):
-                assert a.finished_at <= b.started_at, (a.id, a.finished_at, b.started_at)
-            for r in runs:
-                assert r.started_at <= r.finished_at
-                assert r.spawned_at == r.started_at and r.exited_at == r.finished_at
-    finally:
-        svc.stop()
-
-
-def test_consecutive_runs_claimed_by_two_supervisors_never_overlap_in_the_history(
-        tmp_path, write_task):
-    """The next run may be claimed by another server than the one watching the run
-    before it: its end is bounded by the moment the next run took the task's lock."""
-    write_task("q", "import time\ntime.sleep(0.05)", concurrency="queue")
-    submitter = Service(make_settings(tmp_path)).open()  # queues, runs nothing
-    ids = [submitter.submit("q").id for _ in range(12)]
-    # Each supervisor claims every other run: each hand-over crosses supervisors.
-    first = Service(make_settings(tmp_path)).start(claim_only=set(ids[0::2]),
-                                                   sample_system=False)
-    second = Service(make_settings(tmp_path)).start(claim_only=set(ids[1::2]),
-                                                    sample_system=False)
-    try:
-        runs = [submitter.wait(i, 60) for i in ids]
-        runs = sorted(runs, key=lambda r: r.started_at)
-        assert all(r.status == "succeeded" for r in runs), [r.error for r in runs]
-        assert len({r.owner for r in runs}) == 2
-        for a, b in itertools.pairwise(runs):
-            assert a.finished_at <= b.started_at, (a.id, a.finished_at, b.id, b.started_at)
-    finally:
-        first.stop()
-        second.stop()
-        submitter.stop()
-
-
-def test_a_run_ends_no_later_than_the_next_run_took_its_lock(service, write_task):
-    write_task("q", "import time\ntime.sleep(5)", concurrency="queue")
-    run = service.submit("q")
-    active = wait_for(lambda: service.supervisor.watched(run.id))
-    seen = active.started_at + timedelta(seconds=2)
-    # Nobody else took the lock: the watcher's own sighting stands.
-    assert ending.ended_before_next(service.supervisor, active, seen) == seen
-    # The next run (of any process) took it 1 s in: the process had ended by then.
-    lock = service.locks.task_lock("q")
-    taken = active.started_at + timedelta(seconds=1)
-    lock.path.write_text(json.dumps({"task": "q", "run_id": run.id + 1,
-                                     "since": taken.timestamp()}))
-    assert ending.ended_before_next(service.supervisor, active, seen) == taken
-    # A record older than the run itself (its own was never written) is ignored.
-    lock.path.write_text(json.dumps({"task": "q", "run_id": run.id - 1,
-                                     "since": (active.started_at - timedelta(seconds=1))
-                                     .timestamp()}))
-    assert ending.ended_before_next(service.supervisor, active, seen) == seen
-    service.cancel(run.id)
-    service.wait(run.id, 20)
 
 
 def test_a_new_lock_on_a_full_disk_is_a_typed_refusal_and_stays_free(small_disk):
